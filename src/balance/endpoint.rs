@@ -1,0 +1,358 @@
+//! Per-endpoint state: load, latency, health. Shared by the balancer, the endpoint's own
+//! layers (passive health) and background tasks (the prober), and read without locks.
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::*},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// Default RTT assumed for an endpoint with no latency sample yet (linkerd, Finagle).
+pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Peak-EWMA decay time constant.
+pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+
+/// Health as the balancer sees it; see [`EndpointState::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Takes requests.
+    Healthy,
+    /// Ejected by passive health until the given time has passed.
+    Ejected {
+        /// Time left until the ejection ends.
+        remaining: Duration,
+    },
+    /// An ejection ended; the next request is a trial that readmits or ejects again.
+    Probation,
+    /// Marked down by active probing.
+    Down,
+    /// Draining (nginx `down`): no new requests, in-flight ones finish.
+    Draining,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Healthy => f.write_str("healthy"),
+            Self::Ejected { .. } => f.write_str("ejected"),
+            Self::Probation => f.write_str("probation"),
+            Self::Down => f.write_str("down"),
+            Self::Draining => f.write_str("draining"),
+        }
+    }
+}
+
+/// Counters shared by every endpoint of one balancer.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    /// Bumped on every health change, so the balancer rebuilds its candidate list.
+    pub(crate) changed: AtomicU64,
+    /// Endpoints in the set.
+    pub(crate) members: AtomicUsize,
+    /// Endpoints ejected or on probation.
+    pub(crate) ejected: AtomicUsize,
+}
+
+/// Live state of one endpoint, keyed by its backend key and kept across discovery
+/// updates of other backends and re-weights.
+///
+/// Everything here is atomics: the request path never takes a lock. Endpoint layers get
+/// this state from [`Target::state`](crate::balance::Target::state) when the endpoint is
+/// made, so passive health checks and load trackers write to the same place the balancer
+/// reads from.
+pub struct EndpointState {
+    base: Instant,
+    pool: Arc<Pool>,
+    in_flight: AtomicUsize,
+    max_conns: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    ejections: AtomicU64,
+    /// Peak-EWMA RTT in nanoseconds as `f64` bits; `0` = no sample yet.
+    ewma_bits: AtomicU64,
+    /// When `ewma_bits` was last updated, ns since `base`.
+    ewma_stamp: AtomicU64,
+    /// Ejected until this time (ns since `base`, offset by 1 so 0 means "not ejected").
+    ejected_until: AtomicU64,
+    probation: AtomicBool,
+    active_down: AtomicBool,
+    draining: AtomicBool,
+    /// Smooth weighted round robin's current weight (nginx `current_weight`).
+    pub(crate) wrr_current: AtomicI64,
+    /// Consecutive failures, for policies that need a streak.
+    pub(crate) streak: AtomicU64,
+}
+
+impl fmt::Debug for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointState")
+            .field("in_flight", &self.in_flight())
+            .field("requests", &self.requests())
+            .field("failures", &self.failures())
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointState {
+    pub(crate) fn new(pool: Arc<Pool>, max_conns: usize) -> Self {
+        Self {
+            base: Instant::now(),
+            pool,
+            in_flight: AtomicUsize::new(0),
+            max_conns: AtomicUsize::new(max_conns),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            ewma_bits: AtomicU64::new(0),
+            ewma_stamp: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            probation: AtomicBool::new(false),
+            active_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            wrr_current: AtomicI64::new(0),
+            streak: AtomicU64::new(0),
+        }
+    }
+
+    /// A detached state, for tests and custom strategies' unit tests.
+    pub fn detached() -> Self {
+        Self::new(Arc::new(Pool::default()), 0)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    fn instant(&self, ns: u64) -> Instant {
+        self.base + Duration::from_nanos(ns)
+    }
+
+    /// Tells the balancer its candidate list is stale.
+    fn touch(&self) {
+        self.pool.changed.fetch_add(1, Release);
+    }
+
+    // === load ===
+
+    /// Requests sent to this endpoint and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// The concurrency cap (`0`: none).
+    pub fn max_conns(&self) -> usize {
+        self.max_conns.load(Relaxed)
+    }
+
+    pub(crate) fn set_max_conns(&self, max: usize) {
+        self.max_conns.store(max, Relaxed);
+    }
+
+    /// True if the endpoint is at its concurrency cap (nginx `max_conns`).
+    #[inline]
+    pub fn at_capacity(&self) -> bool {
+        let max = self.max_conns.load(Relaxed);
+        max != 0 && self.in_flight.load(Relaxed) >= max
+    }
+
+    /// Requests sent to this endpoint in total.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Requests that failed (as classified by the balancer or a health layer).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Counts a failure in the stats. Health policies call this for every failure they
+    /// classify; the balancer calls it for errors returned by the endpoint service.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Relaxed);
+    }
+
+    // === latency ===
+
+    /// Feeds one observed round-trip time into the peak-EWMA estimate.
+    ///
+    /// Peak EWMA (Finagle, linkerd): a sample above the estimate replaces it at once; a
+    /// lower one is blended in with weight `1 - e^(-Δt/τ)`, τ = 10 s.
+    pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
+        let sample = rtt.as_nanos() as f64;
+        let now_ns = self.nanos(now);
+        let prev_bits = self.ewma_bits.load(Relaxed);
+        let next = if prev_bits == 0 {
+            sample
+        } else {
+            let prev = f64::from_bits(prev_bits);
+            if sample > prev {
+                sample
+            } else {
+                let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                let w = (-elapsed / DEFAULT_DECAY.as_nanos() as f64).exp();
+                prev * w + sample * (1.0 - w)
+            }
+        };
+        // Concurrent updates may drop a sample; the estimate stays sound.
+        self.ewma_stamp.store(now_ns, Relaxed);
+        self.ewma_bits.store(next.max(1.0).to_bits(), Relaxed);
+    }
+
+    /// The latest peak-EWMA RTT, if any sample was observed.
+    pub fn ewma(&self) -> Option<Duration> {
+        match self.ewma_bits.load(Relaxed) {
+            0 => None,
+            bits => Some(Duration::from_nanos(f64::from_bits(bits) as u64)),
+        }
+    }
+
+    /// The peak-EWMA RTT in nanoseconds, decayed towards zero for the time since the last
+    /// sample, so an endpoint that had one slow answer is tried again eventually; the
+    /// default RTT (30 ms) when there is no sample.
+    pub fn ewma_nanos_at(&self, now: Instant) -> f64 {
+        match self.ewma_bits.load(Relaxed) {
+            0 => DEFAULT_RTT.as_nanos() as f64,
+            bits => {
+                let elapsed =
+                    self.nanos(now).saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                f64::from_bits(bits) * (-elapsed / DEFAULT_DECAY.as_nanos() as f64).exp()
+            }
+        }
+    }
+
+    // === health ===
+
+    /// The endpoint's status at `now`.
+    pub fn status_at(&self, now: Instant) -> Status {
+        if self.draining.load(Relaxed) {
+            return Status::Draining;
+        }
+        if self.active_down.load(Relaxed) {
+            return Status::Down;
+        }
+        match self.ejected_until.load(Acquire) {
+            0 => {}
+            until => {
+                let until = self.instant(until - 1);
+                if now < until {
+                    return Status::Ejected {
+                        remaining: until - now,
+                    };
+                }
+                return Status::Probation;
+            }
+        }
+        if self.probation.load(Relaxed) {
+            Status::Probation
+        } else {
+            Status::Healthy
+        }
+    }
+
+    /// The endpoint's status now.
+    pub fn status(&self) -> Status {
+        self.status_at(Instant::now())
+    }
+
+    /// Whether the balancer may send a new request here at `now` (healthy or on
+    /// probation).
+    pub fn is_available_at(&self, now: Instant) -> bool {
+        matches!(self.status_at(now), Status::Healthy | Status::Probation)
+    }
+
+    /// When the current ejection ends, if ejected.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        match self.ejected_until.load(Acquire) {
+            0 => None,
+            ns => Some(self.instant(ns - 1)),
+        }
+    }
+
+    /// How many times this endpoint was ejected.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Relaxed)
+    }
+
+    /// Ejects the endpoint until `until`; after that it is on probation.
+    pub fn eject_until(&self, until: Instant) {
+        let was = self.ejected_until.swap(self.nanos(until) + 1, AcqRel);
+        if was == 0 && !self.probation.swap(true, Relaxed) {
+            self.pool.ejected.fetch_add(1, Relaxed);
+        }
+        self.probation.store(true, Relaxed);
+        self.ejections.fetch_add(1, Relaxed);
+        self.touch();
+    }
+
+    /// Ends any ejection or probation: the endpoint is healthy again.
+    pub fn readmit(&self) {
+        let was_ejected = self.ejected_until.swap(0, AcqRel) != 0;
+        let was_probation = self.probation.swap(false, Relaxed);
+        if was_ejected || was_probation {
+            self.pool.ejected.fetch_sub(1, Relaxed);
+            self.touch();
+        }
+        self.streak.store(0, Relaxed);
+    }
+
+    /// Whether one more ejection keeps the ejected share of the pool within `max_share`
+    /// (Envoy `max_ejection_percent`); one ejection is always allowed (gRPC), but a lone
+    /// endpoint is never ejected (nginx).
+    pub fn may_eject(&self, max_share: f64) -> bool {
+        if self.on_probation_or_ejected() {
+            return true;
+        }
+        let members = self.pool.members.load(Relaxed);
+        if members <= 1 {
+            return false;
+        }
+        let ejected = self.pool.ejected.load(Relaxed);
+        ejected == 0 || ((ejected + 1) as f64) <= max_share * members as f64
+    }
+
+    /// Whether the endpoint is ejected or on probation (its last ejection has not been
+    /// cleared by a success).
+    pub fn on_probation_or_ejected(&self) -> bool {
+        self.probation.load(Relaxed) || self.ejected_until.load(Relaxed) != 0
+    }
+
+    /// Sets the verdict of active probing (`true`: down).
+    pub fn set_down(&self, down: bool) {
+        if self.active_down.swap(down, Relaxed) != down {
+            self.touch();
+        }
+    }
+
+    /// Whether active probing marked the endpoint down.
+    pub fn is_down(&self) -> bool {
+        self.active_down.load(Relaxed)
+    }
+
+    /// Starts or stops draining (nginx `down`).
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Relaxed) != draining {
+            self.touch();
+        }
+    }
+
+    /// Whether the endpoint is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+}

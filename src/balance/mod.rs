@@ -1,0 +1,125 @@
+//! The [`Balance`] service: picks an endpoint for every request.
+//!
+//! # How a request flows
+//!
+//! 1. `call` reads the request's affinity key through the [`RequestPolicy`] (none by
+//!    default) and returns a future; nothing is chosen yet in `poll_ready`.
+//! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list:
+//!    available primaries; if none, backups; if too few are available, every
+//!    non-draining endpoint (panic mode, Envoy's panic threshold, default 50 %).
+//! 3. The [strategy](strategy) picks one. An endpoint at its concurrency cap is skipped.
+//! 4. The endpoint's own `poll_ready` is driven inside the future. If it fails, the request
+//!    never left, so it goes to another endpoint; if the call fails before reaching the
+//!    backend (connection refused) and the policy can replay it, it is re-sent elsewhere,
+//!    up to [`retries`](Builder::retries) times. Nothing is lost.
+//! 5. With no endpoint at all (empty set, everything draining), the future waits for
+//!    discovery for at most the [fail-fast](Builder::fail_fast) bound (default 1 s), then
+//!    fails with [`NoEndpoints`](crate::error::NoEndpoints) or
+//!    [`AllUnavailable`](crate::error::AllUnavailable). It never pends forever.
+//!
+//! # Readiness contract
+//!
+//! `Balance` is `Clone + Send + Sync`; clones share one endpoint set behind an `Arc`. Its
+//! `poll_ready` is **always ready**: readiness does not travel with clones, and axum clones
+//! a route's service per request and may call a clone that was never polled. So the
+//! endpoint is chosen when the request is known, and the chosen endpoint's readiness is
+//! driven inside the response future. No `tower::buffer::Buffer` is needed.
+//!
+//! The flip side: a `Balance` exerts no backpressure through `poll_ready`. To bound
+//! concurrency, put a `ConcurrencyLimit` in front or cap each backend with
+//! [`Backend::max_conns`](crate::Backend::max_conns).
+//!
+//! In-flight counts rise when an endpoint is picked and fall when its response (the
+//! `Response` value, e.g. HTTP headers) arrives or the request is dropped.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use tower::{service_fn, Service, ServiceExt};
+//! use tower_lb::{balance::{strategy::WeightedRoundRobin, Target}, Backend, Balance};
+//! use std::convert::Infallible;
+//!
+//! let balance = Balance::builder()
+//!     .strategy(WeightedRoundRobin::new())
+//!     .backends([Backend::new("a").weight(5), Backend::new("b"), Backend::new("c")])
+//!     .build(|t: &Target<'_, &'static str>| {
+//!         let name = *t.key();
+//!         service_fn(move |_req: ()| async move { Ok::<_, Infallible>(name) })
+//!     })
+//!     .unwrap();
+//!
+//! let mut order = String::new();
+//! for _ in 0..7 {
+//!     // A fresh clone per request, as axum does: no Buffer, no poll_ready needed first.
+//!     order += balance.clone().call(()).await.unwrap();
+//! }
+//! assert_eq!(order, "aabacaa");
+//! # }
+//! ```
+
+mod endpoint;
+mod future;
+mod service;
+pub(crate) mod set;
+pub mod strategy;
+
+pub use endpoint::{EndpointState, Status};
+pub use future::ResponseFuture;
+pub use service::{Balance, BackendStats, Builder, MakeEndpoint, Stats, Target};
+pub use set::{Key, Tier};
+
+use crate::error::{is_connect_error, BoxError};
+use strategy::RequestKey;
+
+/// How the balancer treats requests of type `Req`: where their affinity key is, whether a
+/// failed one can be sent again, and which failures allow it.
+///
+/// `()` is the default: no key, no replay (an endpoint whose `poll_ready` fails is still
+/// skipped, since the request has not left). For `http::Request`s, use
+/// [`http::HttpPolicy`](crate::http::HttpPolicy), which reads a
+/// [`RequestKey`] from the request's extensions and can replay requests whose body is
+/// `Clone`. Closures and custom types fit too:
+///
+/// ```
+/// use tower_lb::balance::{strategy::RequestKey, RequestPolicy};
+///
+/// #[derive(Clone)]
+/// struct ByUser;
+///
+/// struct Query { user: String }
+///
+/// impl RequestPolicy<Query> for ByUser {
+///     fn key(&self, req: &Query) -> Option<RequestKey> {
+///         Some(RequestKey::from_bytes(req.user.as_bytes()))
+///     }
+///     fn replay(&self, req: &Query) -> Option<Query> {
+///         Some(Query { user: req.user.clone() })
+///     }
+/// }
+/// ```
+pub trait RequestPolicy<Req>: Send + Sync + 'static {
+    /// The request's affinity key, for hash strategies.
+    fn key(&self, req: &Req) -> Option<RequestKey> {
+        let _ = req;
+        None
+    }
+
+    /// A copy of the request to send again if the first attempt fails before reaching its
+    /// backend; `None` if the request cannot be copied. Called before each attempt while
+    /// retries remain.
+    fn replay(&self, req: &Req) -> Option<Req> {
+        let _ = req;
+        None
+    }
+
+    /// Whether `error` allows sending the replayed copy to another endpoint. By default,
+    /// only connect-phase failures ([`is_connect_error`]): the request never reached the
+    /// backend, so any method is safe to retry.
+    fn retry_on(&self, error: &BoxError) -> bool {
+        is_connect_error(&**error)
+    }
+}
+
+impl<Req> RequestPolicy<Req> for () {}

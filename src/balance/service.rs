@@ -1,0 +1,477 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tower::discover::Discover;
+use tower_service::Service;
+
+use super::{
+    endpoint::{EndpointState, Status},
+    future::ResponseFuture,
+    set::{Config, Core, Key, Tier},
+    strategy::{P2c, Strategy},
+    RequestPolicy,
+};
+use crate::{
+    backend::Backend,
+    discover::Handle,
+    error::{BoxError, ConfigError, DiscoverError},
+};
+
+/// The load balancer: a cheap `Clone + Send + Sync` service that picks an endpoint for
+/// every request at call time. See the [module docs](super) for the readiness contract and
+/// an example.
+pub struct Balance<K, S, P = ()> {
+    pub(crate) core: Arc<Core<K, S>>,
+    pub(crate) policy: P,
+}
+
+impl<K, S, P: Clone> Clone for Balance<K, S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<K: Key, S: Clone, P> fmt::Debug for Balance<K, S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snap = self.core.peek();
+        f.debug_struct("Balance")
+            .field("strategy", &self.core.strategy.name())
+            .field("endpoints", &snap.entries.len())
+            .field("available", &snap.candidates.view().len())
+            .finish()
+    }
+}
+
+impl Balance<(), ()> {
+    /// Starts configuring a balancer. See [`Builder`].
+    pub fn builder<K: Key>() -> Builder<K> {
+        Builder::new()
+    }
+}
+
+impl<K, S, P> Balance<K, S, P>
+where
+    K: Key,
+    S: Clone + Send + Sync + 'static,
+{
+    /// A handle to change the endpoint set at runtime (insert, remove, re-weight, drain,
+    /// replace). Changes apply at once, without request traffic.
+    pub fn handle(&self) -> Handle<K> {
+        Handle::new(self.core.clone())
+    }
+
+    /// A snapshot of every backend's counters and health.
+    pub fn stats(&self) -> Stats<K> {
+        self.core.stats()
+    }
+
+    /// The policy that reads request keys and replays failed requests.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+}
+
+impl<K, S, P, Req> Service<Req> for Balance<K, S, P>
+where
+    K: Key,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: RequestPolicy<Req> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<K, S, P, Req>;
+
+    /// Always ready: the endpoint is chosen in `call`, and its own readiness is driven
+    /// inside the response future.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture::new(self.core.clone(), self.policy.clone(), req)
+    }
+}
+
+// === impl Core (stats) ===
+
+impl<K: Key, S: Clone> Core<K, S> {
+    pub(crate) fn stats(&self) -> Stats<K> {
+        // `current` refreshes health first, so tier and status agree.
+        let snap = self.current();
+        let now = tokio::time::Instant::now();
+        Stats {
+            strategy: self.strategy.name(),
+            tier: snap.tier,
+            available: snap.candidates.view().len(),
+            backends: snap
+                .entries
+                .iter()
+                .map(|e| BackendStats::read(&e.backend, &e.state, now))
+                .collect(),
+            discover_error: self.discover_error().map(|e| e.to_string()),
+        }
+    }
+}
+
+/// Counters and health of every backend at one moment; from [`Balance::stats`] or
+/// [`Handle::stats`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Stats<K> {
+    /// The strategy's name.
+    pub strategy: &'static str,
+    /// Which tier serves: primaries, backups, or everything in panic mode.
+    pub tier: Tier,
+    /// How many endpoints currently take new requests.
+    pub available: usize,
+    /// One entry per backend, in insertion order.
+    pub backends: Vec<BackendStats<K>>,
+    /// The last discovery error, while the source is failing.
+    pub discover_error: Option<String>,
+}
+
+impl<K> Stats<K> {
+    /// True in panic mode (health ignored because too few endpoints are available).
+    pub fn panic(&self) -> bool {
+        self.tier == Tier::Panic
+    }
+}
+
+/// One backend's counters and health; see [`Stats`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackendStats<K> {
+    /// The backend key.
+    pub key: K,
+    /// Its weight.
+    pub weight: u32,
+    /// Whether it is a backup.
+    pub backup: bool,
+    /// Health status.
+    pub status: Status,
+    /// Requests sent in total.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failures: u64,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Peak-EWMA latency, when latency is tracked and sampled.
+    pub ewma: Option<Duration>,
+    /// Times ejected by passive health.
+    pub ejections: u64,
+}
+
+impl<K: Clone> BackendStats<K> {
+    fn read(backend: &Backend<K>, state: &EndpointState, now: tokio::time::Instant) -> Self {
+        Self {
+            key: backend.key().clone(),
+            weight: backend.get_weight(),
+            backup: backend.is_backup(),
+            status: state.status_at(now),
+            requests: state.requests(),
+            failures: state.failures(),
+            in_flight: state.in_flight(),
+            ewma: state.ewma(),
+            ejections: state.ejections(),
+        }
+    }
+}
+
+/// One backend and its live state, as given to an endpoint maker.
+///
+/// Endpoint layers that record health (passive checks) or load keep a clone of
+/// [`state_arc`](Self::state_arc).
+#[derive(Debug)]
+pub struct Target<'a, K> {
+    pub(crate) backend: &'a Backend<K>,
+    pub(crate) state: &'a Arc<EndpointState>,
+}
+
+impl<'a, K> Target<'a, K> {
+    /// The backend description.
+    pub fn backend(&self) -> &'a Backend<K> {
+        self.backend
+    }
+
+    /// The backend key.
+    pub fn key(&self) -> &'a K {
+        self.backend.key()
+    }
+
+    /// The endpoint's live state.
+    pub fn state(&self) -> &'a EndpointState {
+        self.state
+    }
+
+    /// The endpoint's live state, shared.
+    pub fn state_arc(&self) -> Arc<EndpointState> {
+        self.state.clone()
+    }
+}
+
+/// Builds the service for one backend: where each endpoint's stack of tower layers
+/// (timeouts, passive health, …) is assembled.
+///
+/// Implemented for closures `Fn(&Target<'_, K>) -> S`; fallible makers implement the trait
+/// (a failure is reported as [`ConfigError::Make`]).
+///
+/// ```
+/// use tower::{service_fn, ServiceBuilder};
+/// use tower_lb::{balance::Target, Backend, Balance};
+/// use std::{convert::Infallible, time::Duration};
+///
+/// let balance = Balance::builder()
+///     .backends([Backend::new("a"), Backend::new("b")])
+///     .build(|t: &Target<'_, &'static str>| {
+///         let name = *t.key();
+///         ServiceBuilder::new()
+///             .timeout(Duration::from_secs(1))
+///             .service(service_fn(move |_req: ()| async move { Ok::<_, Infallible>(name) }))
+///     })
+///     .unwrap();
+/// # let _ = balance;
+/// ```
+pub trait MakeEndpoint<K> {
+    /// The endpoint service.
+    type Service;
+
+    /// Makes the service for `target`.
+    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<Self::Service, BoxError>;
+}
+
+impl<K, F, S> MakeEndpoint<K> for F
+where
+    F: Fn(&Target<'_, K>) -> S,
+{
+    type Service = S;
+
+    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<S, BoxError> {
+        Ok(self(target))
+    }
+}
+
+/// Configures and builds a [`Balance`].
+///
+/// Defaults: strategy [`P2c`] over in-flight requests; fail-fast wait 1 s; 2 retries of
+/// connect-phase failures (when the policy can replay requests); panic threshold 50 %;
+/// latency tracked only if the strategy needs it; empty discovery snapshots applied.
+#[must_use]
+pub struct Builder<K, P = ()> {
+    strategy: Arc<dyn Strategy>,
+    cfg: Config,
+    backends: Vec<Backend<K>>,
+    policy: P,
+    error: Option<ConfigError>,
+}
+
+impl<K, P: fmt::Debug> fmt::Debug for Builder<K, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("strategy", &self.strategy.name())
+            .field("config", &self.cfg)
+            .field("backends", &self.backends.len())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<K: Key> Default for Builder<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Key> Builder<K> {
+    /// A builder with the defaults above.
+    pub fn new() -> Self {
+        Self {
+            strategy: Arc::new(P2c::new()),
+            cfg: Config::default(),
+            backends: Vec::new(),
+            policy: (),
+            error: None,
+        }
+    }
+}
+
+impl<K: Key, P> Builder<K, P> {
+    /// Sets the pick strategy.
+    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
+        self.strategy = Arc::new(strategy);
+        self
+    }
+
+    /// How long a request waits for an endpoint when none is available (an empty set at
+    /// start-up, every endpoint ejected) before failing with
+    /// [`NoEndpoints`](crate::error::NoEndpoints) or
+    /// [`AllUnavailable`](crate::error::AllUnavailable). Zero fails at once.
+    pub fn fail_fast(mut self, wait: Duration) -> Self {
+        self.cfg.fail_fast = wait;
+        self
+    }
+
+    /// How many times a request that failed before reaching its backend (connection
+    /// refused) is sent to another endpoint. Needs a [`RequestPolicy`] that can replay
+    /// requests. Endpoints whose `poll_ready` fails are always skipped, not counted here.
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.cfg.retries = retries;
+        self
+    }
+
+    /// Panic threshold in `0.0..=1.0` (Envoy, default 0.5): when the share of available
+    /// primaries falls below it, health is ignored and every non-draining primary is used.
+    /// `0.0` disables panic mode.
+    pub fn panic_threshold(mut self, share: f64) -> Self {
+        if !(0.0..=1.0).contains(&share) {
+            self.error = Some(ConfigError::Invalid {
+                setting: "panic_threshold",
+                reason: format!("{share} is not within 0.0..=1.0"),
+            });
+        }
+        self.cfg.panic_threshold = share;
+        self
+    }
+
+    /// When a discovery source replaces the set with an empty one, keep the last non-empty
+    /// set instead (default: apply it).
+    pub fn keep_last_on_empty(mut self, keep: bool) -> Self {
+        self.cfg.keep_last_on_empty = keep;
+        self
+    }
+
+    /// Time every response to keep a peak-EWMA latency per endpoint, even when the
+    /// strategy does not need it (for stats).
+    pub fn track_latency(mut self, track: bool) -> Self {
+        self.cfg.track_latency = track;
+        self
+    }
+
+    /// Adds one backend to the initial (static) set.
+    pub fn backend(mut self, backend: impl Into<Backend<K>>) -> Self {
+        self.backends.push(backend.into());
+        self
+    }
+
+    /// Adds backends to the initial (static) set.
+    pub fn backends<B: Into<Backend<K>>>(mut self, backends: impl IntoIterator<Item = B>) -> Self {
+        self.backends.extend(backends.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the request policy: how to read a request's affinity key and replay a failed
+    /// request. See [`RequestPolicy`].
+    pub fn policy<P2>(self, policy: P2) -> Builder<K, P2> {
+        Builder {
+            strategy: self.strategy,
+            cfg: self.cfg,
+            backends: self.backends,
+            policy,
+            error: self.error,
+        }
+    }
+
+    fn finish_cfg(&mut self) -> Result<(), ConfigError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.cfg.track_latency |= self.strategy.needs_latency();
+        Ok(())
+    }
+
+    /// Builds the balancer over the static backends, making each endpoint with `maker`.
+    /// The balancer's [`handle`](Balance::handle) uses the same maker for later inserts.
+    ///
+    /// Fails with a [`ConfigError`] on a zero weight, an invalid setting or a maker error.
+    pub fn build<M>(mut self, maker: M) -> Result<Balance<K, M::Service, P>, ConfigError>
+    where
+        M: MakeEndpoint<K> + Send + Sync + 'static,
+        M::Service: Clone + Send + Sync + 'static,
+    {
+        self.finish_cfg()?;
+        let maker: super::set::Maker<K, M::Service> =
+            Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t));
+        let core = Arc::new(Core::new(self.strategy, self.cfg, Some(maker.clone())));
+        core.replace_with(self.backends, |t| maker(t))?;
+        Ok(Balance {
+            core,
+            policy: self.policy,
+        })
+    }
+
+    /// Builds the balancer over a [`tower::discover::Discover`] source, spawned as a
+    /// background task that applies every change at once, with no request traffic needed.
+    /// The task stops when the last clone of the balancer (and of its handle) is dropped.
+    ///
+    /// Discovered endpoints get weight 1. Source errors are logged and kept in the stats;
+    /// the last good set stays in use. Must be called within a Tokio runtime.
+    pub fn build_discover<D>(
+        mut self,
+        discover: D,
+    ) -> Result<Balance<K, D::Service, P>, ConfigError>
+    where
+        D: Discover<Key = K> + Send + 'static,
+        D::Service: Clone + Send + Sync + 'static,
+        D::Error: Into<BoxError>,
+    {
+        self.finish_cfg()?;
+        if !self.backends.is_empty() {
+            return Err(ConfigError::NoMaker);
+        }
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::Invalid {
+            setting: "runtime",
+            reason: "build_discover must be called within a Tokio runtime".into(),
+        })?;
+        let core = Arc::new(Core::new(self.strategy, self.cfg, None));
+        let task = rt.spawn(drive(Arc::downgrade(&core), discover));
+        core.set_driver(task.abort_handle());
+        Ok(Balance {
+            core,
+            policy: self.policy,
+        })
+    }
+}
+
+async fn drive<K, D>(core: std::sync::Weak<Core<K, D::Service>>, discover: D)
+where
+    K: Key,
+    D: Discover<Key = K>,
+    D::Service: Clone + Send + Sync + 'static,
+    D::Error: Into<BoxError>,
+{
+    use tower::discover::Change;
+    let mut discover = std::pin::pin!(discover);
+    while let Some(change) = futures_util::future::poll_fn(|cx| discover.as_mut().poll_discover(cx))
+        .await
+    {
+        let Some(core) = core.upgrade() else { return };
+        match change {
+            Ok(Change::Insert(key, svc)) => {
+                let mut svc = Some(svc);
+                let res = core.insert_with(Backend::new(key), |_| {
+                    svc.take().ok_or_else(|| "service already taken".into())
+                });
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "tower_lb: discovered endpoint refused");
+                }
+                core.set_discover_error(None);
+            }
+            Ok(Change::Remove(key)) => {
+                core.remove(&key);
+            }
+            Err(e) => {
+                let e: BoxError = e.into();
+                tracing::warn!(error = %e, "tower_lb: discovery error; keeping the last set");
+                core.set_discover_error(Some(DiscoverError::new(e)));
+            }
+        }
+    }
+    tracing::debug!("tower_lb: discovery source ended; keeping the last set");
+}

@@ -1,0 +1,387 @@
+//! Pick strategies: the one decision a balancer makes per request.
+//!
+//! A strategy is small, synchronous and pure: it sees the list of available endpoints
+//! ([`Candidates`]: weight, in-flight count, latency, a stable id) and the request's
+//! optional [`RequestKey`], and returns an index into the list. It knows nothing of
+//! `Service`, readiness or health: the balancer filters ejected, down, draining and backup
+//! endpoints before it asks, and checks concurrency caps after.
+//!
+//! | strategy | picks | cost per pick |
+//! |---|---|---|
+//! | [`RoundRobin`] | the next endpoint in turn, weights ignored | O(1) |
+//! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) | O(n) |
+//! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`) | O(n) |
+//! | [`Random`] | uniformly, or by weight with [`Random::weighted`] | O(1) / O(log n) |
+//! | [`P2c`] | the less loaded of two distinct endpoints drawn by weight | O(log n) |
+//!
+//! [`P2c`] measures load as in-flight requests by default, or as peak-EWMA RTT ×
+//! (in-flight + 1) with [`P2c::peak_ewma`] (Finagle, linkerd), always divided by weight.
+//!
+//! Randomness is injected: every random strategy has `with_seed(u64)` beside `new()` so
+//! tests are exact.
+//!
+//! # Writing a strategy
+//!
+//! Implement [`Strategy`], or pass a closure:
+//!
+//! ```
+//! use tower_lb::balance::strategy::{Candidates, RequestKey};
+//!
+//! // Always the endpoint with the highest weight.
+//! let heaviest = |c: &Candidates<'_>, _key: Option<&RequestKey>| {
+//!     (0..c.len()).max_by_key(|&i| c[i].weight())
+//! };
+//! # let b = tower_lb::Balance::<&str, _>::builder().strategy(heaviest);
+//! # let _ = b;
+//! ```
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    ops::Deref,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use tokio::time::Instant;
+
+use super::endpoint::EndpointState;
+use crate::backend::mix64;
+
+mod least_conn;
+mod p2c;
+mod random;
+mod round_robin;
+mod weighted_rr;
+
+pub use least_conn::LeastConn;
+pub use p2c::P2c;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use weighted_rr::WeightedRoundRobin;
+
+/// Chooses an endpoint for a request. See the [module docs](self).
+pub trait Strategy: Send + Sync + 'static {
+    /// Returns an index into `candidates`, or `None` to refuse (the request then fails
+    /// with [`AllUnavailable`](crate::error::AllUnavailable)). `candidates` is never empty.
+    fn pick(&self, candidates: &Candidates<'_>, key: Option<&RequestKey>) -> Option<usize>;
+
+    /// Whether the balancer must time responses for this strategy (peak EWMA). Latency
+    /// costs two clock reads per request, so it is only measured when a strategy needs it
+    /// or [`Builder::track_latency`](crate::balance::Builder::track_latency) asks for it.
+    fn needs_latency(&self) -> bool {
+        false
+    }
+
+    /// Called off the request path whenever the endpoint set changes, with every endpoint
+    /// (available or not): where hash strategies rebuild their tables.
+    fn rebuild(&self, all: &Candidates<'_>) {
+        let _ = all;
+    }
+
+    /// A short name for logs and stats.
+    fn name(&self) -> &'static str {
+        "custom"
+    }
+}
+
+impl<F> Strategy for F
+where
+    F: Fn(&Candidates<'_>, Option<&RequestKey>) -> Option<usize> + Send + Sync + 'static,
+{
+    fn pick(&self, candidates: &Candidates<'_>, key: Option<&RequestKey>) -> Option<usize> {
+        self(candidates, key)
+    }
+}
+
+impl<T: Strategy + ?Sized> Strategy for Arc<T> {
+    fn pick(&self, candidates: &Candidates<'_>, key: Option<&RequestKey>) -> Option<usize> {
+        (**self).pick(candidates, key)
+    }
+    fn needs_latency(&self) -> bool {
+        (**self).needs_latency()
+    }
+    fn rebuild(&self, all: &Candidates<'_>) {
+        (**self).rebuild(all)
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+}
+
+/// One endpoint as a strategy sees it.
+#[derive(Clone)]
+pub struct Candidate {
+    pub(crate) state: Arc<EndpointState>,
+    pub(crate) weight: u32,
+    pub(crate) id: u64,
+    pub(crate) pos: usize,
+}
+
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidate")
+            .field("id", &self.id)
+            .field("weight", &self.weight)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Candidate {
+    /// A candidate over a detached state: for unit tests of custom strategies.
+    ///
+    /// ```
+    /// use tower_lb::balance::strategy::{Candidate, CandidateList, RoundRobin, Strategy};
+    ///
+    /// let list = CandidateList::new((0..3).map(|i| Candidate::detached(i, 1)).collect());
+    /// let rr = RoundRobin::new();
+    /// let picks: Vec<_> = (0..4).map(|_| rr.pick(&list.view(), None).unwrap()).collect();
+    /// assert_eq!(picks, [0, 1, 2, 0]);
+    /// ```
+    pub fn detached(id: u64, weight: u32) -> Self {
+        Self {
+            state: Arc::new(EndpointState::detached()),
+            weight,
+            id,
+            pos: 0,
+        }
+    }
+
+    /// The effective weight (at least 1).
+    #[inline]
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// A stable id: the [`stable_hash`](crate::backend::stable_hash) of the backend key.
+    #[inline]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Requests in flight.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight()
+    }
+
+    /// The full live state.
+    #[inline]
+    pub fn state(&self) -> &EndpointState {
+        &self.state
+    }
+
+    /// Peak-EWMA RTT in nanoseconds at `now` (30 ms without samples).
+    #[inline]
+    pub fn ewma_nanos(&self, now: Instant) -> f64 {
+        self.state.ewma_nanos_at(now)
+    }
+}
+
+/// An owned candidate list with its precomputed weight sums; see [`Candidates`].
+#[derive(Debug, Clone, Default)]
+pub struct CandidateList {
+    items: Vec<Candidate>,
+    cumulative: Vec<u64>,
+    total: u64,
+    uniform: bool,
+    by_id: HashMap<u64, usize>,
+    generation: u64,
+}
+
+impl CandidateList {
+    /// Builds a list, precomputing the weight prefix sums and id index.
+    pub fn new(items: Vec<Candidate>) -> Self {
+        Self::with_generation(items, 0)
+    }
+
+    pub(crate) fn with_generation(items: Vec<Candidate>, generation: u64) -> Self {
+        let mut total = 0u64;
+        let cumulative = items
+            .iter()
+            .map(|c| {
+                total += u64::from(c.weight.max(1));
+                total
+            })
+            .collect();
+        let uniform = items.windows(2).all(|w| w[0].weight == w[1].weight);
+        let by_id = items.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+        Self {
+            items,
+            cumulative,
+            total,
+            uniform,
+            by_id,
+            generation,
+        }
+    }
+
+    /// Borrows the list as strategies see it.
+    pub fn view(&self) -> Candidates<'_> {
+        Candidates { list: self }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// The endpoints a strategy may choose from, never empty when passed to
+/// [`Strategy::pick`]. Derefs to `[Candidate]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates<'a> {
+    list: &'a CandidateList,
+}
+
+impl<'a> Deref for Candidates<'a> {
+    type Target = [Candidate];
+    fn deref(&self) -> &[Candidate] {
+        &self.list.items
+    }
+}
+
+impl<'a> Candidates<'a> {
+    /// Sum of all weights.
+    #[inline]
+    pub fn total_weight(&self) -> u64 {
+        self.list.total
+    }
+
+    /// True when every candidate has the same weight (weights can then be ignored).
+    #[inline]
+    pub fn uniform(&self) -> bool {
+        self.list.uniform
+    }
+
+    /// The candidate holding point `r` of `0..total_weight()`: a weighted draw in
+    /// O(log n).
+    #[inline]
+    pub fn by_weight_point(&self, r: u64) -> usize {
+        let cum = &self.list.cumulative;
+        let i = cum.partition_point(|&c| c <= r);
+        i.min(cum.len().saturating_sub(1))
+    }
+
+    /// Weight prefix sums (`cumulative()[i]` = weights of `0..=i`).
+    pub fn cumulative(&self) -> &'a [u64] {
+        &self.list.cumulative
+    }
+
+    /// Position of the candidate with the given [`id`](Candidate::id), if available.
+    #[inline]
+    pub fn position(&self, id: u64) -> Option<usize> {
+        self.list.by_id.get(&id).copied()
+    }
+
+    /// Changes whenever the list is rebuilt (0 for ad-hoc lists).
+    pub fn generation(&self) -> u64 {
+        self.list.generation
+    }
+}
+
+/// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.
+///
+/// ```
+/// use tower_lb::balance::strategy::RequestKey;
+///
+/// let a = RequestKey::from_bytes(b"user-42");
+/// assert_eq!(a, RequestKey::from_bytes(b"user-42"));
+/// let ip = RequestKey::from_ip("192.0.2.7".parse().unwrap());
+/// assert!(ip.ip().is_some());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    hash: u64,
+    ip: Option<IpAddr>,
+}
+
+impl RequestKey {
+    /// A key from arbitrary bytes (hashed with a stable hash).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self {
+            hash: crate::backend::stable_hash(bytes),
+            ip: None,
+        }
+    }
+
+    /// A key from a precomputed hash.
+    pub fn from_hash(hash: u64) -> Self {
+        Self { hash, ip: None }
+    }
+
+    /// A key from a client IP address (kept, for nginx `ip_hash` semantics).
+    pub fn from_ip(ip: IpAddr) -> Self {
+        let hash = match ip {
+            IpAddr::V4(v4) => crate::backend::stable_hash(&v4.octets()),
+            IpAddr::V6(v6) => crate::backend::stable_hash(&v6.octets()),
+        };
+        Self { hash, ip: Some(ip) }
+    }
+
+    /// The key's 64-bit hash.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The client IP, when the key was made from one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+}
+
+/// A lock-free seeded random number generator (splitmix64) shared by random strategies.
+#[derive(Debug)]
+pub struct Rng(AtomicU64);
+
+impl Rng {
+    /// Seeded from the clock and the address of a local, different in each process.
+    pub fn new() -> Self {
+        let local = 0u8;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (&local as *const u8 as u64);
+        Self::with_seed(seed)
+    }
+
+    /// A generator with a fixed seed: the same sequence every run.
+    pub fn with_seed(seed: u64) -> Self {
+        Self(AtomicU64::new(seed))
+    }
+
+    /// The next 64 random bits.
+    #[inline]
+    pub fn next_u64(&self) -> u64 {
+        mix64(self.0.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed))
+    }
+
+    /// A uniform number in `0..n` (`n > 0`), by multiply-shift (no modulo bias to speak of).
+    #[inline]
+    pub fn below(&self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A candidate list of detached endpoints with the given weights (ids `0..n`): for unit
+/// tests of strategies.
+pub fn list_of(weights: &[u32]) -> CandidateList {
+    CandidateList::new(
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Candidate::detached(i as u64, w))
+            .collect(),
+    )
+}

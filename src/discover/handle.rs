@@ -1,0 +1,163 @@
+use std::{fmt, sync::Arc};
+
+use crate::{
+    backend::Backend,
+    balance::{Key, Stats},
+    error::ConfigError,
+};
+
+use crate::balance::set::Core;
+
+/// Changes applied to a balancer's endpoint set, type-erased over the service type.
+pub(crate) trait Apply<K>: Send + Sync {
+    fn insert(&self, backend: Backend<K>) -> Result<(), ConfigError>;
+    fn remove(&self, key: &K) -> bool;
+    fn set_weight(&self, key: &K, weight: u32) -> Result<(), ConfigError>;
+    fn set_draining(&self, key: &K, draining: bool) -> Result<(), ConfigError>;
+    fn replace(&self, backends: Vec<Backend<K>>) -> Result<(), ConfigError>;
+    fn keys(&self) -> Vec<K>;
+    fn stats(&self) -> Stats<K>;
+}
+
+impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
+    fn insert(&self, backend: Backend<K>) -> Result<(), ConfigError> {
+        let maker = self.maker.clone().ok_or(ConfigError::NoMaker)?;
+        self.insert_with(backend, |t| maker(t))
+    }
+
+    fn remove(&self, key: &K) -> bool {
+        Core::remove(self, key)
+    }
+
+    fn set_weight(&self, key: &K, weight: u32) -> Result<(), ConfigError> {
+        Core::set_weight(self, key, weight)
+    }
+
+    fn set_draining(&self, key: &K, draining: bool) -> Result<(), ConfigError> {
+        self.with_entry(key, |e| e.state.set_draining(draining))
+            .ok_or_else(|| ConfigError::UnknownBackend {
+                backend: key.to_string(),
+            })
+    }
+
+    fn replace(&self, backends: Vec<Backend<K>>) -> Result<(), ConfigError> {
+        let maker = self.maker.clone().ok_or(ConfigError::NoMaker)?;
+        self.replace_with(backends, |t| maker(t))
+    }
+
+    fn keys(&self) -> Vec<K> {
+        self.peek()
+            .entries
+            .iter()
+            .map(|e| e.backend.key().clone())
+            .collect()
+    }
+
+    fn stats(&self) -> Stats<K> {
+        Core::stats(self)
+    }
+}
+
+/// A live handle on a balancer's endpoint set: insert, remove, re-weight, drain and
+/// replace backends at runtime. `Clone + Send + Sync`; every change is visible to the next
+/// request at once, with no request traffic needed.
+///
+/// Per-endpoint state (in-flight, latency, health) is keyed by backend key: it survives
+/// changes to other backends, re-weights, and a duplicate insert (which replaces the
+/// service but keeps the state).
+///
+/// ```
+/// use tower::service_fn;
+/// use tower_lb::{balance::Target, Backend, Balance};
+/// use std::convert::Infallible;
+///
+/// let balance = Balance::builder()
+///     .backend("a")
+///     .build(|t: &Target<'_, &'static str>| {
+///         let k = *t.key();
+///         service_fn(move |_: ()| async move { Ok::<_, Infallible>(k) })
+///     })
+///     .unwrap();
+/// let handle = balance.handle();
+/// handle.insert(Backend::new("b").weight(3)).unwrap();
+/// handle.set_weight(&"a", 2).unwrap();
+/// handle.drain(&"a").unwrap();
+/// assert!(handle.set_weight(&"b", 0).is_err()); // zero weight: a typed error
+/// assert!(handle.remove(&"a"));
+/// assert_eq!(handle.keys(), ["b"]);
+/// ```
+pub struct Handle<K> {
+    apply: Arc<dyn Apply<K>>,
+}
+
+impl<K> Clone for Handle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            apply: self.apply.clone(),
+        }
+    }
+}
+
+impl<K: Key> fmt::Debug for Handle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("backends", &self.apply.keys().len())
+            .finish()
+    }
+}
+
+impl<K: Key> Handle<K> {
+    pub(crate) fn new<S: Clone + Send + Sync + 'static>(core: Arc<Core<K, S>>) -> Self {
+        Self { apply: core }
+    }
+
+    /// Inserts a backend, or updates it (weight, backup flag, service) if its key is known.
+    ///
+    /// Fails on a zero weight, a maker error, or a balancer built from a `Discover` source
+    /// (which has no maker).
+    pub fn insert(&self, backend: Backend<K>) -> Result<(), ConfigError> {
+        self.apply.insert(backend)
+    }
+
+    /// Removes a backend at once; requests already sent to it finish. Returns whether it
+    /// was there. For a graceful removal, [`drain`](Self::drain) first.
+    pub fn remove(&self, key: &K) -> bool {
+        self.apply.remove(key)
+    }
+
+    /// Changes a backend's weight; its state is kept.
+    pub fn set_weight(&self, key: &K, weight: u32) -> Result<(), ConfigError> {
+        self.apply.set_weight(key, weight)
+    }
+
+    /// Drains a backend (nginx `down`): no new requests, in-flight ones finish.
+    pub fn drain(&self, key: &K) -> Result<(), ConfigError> {
+        self.apply.set_draining(key, true)
+    }
+
+    /// Ends draining: the backend takes new requests again.
+    pub fn undrain(&self, key: &K) -> Result<(), ConfigError> {
+        self.apply.set_draining(key, false)
+    }
+
+    /// Replaces the whole set in one step: backends not listed are removed, the others
+    /// inserted or updated. Nothing changes if any backend is invalid. An empty list is
+    /// ignored when the balancer keeps the last non-empty set.
+    pub fn replace<B: Into<Backend<K>>>(
+        &self,
+        backends: impl IntoIterator<Item = B>,
+    ) -> Result<(), ConfigError> {
+        self.apply
+            .replace(backends.into_iter().map(Into::into).collect())
+    }
+
+    /// The keys in the set, in insertion order.
+    pub fn keys(&self) -> Vec<K> {
+        self.apply.keys()
+    }
+
+    /// Every backend's counters and health.
+    pub fn stats(&self) -> Stats<K> {
+        self.apply.stats()
+    }
+}

@@ -1,0 +1,37 @@
+//! Where endpoints come from.
+//!
+//! - **A static list**: [`Builder::backends`](crate::balance::Builder::backends).
+//! - **A live handle**: [`Handle`], from [`Balance::handle`](crate::Balance::handle), to
+//!   insert, remove, re-weight, drain and replace backends at runtime. Registries (DNS,
+//!   Kubernetes, files) feed the balancer through it.
+//! - **Any [`tower::discover::Discover`]**:
+//!   [`Builder::build_discover`](crate::balance::Builder::build_discover) spawns a driver
+//!   that applies its changes with no request traffic needed (tower's `Buffer` +
+//!   `Balance` only see changes when polled, and starve while idle).
+//!
+//! Changes are published copy-on-write: requests in progress keep the snapshot they
+//! started with, readers never block, and per-endpoint state is keyed by backend key so
+//! it survives changes to other backends.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use futures_util::stream;
+//! use tower::{discover::Change, service_fn, Service, ServiceExt};
+//! use tower_lb::Balance;
+//! use std::convert::Infallible;
+//!
+//! let svc = service_fn(|_: ()| async { Ok::<_, Infallible>("hello") });
+//! let changes = stream::iter([Ok::<_, Infallible>(Change::Insert("a", svc))])
+//!     .chain(stream::pending());
+//! # use futures_util::StreamExt;
+//! let mut balance = Balance::builder().build_discover(changes).unwrap();
+//! // The driver applies the insert in the background; the request waits for it
+//! // (up to the fail-fast bound) if it comes first.
+//! assert_eq!(balance.ready().await.unwrap().call(()).await.unwrap(), "hello");
+//! # }
+//! ```
+
+mod handle;
+
+pub use handle::Handle;

@@ -1,0 +1,476 @@
+//! HTTP endpoints over one shared hyper-util client, and HTTP glue for the balancer.
+//!
+//! - [`HttpEndpoints`] is an endpoint maker: every backend's endpoint sends requests through
+//!   the same pooled `hyper_util` client (one connection pool, keep-alive, HTTP/1.1 and
+//!   HTTP/2), rewriting each request's URI to its backend's scheme and authority. A `Host`
+//!   header already on the request is kept.
+//! - [`HttpPolicy`] reads a request's affinity key from its extensions and, with
+//!   [`HttpPolicy::replay_clone`], copies requests whose body is `Clone` so that a
+//!   connection refused by one backend is retried on another.
+//! - [`ErrorResponseLayer`] turns the balancer's errors into `502`/`503`/`504` responses
+//!   with `Infallible` errors, as axum routes require.
+//!
+//! Backend keys are anything that prints as an authority (`127.0.0.1:3000`, a
+//! `SocketAddr`) or as a base URL (`http://api.internal:8080`).
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower_lb::BoxError> {
+//! use http_body_util::Empty;
+//! use bytes::Bytes;
+//! use tower::{Service, ServiceExt};
+//! use tower_lb::{http::{HttpEndpoints, HttpPolicy}, Backend, Balance};
+//!
+//! let mut balance = Balance::builder()
+//!     .backends(["127.0.0.1:3001", "127.0.0.1:3002"].map(Backend::new))
+//!     .policy(HttpPolicy::new().replay_clone())
+//!     .build(HttpEndpoints::<Empty<Bytes>>::new())?;
+//!
+//! let req = http::Request::get("/users/42").body(Empty::new())?;
+//! let rsp = balance.ready().await?.call(req).await?;
+//! println!("{}", rsp.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{uri, Request, Response, StatusCode, Uri};
+use hyper::body::{Body, Incoming};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
+    error::{find, AllUnavailable, BoxError, DiscoverError, NoEndpoints},
+};
+
+/// Makes one [`HttpEndpoint`] per backend, all sharing one hyper-util client and so one
+/// connection pool. See the [module docs](self).
+pub struct HttpEndpoints<B> {
+    client: Client<HttpConnector, B>,
+}
+
+impl<B> Clone for HttpEndpoints<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for HttpEndpoints<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoints").finish_non_exhaustive()
+    }
+}
+
+impl<B> Default for HttpEndpoints<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> HttpEndpoints<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A client with a 5 s connect timeout, `TCP_NODELAY`, up to 64 idle connections per
+    /// backend kept for 90 s, HTTP/1.1 (HTTP/2 for `h2c` with [`http2_only`](Self::http2_only)).
+    pub fn new() -> Self {
+        Self::with_connect_timeout(Duration::from_secs(5))
+    }
+
+    /// Like [`new`](Self::new), with another connect timeout.
+    pub fn with_connect_timeout(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        connector.enforce_http(false);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Speaks HTTP/2 without TLS (prior knowledge, as gRPC backends expect).
+    #[must_use]
+    pub fn http2_only(self) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Uses a client you configured.
+    pub fn with_client(client: Client<HttpConnector, B>) -> Self {
+        Self { client }
+    }
+}
+
+impl<K: fmt::Display, B> MakeEndpoint<K> for HttpEndpoints<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Service = HttpEndpoint<B>;
+
+    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<HttpEndpoint<B>, BoxError> {
+        let (scheme, authority) = parse_base(&target.key().to_string())?;
+        Ok(HttpEndpoint {
+            client: self.client.clone(),
+            scheme,
+            authority,
+        })
+    }
+}
+
+/// Parses `host:port` or `scheme://host:port[/]` into a scheme and an authority.
+pub fn parse_base(s: &str) -> Result<(uri::Scheme, uri::Authority), BoxError> {
+    if s.contains("://") {
+        let uri: Uri = s.parse()?;
+        let scheme = uri.scheme().cloned().ok_or("backend URL has no scheme")?;
+        if scheme != uri::Scheme::HTTP && scheme != uri::Scheme::HTTPS {
+            return Err(format!("unsupported scheme {scheme}").into());
+        }
+        let authority = uri.authority().cloned().ok_or("backend URL has no host")?;
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err("backend URL must not have a path".into());
+        }
+        Ok((scheme, authority))
+    } else {
+        let authority: uri::Authority = s.parse()?;
+        Ok((uri::Scheme::HTTP, authority))
+    }
+}
+
+/// One backend's HTTP service: rewrites the request URI to the backend and sends it
+/// through the shared client. Made by [`HttpEndpoints`].
+pub struct HttpEndpoint<B> {
+    client: Client<HttpConnector, B>,
+    scheme: uri::Scheme,
+    authority: uri::Authority,
+}
+
+impl<B> Clone for HttpEndpoint<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for HttpEndpoint<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpEndpoint")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for HttpEndpoint<B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<Request<B>>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        // Scheme, authority and path are all set: this cannot fail.
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        self.client.request(req)
+    }
+}
+
+/// Does not replay requests; see [`HttpPolicy`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReplay;
+
+/// Replays requests by cloning them (bodies must be `Clone`); see [`HttpPolicy`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneBody;
+
+/// The [`RequestPolicy`] for `http::Request`s: the affinity key is the [`RequestKey`] in the
+/// request's extensions (put there by a key layer or by hand); with
+/// [`replay_clone`](Self::replay_clone), requests are copied before each attempt so a
+/// connect failure can be retried on another backend.
+///
+/// ```
+/// use tower_lb::{balance::{strategy::RequestKey, RequestPolicy}, http::HttpPolicy};
+///
+/// let mut req = http::Request::new(String::from("body"));
+/// req.extensions_mut().insert(RequestKey::from_bytes(b"session-1"));
+/// let policy = HttpPolicy::new().replay_clone();
+/// assert_eq!(policy.key(&req), Some(RequestKey::from_bytes(b"session-1")));
+/// assert_eq!(policy.replay(&req).unwrap().body(), "body");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpPolicy<R = NoReplay> {
+    _replay: R,
+}
+
+impl HttpPolicy {
+    /// Keys from extensions, no replay.
+    pub fn new() -> Self {
+        Self { _replay: NoReplay }
+    }
+
+    /// Also replays requests whose body is `Clone` (`Full<Bytes>`, `Empty`, `String`…).
+    pub fn replay_clone(self) -> HttpPolicy<CloneBody> {
+        HttpPolicy { _replay: CloneBody }
+    }
+}
+
+impl<B> RequestPolicy<Request<B>> for HttpPolicy<NoReplay> {
+    fn key(&self, req: &Request<B>) -> Option<RequestKey> {
+        req.extensions().get::<RequestKey>().copied()
+    }
+}
+
+impl<B: Clone + Send + Sync + 'static> RequestPolicy<Request<B>> for HttpPolicy<CloneBody> {
+    fn key(&self, req: &Request<B>) -> Option<RequestKey> {
+        req.extensions().get::<RequestKey>().copied()
+    }
+
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
+/// The status a gateway should answer for a balancer error: `503` when no endpoint can
+/// take the request, `504` when a timeout expired (a `tower::timeout` in the endpoint
+/// stack), `502` when the backend failed.
+///
+/// ```
+/// use tower_lb::http::status_for;
+/// use tower_lb::BoxError;
+///
+/// let err: BoxError = "connection reset".into();
+/// assert_eq!(status_for(&err), http::StatusCode::BAD_GATEWAY);
+/// ```
+pub fn status_for(err: &BoxError) -> StatusCode {
+    let e: &(dyn std::error::Error + 'static) = &**err;
+    if find::<NoEndpoints>(e).is_some()
+        || find::<AllUnavailable>(e).is_some()
+        || find::<DiscoverError>(e).is_some()
+    {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if find::<tower::timeout::error::Elapsed>(e).is_some()
+        || find::<tokio::time::error::Elapsed>(e).is_some()
+    {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
+/// Maps a service's errors to empty `502`/`503`/`504` responses (see [`status_for`]), so
+/// the stack's error type is `Infallible`, as axum routes require.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_lb::http::ErrorResponseLayer;
+/// # use tower::service_fn;
+/// # let svc = service_fn(|_: http::Request<()>| async {
+/// #     Ok::<http::Response<String>, tower_lb::BoxError>(http::Response::new(String::new()))
+/// # });
+///
+/// let svc = ServiceBuilder::new().layer(ErrorResponseLayer::new()).service(svc);
+/// # let _ = svc;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorResponseLayer {
+    _p: (),
+}
+
+impl ErrorResponseLayer {
+    /// A new layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for ErrorResponseLayer {
+    type Service = ErrorResponse<S>;
+
+    fn layer(&self, inner: S) -> ErrorResponse<S> {
+        ErrorResponse { inner, error: None }
+    }
+}
+
+/// The service made by [`ErrorResponseLayer`].
+#[derive(Debug)]
+pub struct ErrorResponse<S> {
+    inner: S,
+    error: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for ErrorResponse<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            error: None,
+        }
+    }
+}
+
+impl<S> ErrorResponse<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner, error: None }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn error_response<B: Default>(err: &BoxError) -> Response<B> {
+    let status = status_for(err);
+    tracing::debug!(%status, error = %err, "tower_lb: answering an error");
+    let mut rsp = Response::new(B::default());
+    *rsp.status_mut() = status;
+    rsp
+}
+
+impl<S, Req, B> Service<Req> for ErrorResponse<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Default,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = ErrorResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.error.is_none() {
+            if let Err(e) = std::task::ready!(self.inner.poll_ready(cx)) {
+                // Answered on the next call.
+                self.error = Some(e.into());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.error.take() {
+            Some(e) => ErrorResponseFuture {
+                inner: Inner::Failed { error: Some(e) },
+            },
+            None => ErrorResponseFuture {
+                inner: Inner::Call {
+                    fut: self.inner.call(req),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ErrorResponse`].
+    pub struct ErrorResponseFuture<F> {
+        #[pin]
+        inner: Inner<F>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<F> {
+        Call { #[pin] fut: F },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<F> fmt::Debug for ErrorResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ErrorResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Default,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            InnerProj::Call { fut } => Poll::Ready(Ok(match std::task::ready!(fut.poll(cx)) {
+                Ok(rsp) => rsp,
+                Err(e) => error_response(&e.into()),
+            })),
+            InnerProj::Failed { error } => {
+                let e = error.take().unwrap_or_else(|| "polled after completion".into());
+                Poll::Ready(Ok(error_response(&e)))
+            }
+        }
+    }
+}

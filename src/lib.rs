@@ -1,0 +1,70 @@
+//! Production-grade load balancing for the Tower ecosystem.
+//!
+//! `tower-lb` is a [`Balance`] service you put in front of a set of endpoints: a client
+//! stack (hyper-util, tonic), an axum route, a gateway. It is `Clone + Send + Sync`, needs
+//! no `Buffer`, answers "no endpoint" with a typed error instead of hanging, and picks with
+//! the strategies of nginx, Envoy and Finagle.
+//!
+//! # Quick start
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use tower::{service_fn, Service};
+//! use tower_lb::{balance::{strategy::P2c, Target}, Backend, Balance};
+//! use std::convert::Infallible;
+//!
+//! // Endpoints are made from backends by a maker: here, in-memory services.
+//! let balance = Balance::builder()
+//!     .strategy(P2c::new())
+//!     .backends(["10.0.0.1:80", "10.0.0.2:80"].map(Backend::new))
+//!     .build(|t: &Target<'_, &'static str>| {
+//!         let addr = *t.key();
+//!         service_fn(move |req: String| async move { Ok::<_, Infallible>(format!("{addr} got {req}")) })
+//!     })
+//!     .unwrap();
+//!
+//! let answer = balance.clone().call("hi".to_string()).await.unwrap();
+//! assert!(answer.ends_with("got hi"));
+//!
+//! // Change the set at runtime.
+//! balance.handle().insert(Backend::new("10.0.0.3:80").weight(2)).unwrap();
+//! assert_eq!(balance.stats().backends.len(), 3);
+//! # }
+//! ```
+//!
+//! For HTTP, [`http::HttpEndpoints`] makes endpoints over one shared hyper-util client.
+//!
+//! # Modules
+//!
+//! | module | what |
+//! |---|---|
+//! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
+//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), and the trait to write your own |
+//! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover` |
+//! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
+//! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
+//! | [`error`] | the typed errors behind `BoxError` |
+//!
+//! # Feature flags
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `http` | yes | [`http`]: hyper-util endpoint maker and HTTP helpers |
+//! | `test-util` | no | [`test_util`] |
+//! | `full` | no | everything |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backend;
+pub mod balance;
+pub mod discover;
+pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use backend::Backend;
+pub use balance::{Balance, Builder};
+pub use error::BoxError;
