@@ -88,7 +88,11 @@ impl DiscoverError {
 
 impl fmt::Display for DiscoverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "discovery failed and no endpoint is known: {}", self.source)
+        write!(
+            f,
+            "discovery failed and no endpoint is known: {}",
+            self.source
+        )
     }
 }
 
@@ -176,7 +180,9 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ZeroWeight { backend } => write!(f, "backend {backend}: weight must be at least 1"),
+            Self::ZeroWeight { backend } => {
+                write!(f, "backend {backend}: weight must be at least 1")
+            }
             Self::Invalid { setting, reason } => write!(f, "invalid {setting}: {reason}"),
             Self::Make { backend, reason } => {
                 write!(f, "backend {backend}: cannot build endpoint: {reason}")
@@ -257,7 +263,11 @@ pub fn is_connect_error(err: &(dyn Error + 'static)) -> bool {
             use std::io::ErrorKind::*;
             if matches!(
                 io.kind(),
-                ConnectionRefused | AddrNotAvailable | NotConnected | HostUnreachable | NetworkUnreachable
+                ConnectionRefused
+                    | AddrNotAvailable
+                    | NotConnected
+                    | HostUnreachable
+                    | NetworkUnreachable
             ) {
                 return true;
             }

@@ -67,7 +67,9 @@ impl<K: Clone, Req> Service<Req> for Echo<K> {
 /// If the builder's configuration is invalid (this is a test helper).
 pub fn echo<K: Key, P>(builder: Builder<K, P>) -> Balance<K, Echo<K>, P> {
     builder
-        .build(|t: &Target<'_, K>| Echo { key: t.key().clone() })
+        .build(|t: &Target<'_, K>| Echo {
+            key: t.key().clone(),
+        })
         .expect("valid test configuration")
 }
 
@@ -116,8 +118,7 @@ where
     let balance = builder
         .build(move |t: &Target<'_, K>| {
             let (svc, handle) = tower_test::mock::pair::<Req, Rsp>();
-            made
-                .lock()
+            made.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(t.key().clone(), handle);
             svc

@@ -230,7 +230,8 @@ impl EndpointState {
             0 => DEFAULT_RTT.as_nanos() as f64,
             bits => {
                 let elapsed =
-                    self.nanos(now).saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                    self.nanos(now)
+                        .saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
                 f64::from_bits(bits) * (-elapsed / DEFAULT_DECAY.as_nanos() as f64).exp()
             }
         }

@@ -67,7 +67,7 @@ pub mod strategy;
 
 pub use endpoint::{EndpointState, Status};
 pub use future::ResponseFuture;
-pub use service::{Balance, BackendStats, Builder, MakeEndpoint, Stats, Target};
+pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};
 pub use set::{Key, Tier};
 
 use crate::error::{is_connect_error, BoxError};

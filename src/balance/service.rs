@@ -355,14 +355,14 @@ impl<K: Key, P> Builder<K, P> {
     }
 
     /// Adds one backend to the initial (static) set.
-    pub fn backend(mut self, backend: impl Into<Backend<K>>) -> Self {
-        self.backends.push(backend.into());
+    pub fn backend(mut self, backend: Backend<K>) -> Self {
+        self.backends.push(backend);
         self
     }
 
     /// Adds backends to the initial (static) set.
-    pub fn backends<B: Into<Backend<K>>>(mut self, backends: impl IntoIterator<Item = B>) -> Self {
-        self.backends.extend(backends.into_iter().map(Into::into));
+    pub fn backends(mut self, backends: impl IntoIterator<Item = Backend<K>>) -> Self {
+        self.backends.extend(backends);
         self
     }
 
@@ -448,8 +448,8 @@ where
 {
     use tower::discover::Change;
     let mut discover = std::pin::pin!(discover);
-    while let Some(change) = futures_util::future::poll_fn(|cx| discover.as_mut().poll_discover(cx))
-        .await
+    while let Some(change) =
+        futures_util::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)).await
     {
         let Some(core) = core.upgrade() else { return };
         match change {

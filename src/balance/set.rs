@@ -11,11 +11,11 @@ use std::{
 use arc_swap::{ArcSwap, Guard};
 use tokio::{sync::watch, time::Instant};
 
+use super::Target;
 use super::{
     endpoint::{EndpointState, Pool, Status},
     strategy::{Candidate, CandidateList, Strategy},
 };
-use super::Target;
 use crate::{
     backend::{stable_hash, Backend},
     error::{BoxError, ConfigError, DiscoverError},
@@ -107,7 +107,11 @@ impl<K, S> Drop for Core<K, S> {
 }
 
 impl<K: Key, S: Clone> Core<K, S> {
-    pub(crate) fn new(strategy: Arc<dyn Strategy>, cfg: Config, maker: Option<Maker<K, S>>) -> Self {
+    pub(crate) fn new(
+        strategy: Arc<dyn Strategy>,
+        cfg: Config,
+        maker: Option<Maker<K, S>>,
+    ) -> Self {
         let pool = Arc::new(Pool::default());
         let empty = Snapshot {
             entries: Vec::new(),
@@ -165,7 +169,10 @@ impl<K: Key, S: Clone> Core<K, S> {
     }
 
     pub(crate) fn set_discover_error(&self, err: Option<DiscoverError>) {
-        *self.discover_error.lock().unwrap_or_else(|e| e.into_inner()) = err;
+        *self
+            .discover_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = err;
         self.version.send_modify(|v| *v += 1);
     }
 
@@ -209,7 +216,9 @@ impl<K: Key, S: Clone> Core<K, S> {
                     total,
                     "tower_lb: panic mode: too few endpoints available, ignoring health"
                 ),
-                Tier::Backup => tracing::warn!(total, "tower_lb: no primary available, using backups"),
+                Tier::Backup => {
+                    tracing::warn!(total, "tower_lb: no primary available, using backups")
+                }
                 Tier::None if total > 0 => {
                     tracing::warn!(total, "tower_lb: no endpoint available")
                 }
@@ -353,8 +362,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         for b in &backends {
             check_weight(b)?;
         }
-        if backends.is_empty() && self.cfg.keep_last_on_empty && !self.peek().entries.is_empty()
-        {
+        if backends.is_empty() && self.cfg.keep_last_on_empty && !self.peek().entries.is_empty() {
             tracing::warn!("tower_lb: discovery sent an empty set; keeping the last one");
             return Ok(());
         }
@@ -370,8 +378,13 @@ impl<K: Key, S: Clone> Core<K, S> {
                 .map_err(|e| make_error(&b, &*e))?;
                 made.push((b, service, state));
             }
-            let keep: std::collections::HashSet<&K> = made.iter().map(|(b, _, _)| b.key()).collect();
-            let gone: Vec<K> = index.keys().filter(|k| !keep.contains(k)).cloned().collect();
+            let keep: std::collections::HashSet<&K> =
+                made.iter().map(|(b, _, _)| b.key()).collect();
+            let gone: Vec<K> = index
+                .keys()
+                .filter(|k| !keep.contains(k))
+                .cloned()
+                .collect();
             for k in &gone {
                 remove(&self.pool, entries, index, k);
             }
@@ -429,7 +442,10 @@ fn check_weight<K: Key>(backend: &Backend<K>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn make_error<K: Key>(backend: &Backend<K>, e: &(dyn std::error::Error + Send + Sync)) -> ConfigError {
+fn make_error<K: Key>(
+    backend: &Backend<K>,
+    e: &(dyn std::error::Error + Send + Sync),
+) -> ConfigError {
     ConfigError::Make {
         backend: backend.key().to_string(),
         reason: e.to_string(),

@@ -72,7 +72,7 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
 /// use std::convert::Infallible;
 ///
 /// let balance = Balance::builder()
-///     .backend("a")
+///     .backend(Backend::new("a"))
 ///     .build(|t: &Target<'_, &'static str>| {
 ///         let k = *t.key();
 ///         service_fn(move |_: ()| async move { Ok::<_, Infallible>(k) })
@@ -143,12 +143,11 @@ impl<K: Key> Handle<K> {
     /// Replaces the whole set in one step: backends not listed are removed, the others
     /// inserted or updated. Nothing changes if any backend is invalid. An empty list is
     /// ignored when the balancer keeps the last non-empty set.
-    pub fn replace<B: Into<Backend<K>>>(
+    pub fn replace(
         &self,
-        backends: impl IntoIterator<Item = B>,
+        backends: impl IntoIterator<Item = Backend<K>>,
     ) -> Result<(), ConfigError> {
-        self.apply
-            .replace(backends.into_iter().map(Into::into).collect())
+        self.apply.replace(backends.into_iter().collect())
     }
 
     /// The keys in the set, in insertion order.

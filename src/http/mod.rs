@@ -449,7 +449,8 @@ pin_project! {
 
 impl<F> fmt::Debug for ErrorResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErrorResponseFuture").finish_non_exhaustive()
+        f.debug_struct("ErrorResponseFuture")
+            .finish_non_exhaustive()
     }
 }
 
@@ -468,7 +469,9 @@ where
                 Err(e) => error_response(&e.into()),
             })),
             InnerProj::Failed { error } => {
-                let e = error.take().unwrap_or_else(|| "polled after completion".into());
+                let e = error
+                    .take()
+                    .unwrap_or_else(|| "polled after completion".into());
                 Poll::Ready(Ok(error_response(&e)))
             }
         }

@@ -31,7 +31,7 @@
 //! let heaviest = |c: &Candidates<'_>, _key: Option<&RequestKey>| {
 //!     (0..c.len()).max_by_key(|&i| c[i].weight())
 //! };
-//! # let b = tower_lb::Balance::<&str, _>::builder().strategy(heaviest);
+//! # let b = tower_lb::Balance::builder::<&str>().strategy(heaviest);
 //! # let _ = b;
 //! ```
 
