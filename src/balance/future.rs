@@ -259,7 +259,9 @@ where
                         Err(e) => {
                             let e: BoxError = e.into();
                             entry.state.record_failure();
-                            if replay.is_some() && *this.retries > 0 && this.policy.retry_on(&e) {
+                            if *this.retries > 0
+                                && replay.as_ref().is_some_and(|r| this.policy.retry_on(r, &e))
+                            {
                                 tracing::warn!(backend = %entry.backend.key(), error = %e,
                                     "tower_lb: request failed before reaching the backend; retrying elsewhere");
                                 *this.retries -= 1;

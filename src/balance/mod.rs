@@ -114,10 +114,12 @@ pub trait RequestPolicy<Req>: Send + Sync + 'static {
         None
     }
 
-    /// Whether `error` allows sending the replayed copy to another endpoint. By default,
-    /// only connect-phase failures ([`is_connect_error`]): the request never reached the
-    /// backend, so any method is safe to retry.
-    fn retry_on(&self, error: &BoxError) -> bool {
+    /// Whether `error` allows sending `replay` (the copy made before the failed attempt)
+    /// to another endpoint. By default, only connect-phase failures
+    /// ([`is_connect_error`]): the request never reached the backend, so any request is
+    /// safe to send again.
+    fn retry_on(&self, replay: &Req, error: &BoxError) -> bool {
+        let _ = replay;
         is_connect_error(&**error)
     }
 }

@@ -54,7 +54,7 @@ use tower_service::Service;
 
 use crate::{
     balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
-    error::{find, AllUnavailable, BoxError, DiscoverError, NoEndpoints},
+    error::{find, is_connect_error, AllUnavailable, BoxError, DiscoverError, NoEndpoints},
 };
 
 /// Makes one [`HttpEndpoint`] per backend, all sharing one hyper-util client and so one
@@ -240,7 +240,8 @@ pub struct CloneBody;
 /// The [`RequestPolicy`] for `http::Request`s: the affinity key is the [`RequestKey`] in the
 /// request's extensions (put there by a key layer or by hand); with
 /// [`replay_clone`](Self::replay_clone), requests are copied before each attempt so a
-/// connect failure can be retried on another backend.
+/// connect failure (any method) or a transport error on an idempotent request can be
+/// retried on another backend.
 ///
 /// ```
 /// use tower_lb::{balance::{strategy::RequestKey, RequestPolicy}, http::HttpPolicy};
@@ -288,6 +289,32 @@ impl<B: Clone + Send + Sync + 'static> RequestPolicy<Request<B>> for HttpPolicy<
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
     }
+
+    /// Connect-phase failures always; for idempotent methods (RFC 9110 §9.2.2: GET, HEAD,
+    /// OPTIONS, TRACE, PUT, DELETE) also transport errors after the request was sent (the
+    /// connection reset or closed mid-exchange), as nginx `proxy_next_upstream error`.
+    fn retry_on(&self, replay: &Request<B>, error: &BoxError) -> bool {
+        let e: &(dyn std::error::Error + 'static) = &**error;
+        is_connect_error(e)
+            || (is_idempotent(replay.method())
+                && (find::<hyper::Error>(e).is_some()
+                    || find::<hyper_util::client::legacy::Error>(e).is_some()
+                    || find::<std::io::Error>(e).is_some()))
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 §9.2.2), so a request may be sent twice.
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// The status a gateway should answer for a balancer error: `503` when no endpoint can
