@@ -146,12 +146,17 @@ impl EndpointState {
         self.in_flight.load(Relaxed)
     }
 
-    pub(crate) fn start(&self) {
+    /// Counts a request (or connection) as started: in flight and in the total. The
+    /// balancer does this itself for every request it sends; call it directly only for
+    /// load the balancer cannot see (a TCP connection that outlives its response) or in
+    /// tests. Pair every call with [`finish_request`](Self::finish_request).
+    pub fn start_request(&self) {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn finish(&self) {
+    /// Counts a request started with [`start_request`](Self::start_request) as finished.
+    pub fn finish_request(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 

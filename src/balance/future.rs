@@ -22,7 +22,7 @@ struct InFlight<K, S>(Arc<Entry<K, S>>);
 
 impl<K, S> Drop for InFlight<K, S> {
     fn drop(&mut self) {
-        self.0.state.finish();
+        self.0.state.finish_request();
     }
 }
 
@@ -186,7 +186,7 @@ where
                     match pick(this.core, this.key.as_ref(), this.tried, this.deadline) {
                         Ok(Picked::Endpoint(entry)) => {
                             tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
-                            entry.state.start();
+                            entry.state.start_request();
                             let svc = entry.service.clone();
                             this.state.set(State::Ready {
                                 guard: Some(InFlight(entry)),

@@ -1,0 +1,189 @@
+//! Strategy invariants, as property tests over the public strategy API.
+
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+use tower_lb::balance::strategy::{
+    list_of, Candidate, CandidateList, LeastConn, P2c, Random, RoundRobin, Strategy,
+    WeightedRoundRobin,
+};
+
+fn all_strategies() -> Vec<Box<dyn Strategy>> {
+    vec![
+        Box::new(RoundRobin::new()),
+        Box::new(WeightedRoundRobin::new()),
+        Box::new(LeastConn::new()),
+        Box::new(Random::with_seed(1)),
+        Box::new(Random::with_seed(1).weighted()),
+        Box::new(P2c::with_seed(1)),
+        Box::new(P2c::with_seed(1).peak_ewma()),
+    ]
+}
+
+#[test]
+fn no_panic_with_zero_or_one_endpoint() {
+    for s in all_strategies() {
+        assert_eq!(s.pick(&list_of(&[]).view(), None), None, "{}", s.name());
+        for _ in 0..5 {
+            assert_eq!(s.pick(&list_of(&[3]).view(), None), Some(0), "{}", s.name());
+        }
+    }
+}
+
+#[test]
+fn nginx_smooth_order_for_5_1_1() {
+    let wrr = WeightedRoundRobin::new();
+    let c = list_of(&[5, 1, 1]);
+    let order: String = (0..14)
+        .map(|_| (b'a' + wrr.pick(&c.view(), None).unwrap() as u8) as char)
+        .collect();
+    assert_eq!(order, "aabacaaaabacaa");
+}
+
+#[test]
+fn round_robin_rotates_evenly() {
+    let rr = RoundRobin::new();
+    let c = list_of(&[1, 7, 1, 1]);
+    let mut counts = [0; 4];
+    for _ in 0..400 {
+        counts[rr.pick(&c.view(), None).unwrap()] += 1;
+    }
+    assert_eq!(counts, [100; 4]);
+}
+
+/// Sets each candidate's in-flight count.
+fn with_loads(weights: &[u32], loads: &[usize]) -> CandidateList {
+    let list = list_of(weights);
+    for (c, &l) in list.view().iter().zip(loads) {
+        for _ in 0..l {
+            c.state().start_request();
+        }
+    }
+    list
+}
+
+fn loads_and_weights() -> impl proptest::strategy::Strategy<Value = (Vec<u32>, Vec<usize>)> {
+    (1usize..12).prop_flat_map(|n| {
+        (
+            proptest::collection::vec(1u32..10, n),
+            proptest::collection::vec(0usize..20, n),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Each cycle of Σw picks gives every endpoint exactly its weight, and at every prefix
+    /// of k picks each endpoint's count stays within one pick of k·w/W (smoothness).
+    #[test]
+    fn wrr_exact_per_cycle_and_smooth(weights in proptest::collection::vec(1u32..10, 1..10)) {
+        let wrr = WeightedRoundRobin::new();
+        let c = list_of(&weights);
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        for _cycle in 0..3 {
+            let mut counts = vec![0u64; weights.len()];
+            for k in 1..=total {
+                counts[wrr.pick(&c.view(), None).unwrap()] += 1;
+                for (i, &w) in weights.iter().enumerate() {
+                    let ideal = k as f64 * f64::from(w) / total as f64;
+                    prop_assert!((counts[i] as f64 - ideal).abs() < 1.0 + 1e-9,
+                        "prefix {k}: endpoint {i} has {} picks, ideal {ideal}", counts[i]);
+                }
+            }
+            let expected: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+            prop_assert_eq!(counts, expected);
+        }
+    }
+
+    /// Least connections always picks an endpoint with minimal in-flight ÷ weight.
+    #[test]
+    fn least_conn_picks_a_minimum((weights, loads) in loads_and_weights()) {
+        let list = with_loads(&weights, &loads);
+        let lc = LeastConn::new();
+        for _ in 0..weights.len() {
+            let i = lc.pick(&list.view(), None).unwrap();
+            let cost = |j: usize| loads[j] as f64 / f64::from(weights[j]);
+            let min = (0..weights.len()).map(cost).fold(f64::INFINITY, f64::min);
+            prop_assert!((cost(i) - min).abs() < 1e-12);
+        }
+    }
+
+    /// P2C draws two distinct endpoints and never takes the worse of them.
+    #[test]
+    fn p2c_never_takes_the_worse((weights, loads) in loads_and_weights(), seed in any::<u64>()) {
+        prop_assume!(weights.len() >= 2);
+        let list = with_loads(&weights, &loads);
+        let drawer = P2c::with_seed(seed);
+        let picker = P2c::with_seed(seed);
+        for _ in 0..20 {
+            let (i, j) = drawer.draw(&list.view());
+            prop_assert_ne!(i, j);
+            let p = picker.pick(&list.view(), None).unwrap();
+            prop_assert!(p == i || p == j);
+            let other = if p == i { j } else { i };
+            let cost = |k: usize| loads[k] as f64 / f64::from(weights[k]);
+            prop_assert!(cost(p) <= cost(other));
+        }
+    }
+
+    /// Weighted random converges to the weight shares.
+    #[test]
+    fn weighted_random_converges(weights in proptest::collection::vec(1u32..10, 1..8), seed in any::<u64>()) {
+        let r = Random::with_seed(seed).weighted();
+        let c = list_of(&weights);
+        let n = 50_000;
+        let mut counts = vec![0u32; weights.len()];
+        for _ in 0..n {
+            counts[r.pick(&c.view(), None).unwrap()] += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let share = f64::from(counts[i]) / f64::from(n);
+            let want = f64::from(w) / f64::from(total);
+            prop_assert!((share - want).abs() < 0.02, "endpoint {i}: {share} vs {want}");
+        }
+    }
+
+    /// P2C's draws follow weights: over many picks with equal loads, shares follow weight.
+    #[test]
+    fn p2c_draws_follow_weights(seed in any::<u64>()) {
+        let p = P2c::with_seed(seed);
+        let c = list_of(&[1, 3]);
+        let mut first = [0u32; 2];
+        for _ in 0..20_000 {
+            let (i, _) = p.draw(&c.view());
+            first[i] += 1;
+        }
+        let share = f64::from(first[1]) / 20_000.0;
+        prop_assert!((share - 0.75).abs() < 0.03, "{share}");
+    }
+
+    /// Every strategy returns an index in range for any list.
+    #[test]
+    fn picks_are_in_range(weights in proptest::collection::vec(1u32..100, 1..50)) {
+        let c = list_of(&weights);
+        for s in all_strategies() {
+            for _ in 0..10 {
+                let i = s.pick(&c.view(), None).unwrap();
+                prop_assert!(i < weights.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn p2c_with_two_endpoints_always_takes_the_idle_one() {
+    // Envoy draws with replacement, so the busier of two wins 25 % of the time; we never do.
+    let list = with_loads(&[1, 1], &[5, 0]);
+    let p = P2c::with_seed(9);
+    for _ in 0..1000 {
+        assert_eq!(p.pick(&list.view(), None), Some(1));
+    }
+}
+
+#[test]
+fn custom_candidates_work() {
+    let list = CandidateList::new(vec![Candidate::detached(7, 2), Candidate::detached(9, 1)]);
+    assert_eq!(list.view().position(9), Some(1));
+    assert_eq!(list.view().total_weight(), 3);
+}
