@@ -1,0 +1,163 @@
+//! The HTTP endpoint maker against real axum servers on loopback.
+
+mod support;
+
+use std::{collections::HashMap, convert::Infallible, time::Duration};
+
+use axum::{body::Body, Router};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use support::{named, TestServer};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_lb::{
+    balance::strategy::RoundRobin,
+    http::{ErrorResponseLayer, HttpEndpoints, HttpPolicy},
+    Backend, Balance,
+};
+
+async fn text(rsp: http::Response<hyper::body::Incoming>) -> String {
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path).body(Empty::new()).unwrap()
+}
+
+#[tokio::test]
+async fn distributes_over_real_servers_and_routes_around_a_stopped_one() {
+    let names = ["one", "two", "three"];
+    let mut servers = Vec::new();
+    for n in names {
+        servers.push(TestServer::start(named(n)).await);
+    }
+    let balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .backends(servers.iter().map(|s| Backend::new(s.addr)))
+        .policy(HttpPolicy::new().replay_clone())
+        .build(HttpEndpoints::new())
+        .unwrap();
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        let rsp = balance.clone().oneshot(get("/hello")).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        *seen.entry(text(rsp).await).or_default() += 1;
+    }
+    for n in names {
+        assert_eq!(seen[n], 100, "{seen:?}");
+    }
+
+    // Stop "two": its share must go to the others, with no failed request.
+    let two = servers.remove(1);
+    let two_addr = two.addr;
+    two.stop().await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        let rsp = balance.clone().oneshot(get("/hello")).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        *seen.entry(text(rsp).await).or_default() += 1;
+    }
+    assert!(!seen.contains_key("two"), "{seen:?}");
+    assert_eq!(seen["one"] + seen["three"], 300);
+    let stats = balance.stats();
+    let dead = stats.backends.iter().find(|b| b.key == two_addr).unwrap();
+    assert!(dead.failures > 0);
+}
+
+#[tokio::test]
+async fn keys_may_be_base_urls_and_bad_keys_are_typed_errors() {
+    let s = TestServer::start(named("only")).await;
+    let balance = Balance::builder()
+        .backends([Backend::new(format!("http://{}", s.addr))])
+        .build(HttpEndpoints::new())
+        .unwrap();
+    let rsp = balance.oneshot(get("/x?y=1")).await.unwrap();
+    assert_eq!(text(rsp).await, "only");
+
+    let err = Balance::builder()
+        .backends([Backend::new("not a host:port".to_string())])
+        .build(HttpEndpoints::<Empty<Bytes>>::new())
+        .unwrap_err();
+    assert!(matches!(err, tower_lb::error::ConfigError::Make { .. }), "{err}");
+    let err = Balance::builder()
+        .backends([Backend::new("ftp://h:1".to_string())])
+        .build(HttpEndpoints::<Empty<Bytes>>::new())
+        .unwrap_err();
+    assert!(err.to_string().contains("unsupported scheme"), "{err}");
+}
+
+#[tokio::test]
+async fn works_as_an_axum_route_service_without_buffer() {
+    let backends = [
+        TestServer::start(named("a")).await,
+        TestServer::start(named("b")).await,
+    ];
+    let balance = Balance::builder()
+        .strategy(RoundRobin::new())
+        .backends(backends.iter().map(|s| Backend::new(s.addr)))
+        .build(HttpEndpoints::<Body>::new())
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .map_response(|r: http::Response<hyper::body::Incoming>| r.map(Body::new))
+        .service(balance);
+    let app: Router = Router::new().route_service("/{*rest}", svc);
+    let front = TestServer::start(app).await;
+
+    let client = Balance::builder()
+        .backends([Backend::new(front.addr)])
+        .build(HttpEndpoints::new())
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let rsp = client.clone().oneshot(get("/through/the/front")).await.unwrap();
+        seen.push(text(rsp).await);
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"]);
+}
+
+#[tokio::test]
+async fn no_endpoint_maps_to_503_within_the_bound() {
+    let balance = Balance::builder::<std::net::SocketAddr>()
+        .fail_fast(Duration::from_millis(50))
+        .build(HttpEndpoints::<Body>::new())
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .map_response(|r: http::Response<hyper::body::Incoming>| r.map(Body::new))
+        .service(balance);
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(10),
+        svc.oneshot(Request::get("/").body(Body::empty()).unwrap()),
+    )
+    .await
+    .expect("no hang")
+    .unwrap_or_else(|e: Infallible| match e {});
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_dead_only_backend_maps_to_502() {
+    // Bind then drop a listener: its port refuses connections.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let balance = Balance::builder()
+        .backends([Backend::new(addr)])
+        .build(HttpEndpoints::<Body>::new())
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .map_response(|r: http::Response<hyper::body::Incoming>| r.map(Body::new))
+        .service(balance);
+    let rsp = svc
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+}
