@@ -1,1 +1,107 @@
-fn main() {}
+//! Per-request overhead of the balancer (`ready` + `call` + await) over always-ready
+//! in-memory services, per strategy and endpoint count, beside `tower::balance::p2c`.
+//!
+//! `cargo bench --bench balance --features test-util`
+
+use std::{hint::black_box, time::Duration};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tokio::{runtime::Runtime, time::Instant};
+use tower::{
+    balance::p2c,
+    discover::ServiceList,
+    load::{CompleteOnResponse, PendingRequests},
+    Service, ServiceExt,
+};
+use tower_lb::{
+    balance::strategy::{LeastConn, P2c, Random, RoundRobin, Strategy, WeightedRoundRobin},
+    test_util::{self, Echo},
+    Backend, Balance,
+};
+
+const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
+
+fn rt() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ours(strategy: impl Strategy, n: usize) -> Balance<u32, Echo<u32>> {
+    test_util::echo(
+        Balance::builder()
+            .strategy(strategy)
+            .backends((0..n as u32).map(Backend::new)),
+    )
+}
+
+fn bench_strategies(c: &mut Criterion) {
+    let rt = rt();
+    let mut g = c.benchmark_group("request");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let strategies: Vec<(&str, fn() -> Box<dyn Fn(usize) -> Balance<u32, Echo<u32>>>)> = vec![
+        ("round-robin", || Box::new(|n| ours(RoundRobin::new(), n))),
+        ("weighted-rr", || {
+            Box::new(|n| ours(WeightedRoundRobin::new(), n))
+        }),
+        ("least-conn", || Box::new(|n| ours(LeastConn::new(), n))),
+        ("random", || Box::new(|n| ours(Random::with_seed(1), n))),
+        ("p2c", || Box::new(|n| ours(P2c::with_seed(1), n))),
+        ("p2c-ewma", || {
+            Box::new(|n| ours(P2c::with_seed(1).peak_ewma(), n))
+        }),
+    ];
+    for n in SIZES {
+        for (name, make) in &strategies {
+            let mut svc = make()(n);
+            g.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let rsp = ServiceExt::<()>::ready(&mut svc)
+                                .await
+                                .unwrap()
+                                .call(())
+                                .await
+                                .unwrap();
+                            black_box(rsp);
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+        // tower's p2c over the same services, tracking pending requests.
+        let services: Vec<_> = (0..n as u32)
+            .map(|i| {
+                PendingRequests::new(test_util::echo_service(i), CompleteOnResponse::default())
+            })
+            .collect();
+        let mut tower_p2c: p2c::Balance<_, ()> =
+            p2c::Balance::new(ServiceList::new::<()>(services));
+        g.bench_with_input(BenchmarkId::new("tower-p2c", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let rsp = ServiceExt::<()>::ready(&mut tower_p2c)
+                            .await
+                            .unwrap()
+                            .call(())
+                            .await
+                            .unwrap();
+                        black_box(rsp);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_strategies);
+criterion_main!(benches);

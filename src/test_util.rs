@@ -60,6 +60,11 @@ impl<K: Clone, Req> Service<Req> for Echo<K> {
     }
 }
 
+/// An [`Echo`] endpoint for `key`, outside any balancer (for side-by-side comparisons).
+pub fn echo_service<K>(key: K) -> Echo<K> {
+    Echo { key }
+}
+
 /// Builds `builder` over [`Echo`] endpoints.
 ///
 /// # Panics

@@ -80,7 +80,10 @@ async fn keys_may_be_base_urls_and_bad_keys_are_typed_errors() {
         .backends([Backend::new("not a host:port".to_string())])
         .build(HttpEndpoints::<Empty<Bytes>>::new())
         .unwrap_err();
-    assert!(matches!(err, tower_lb::error::ConfigError::Make { .. }), "{err}");
+    assert!(
+        matches!(err, tower_lb::error::ConfigError::Make { .. }),
+        "{err}"
+    );
     let err = Balance::builder()
         .backends([Backend::new("ftp://h:1".to_string())])
         .build(HttpEndpoints::<Empty<Bytes>>::new())
@@ -112,7 +115,11 @@ async fn works_as_an_axum_route_service_without_buffer() {
         .unwrap();
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let rsp = client.clone().oneshot(get("/through/the/front")).await.unwrap();
+        let rsp = client
+            .clone()
+            .oneshot(get("/through/the/front"))
+            .await
+            .unwrap();
         seen.push(text(rsp).await);
     }
     seen.sort();

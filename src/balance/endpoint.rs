@@ -17,6 +17,9 @@ pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Peak-EWMA decay time constant.
 pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
+const IN_FLIGHT_MASK: u64 = (1 << 24) - 1;
+const ONE_REQUEST: u64 = 1 << 24;
+
 /// Health as the balancer sees it; see [`EndpointState::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -69,9 +72,10 @@ pub(crate) struct Pool {
 pub struct EndpointState {
     base: Instant,
     pool: Arc<Pool>,
-    in_flight: AtomicUsize,
+    /// Requests in flight (low 24 bits) and in total (high 40 bits), in one atomic so the
+    /// request path pays one read-modify-write to count both.
+    load: AtomicU64,
     max_conns: AtomicUsize,
-    requests: AtomicU64,
     failures: AtomicU64,
     ejections: AtomicU64,
     /// Peak-EWMA RTT in nanoseconds as `f64` bits; `0` = no sample yet.
@@ -105,9 +109,8 @@ impl EndpointState {
         Self {
             base: Instant::now(),
             pool,
-            in_flight: AtomicUsize::new(0),
+            load: AtomicU64::new(0),
             max_conns: AtomicUsize::new(max_conns),
-            requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
@@ -143,7 +146,7 @@ impl EndpointState {
 
     /// Requests sent to this endpoint and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+        (self.load.load(Relaxed) & IN_FLIGHT_MASK) as usize
     }
 
     /// Counts a request (or connection) as started: in flight and in the total. The
@@ -151,13 +154,12 @@ impl EndpointState {
     /// load the balancer cannot see (a TCP connection that outlives its response) or in
     /// tests. Pair every call with [`finish_request`](Self::finish_request).
     pub fn start_request(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
+        self.load.fetch_add(ONE_REQUEST | 1, Relaxed);
     }
 
     /// Counts a request started with [`start_request`](Self::start_request) as finished.
     pub fn finish_request(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.load.fetch_sub(1, Relaxed);
     }
 
     /// The concurrency cap (`0`: none).
@@ -173,12 +175,12 @@ impl EndpointState {
     #[inline]
     pub fn at_capacity(&self) -> bool {
         let max = self.max_conns.load(Relaxed);
-        max != 0 && self.in_flight.load(Relaxed) >= max
+        max != 0 && self.in_flight() >= max
     }
 
     /// Requests sent to this endpoint in total.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Relaxed)
+        self.load.load(Relaxed) >> 24
     }
 
     /// Requests that failed (as classified by the balancer or a health layer).

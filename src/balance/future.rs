@@ -11,18 +11,35 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
-    set::{Core, Entry, Key},
+    set::{Core, Key, Snapshot},
     strategy::{CandidateList, RequestKey},
     RequestPolicy,
 };
 use crate::error::{AllUnavailable, BoxError, EndpointError, NoEndpoints};
 
-/// Decrements the endpoint's in-flight count when the request ends, however it ends.
-struct InFlight<K, S>(Arc<Entry<K, S>>);
+/// One endpoint of a snapshot, counted in flight until dropped, however the request ends.
+///
+/// Holding the snapshot (not the balancer) keeps the endpoint's service and state alive
+/// even if it is removed from the set meanwhile, and lets the request re-pick from it.
+struct InFlight<K, S> {
+    snap: Arc<Snapshot<K, S>>,
+    pos: usize,
+}
+
+impl<K, S> InFlight<K, S> {
+    fn new(snap: Arc<Snapshot<K, S>>, pos: usize) -> Self {
+        snap.entries[pos].state.start_request();
+        Self { snap, pos }
+    }
+
+    fn entry(&self) -> &super::set::Entry<K, S> {
+        &self.snap.entries[self.pos]
+    }
+}
 
 impl<K, S> Drop for InFlight<K, S> {
     fn drop(&mut self) {
-        self.0.state.finish_request();
+        self.snap.entries[self.pos].state.finish_request();
     }
 }
 
@@ -32,12 +49,12 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        core: Arc<Core<K, S>>,
         policy: P,
         key: Option<RequestKey>,
         // Ids of endpoints this request already failed on.
         tried: Vec<u64>,
         retries: usize,
+        track_latency: bool,
         deadline: Option<Instant>,
         #[pin]
         state: State<K, S, Req>,
@@ -50,8 +67,8 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        // Choose an endpoint.
-        Pick { req: Option<Req> },
+        // Choose another endpoint (after a failure), from `snap` or a newer snapshot.
+        Pick { snap: Arc<Snapshot<K, S>>, req: Option<Req> },
         // Drive the chosen endpoint's readiness.
         Ready { guard: Option<InFlight<K, S>>, svc: S, req: Option<Req> },
         // Wait on the endpoint's response.
@@ -63,7 +80,13 @@ pin_project! {
             started: Option<Instant>,
         },
         // No endpoint: wait for discovery or health to change, up to the fail-fast bound.
-        Wait { wait: Pin<Box<dyn Future<Output = ()> + Send>>, req: Option<Req> },
+        Wait {
+            core: Arc<Core<K, S>>,
+            wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+            req: Option<Req>,
+        },
+        // Fail with this error.
+        Failed { error: Option<BoxError> },
         Done,
     }
 }
@@ -86,86 +109,144 @@ where
     S::Error: Into<BoxError>,
     P: RequestPolicy<Req>,
 {
-    pub(crate) fn new(core: Arc<Core<K, S>>, policy: P, req: Req) -> Self {
+    pub(crate) fn new(
+        core: &Arc<Core<K, S>>,
+        snap: &Arc<Snapshot<K, S>>,
+        policy: P,
+        req: Req,
+    ) -> Self {
         let key = policy.key(&req);
+        let mut deadline = None;
+        // Pick at once from the caller's snapshot: the common case starts in `Ready`.
+        let state = match pick(snap, key.as_ref(), &[]) {
+            Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
+            Some(Err(error)) => State::Failed { error: Some(error) },
+            None => wait_or_fail(core.clone(), &mut deadline, req),
+        };
         Self {
-            retries: core.cfg.retries,
-            core,
             policy,
             key,
             tried: Vec::new(),
-            deadline: None,
-            state: State::Pick { req: Some(req) },
+            retries: core.cfg.retries,
+            track_latency: core.cfg.track_latency,
+            deadline,
+            state,
         }
     }
 }
 
-enum Picked<K, S> {
-    Endpoint(Arc<Entry<K, S>>),
-    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+#[inline]
+fn ready_state<K: Key, S: Clone, Req>(
+    snap: Arc<Snapshot<K, S>>,
+    pos: usize,
+    req: Req,
+) -> State<K, S, Req>
+where
+    S: Service<Req>,
+{
+    let guard = InFlight::new(snap, pos);
+    let entry = guard.entry();
+    tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
+    let svc = entry.service.clone();
+    State::Ready {
+        guard: Some(guard),
+        svc,
+        req: Some(req),
+    }
 }
 
-fn pick<K: Key, S: Clone + Send + Sync + 'static>(
-    core: &Core<K, S>,
+/// Picks an endpoint position in `snap` that this request has not tried and that is not
+/// at its concurrency cap. `None` if the snapshot has no candidate at all.
+#[inline]
+fn pick<K, S>(
+    snap: &Snapshot<K, S>,
     key: Option<&RequestKey>,
     tried: &[u64],
-    deadline: &mut Option<Instant>,
-) -> Result<Picked<K, S>, BoxError> {
-    // Fast path: one snapshot load, one pick, two relaxed atomic loads.
-    {
-        let snap = core.current();
-        let view = snap.candidates.view();
-        if !view.is_empty() {
-            if tried.is_empty() {
-                if let Some(i) = core.strategy.pick(&view, key) {
-                    let c = &view[i];
-                    if !c.state.at_capacity() {
-                        return Ok(Picked::Endpoint(snap.entries[c.pos].clone()));
-                    }
-                }
+) -> Option<Result<usize, BoxError>> {
+    let view = snap.candidates.view();
+    if view.is_empty() {
+        return None;
+    }
+    // Fast path: one pick, one relaxed load for the cap.
+    if tried.is_empty() {
+        if let Some(c) = snap.strategy.pick(&view, key).and_then(|i| view.get(i)) {
+            if !c.state.at_capacity() {
+                return Some(Ok(c.pos));
             }
-            // Slow path: leave out endpoints already tried or at their cap.
-            let rest: Vec<_> = view
-                .iter()
-                .filter(|c| !tried.contains(&c.id) && !c.state.at_capacity())
-                .cloned()
-                .collect();
-            if rest.is_empty() {
-                return Err(AllUnavailable::new(snap.entries.len()).into());
-            }
-            let rest = CandidateList::new(rest);
-            let view = rest.view();
-            return match core.strategy.pick(&view, key).filter(|&i| i < view.len()) {
-                Some(i) => Ok(Picked::Endpoint(snap.entries[view[i].pos].clone())),
-                None => Err(AllUnavailable::new(snap.entries.len()).into()),
-            };
         }
     }
-    // Nothing available: wait for a change, bounded by the fail-fast deadline.
+    // Slow path: leave out endpoints already tried or at their cap, and ask again.
+    let rest: Vec<_> = view
+        .iter()
+        .filter(|c| !tried.contains(&c.id) && !c.state.at_capacity())
+        .cloned()
+        .collect();
+    let rest = CandidateList::new(rest);
+    let view = rest.view();
+    Some(
+        match (!view.is_empty())
+            .then(|| snap.strategy.pick(&view, key))
+            .flatten()
+            .and_then(|i| view.get(i))
+        {
+            Some(c) => Ok(c.pos),
+            None => Err(AllUnavailable::new(snap.entries.len()).into()),
+        },
+    )
+}
+
+/// Nothing is available: wait for a change, bounded by the fail-fast deadline, or fail.
+fn wait_or_fail<K: Key, S: Clone + Send + Sync + 'static, Req>(
+    core: Arc<Core<K, S>>,
+    deadline: &mut Option<Instant>,
+    req: Req,
+) -> State<K, S, Req>
+where
+    S: Service<Req>,
+{
     let now = Instant::now();
     let until = *deadline.get_or_insert(now + core.cfg.fail_fast);
     // Subscribe before the last look, so a change in between is not missed.
     let mut changed = core.subscribe();
-    let snap = core.current();
+    let snap = arc_swap::Guard::into_inner(core.current());
     if !snap.candidates.is_empty() {
-        drop(snap);
-        return pick(core, key, tried, deadline);
+        return State::Pick {
+            snap,
+            req: Some(req),
+        };
     }
     if now >= until {
-        if let Some(e) = core.discover_error() {
-            return Err(e.into());
-        }
-        return Err(if snap.entries.is_empty() {
+        let error: BoxError = if let Some(e) = core.discover_error() {
+            e.into()
+        } else if snap.entries.is_empty() {
             NoEndpoints::new().into()
         } else {
             AllUnavailable::new(snap.entries.len()).into()
-        });
+        };
+        return State::Failed { error: Some(error) };
     }
     // Also wake when an ejection ends by itself.
     let wake = snap.deadline.map_or(until, |d| d.min(until));
-    Ok(Picked::Wait(Box::pin(async move {
-        let _ = tokio::time::timeout_at(wake, changed.changed()).await;
-    })))
+    State::Wait {
+        core,
+        wait: Box::pin(async move {
+            let _ = tokio::time::timeout_at(wake, changed.changed()).await;
+        }),
+        req: Some(req),
+    }
+}
+
+/// After a failure: re-pick from the newest snapshot if the balancer is still there, or
+/// from the request's own snapshot if the balancer was dropped meanwhile.
+fn repick_state<K: Key, S, Req>(snap: &Arc<Snapshot<K, S>>, req: Option<Req>) -> State<K, S, Req>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+{
+    let snap = match snap.core.upgrade() {
+        Some(core) => arc_swap::Guard::into_inner(core.current()),
+        None => snap.clone(),
+    };
+    State::Pick { snap, req }
 }
 
 impl<K, S, P, Req> Future for ResponseFuture<K, S, P, Req>
@@ -181,30 +262,30 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Pick { req } => {
-                    let req = req.take();
-                    match pick(this.core, this.key.as_ref(), this.tried, this.deadline) {
-                        Ok(Picked::Endpoint(entry)) => {
-                            tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
-                            entry.state.start_request();
-                            let svc = entry.service.clone();
-                            this.state.set(State::Ready {
-                                guard: Some(InFlight(entry)),
-                                svc,
-                                req,
-                            });
-                        }
-                        Ok(Picked::Wait(wait)) => this.state.set(State::Wait { wait, req }),
-                        Err(e) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(e));
-                        }
-                    }
+                StateProj::Pick { snap, req } => {
+                    let req = req.take().expect("request is present until called");
+                    let next = match pick(snap, this.key.as_ref(), this.tried) {
+                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
+                        Some(Err(error)) => State::Failed { error: Some(error) },
+                        None => match snap.core.upgrade() {
+                            Some(core) => wait_or_fail(core, this.deadline, req),
+                            None => State::Failed {
+                                error: Some(NoEndpoints::new().into()),
+                            },
+                        },
+                    };
+                    this.state.set(next);
                 }
-                StateProj::Wait { wait, req } => {
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Wait { core, wait, req } => {
                     ready!(wait.as_mut().poll(cx));
-                    let req = req.take();
-                    this.state.set(State::Pick { req });
+                    let req = req.take().expect("request is present until called");
+                    let next = wait_or_fail(core.clone(), this.deadline, req);
+                    this.state.set(next);
                 }
                 StateProj::Ready { guard, svc, req } => match svc.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -215,7 +296,7 @@ where
                         } else {
                             None
                         };
-                        let started = this.core.cfg.track_latency.then(Instant::now);
+                        let started = this.track_latency.then(Instant::now);
                         let fut = svc.call(req);
                         let guard = guard.take().expect("guard is present until called");
                         this.state.set(State::Call {
@@ -228,15 +309,15 @@ where
                     Poll::Ready(Err(e)) => {
                         // Not ready: the request never left. Skip this endpoint.
                         let e: BoxError = e.into();
-                        let Some(InFlight(entry)) = guard.as_ref() else {
-                            unreachable!("guard is present until called")
-                        };
+                        let guard = guard.take().expect("guard is present until called");
+                        let entry = guard.entry();
                         entry.state.record_failure();
                         tracing::warn!(backend = %entry.backend.key(), error = %e,
                             "tower_lb: endpoint not ready; trying another");
                         this.tried.push(entry.id);
-                        let req = req.take();
-                        this.state.set(State::Pick { req });
+                        let next = repick_state(&guard.snap, req.take());
+                        drop(guard);
+                        this.state.set(next);
                     }
                 },
                 StateProj::Call {
@@ -246,7 +327,7 @@ where
                     started,
                 } => {
                     let res = ready!(fut.poll(cx));
-                    let entry = &guard.0;
+                    let entry = guard.entry();
                     match res {
                         Ok(rsp) => {
                             if let Some(t0) = *started {
@@ -266,8 +347,8 @@ where
                                     "tower_lb: request failed before reaching the backend; retrying elsewhere");
                                 *this.retries -= 1;
                                 this.tried.push(entry.id);
-                                let req = replay.take();
-                                this.state.set(State::Pick { req });
+                                let next = repick_state(&guard.snap, replay.take());
+                                this.state.set(next);
                                 continue;
                             }
                             tracing::debug!(backend = %entry.backend.key(), error = %e,

@@ -11,7 +11,7 @@ use tower_service::Service;
 use super::{
     endpoint::{EndpointState, Status},
     future::ResponseFuture,
-    set::{Config, Core, Key, Tier},
+    set::{Config, Core, Key, Snapshot, Tier},
     strategy::{P2c, Strategy},
     RequestPolicy,
 };
@@ -27,6 +27,9 @@ use crate::{
 pub struct Balance<K, S, P = ()> {
     pub(crate) core: Arc<Core<K, S>>,
     pub(crate) policy: P,
+    /// The last snapshot this clone used, and its publication number: while nothing
+    /// changes, a request reads the set with two plain loads instead of an `ArcSwap` load.
+    cache: Option<(u64, Arc<Snapshot<K, S>>)>,
 }
 
 impl<K, S, P: Clone> Clone for Balance<K, S, P> {
@@ -34,6 +37,25 @@ impl<K, S, P: Clone> Clone for Balance<K, S, P> {
         Self {
             core: self.core.clone(),
             policy: self.policy.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<K: Key, S: Clone, P> Balance<K, S, P> {
+    pub(crate) fn from_core(core: Arc<Core<K, S>>, policy: P) -> Self {
+        Self {
+            core,
+            policy,
+            cache: None,
+        }
+    }
+
+    #[inline]
+    fn refresh_cache(&mut self) {
+        let fresh = matches!(&self.cache, Some((n, snap)) if self.core.is_fresh(*n, snap));
+        if !fresh {
+            self.cache = Some(self.core.current_full());
         }
     }
 }
@@ -96,7 +118,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.core.clone(), self.policy.clone(), req)
+        self.refresh_cache();
+        let snap = match &self.cache {
+            Some((_, snap)) => snap,
+            None => unreachable!("cache filled above"),
+        };
+        ResponseFuture::new(&self.core, snap, self.policy.clone(), req)
     }
 }
 
@@ -398,12 +425,9 @@ impl<K: Key, P> Builder<K, P> {
         self.finish_cfg()?;
         let maker: super::set::Maker<K, M::Service> =
             Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t));
-        let core = Arc::new(Core::new(self.strategy, self.cfg, Some(maker.clone())));
+        let core = Core::new(self.strategy, self.cfg, Some(maker.clone()));
         core.replace_with(self.backends, |t| maker(t))?;
-        Ok(Balance {
-            core,
-            policy: self.policy,
-        })
+        Ok(Balance::from_core(core, self.policy))
     }
 
     /// Builds the balancer over a [`tower::discover::Discover`] source, spawned as a
@@ -429,13 +453,10 @@ impl<K: Key, P> Builder<K, P> {
             setting: "runtime",
             reason: "build_discover must be called within a Tokio runtime".into(),
         })?;
-        let core = Arc::new(Core::new(self.strategy, self.cfg, None));
+        let core = Core::new(self.strategy, self.cfg, None);
         let task = rt.spawn(drive(Arc::downgrade(&core), discover));
         core.set_driver(task.abort_handle());
-        Ok(Balance {
-            core,
-            policy: self.policy,
-        })
+        Ok(Balance::from_core(core, self.policy))
     }
 }
 

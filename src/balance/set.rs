@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{atomic::Ordering::*, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering::*},
+        Arc, Mutex, Weak,
+    },
     time::Duration,
 };
 
@@ -53,6 +56,11 @@ pub(crate) struct Entry<K, S> {
 }
 
 pub(crate) struct Snapshot<K, S> {
+    /// The balancer, for requests that must wait or re-pick; weak, to avoid a cycle.
+    pub(crate) core: Weak<Core<K, S>>,
+    /// The strategy, so a request can re-pick from its snapshot even if the balancer is
+    /// gone (the last clone was consumed by `oneshot`).
+    pub(crate) strategy: Arc<dyn Strategy>,
     pub(crate) entries: Vec<Arc<Entry<K, S>>>,
     pub(crate) index: HashMap<K, usize>,
     pub(crate) candidates: CandidateList,
@@ -87,6 +95,9 @@ impl Default for Config {
 pub(crate) type Maker<K, S> = Arc<dyn Fn(&Target<'_, K>) -> Result<S, BoxError> + Send + Sync>;
 
 pub(crate) struct Core<K, S> {
+    me: Weak<Core<K, S>>,
+    /// Bumped on every published snapshot, so callers can cache one.
+    published: AtomicU64,
     pub(crate) maker: Option<Maker<K, S>>,
     snap: ArcSwap<Snapshot<K, S>>,
     write: Mutex<()>,
@@ -111,27 +122,33 @@ impl<K: Key, S: Clone> Core<K, S> {
         strategy: Arc<dyn Strategy>,
         cfg: Config,
         maker: Option<Maker<K, S>>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let pool = Arc::new(Pool::default());
-        let empty = Snapshot {
-            entries: Vec::new(),
-            index: HashMap::new(),
-            candidates: CandidateList::default(),
-            epoch: 0,
-            deadline: None,
-            tier: Tier::None,
-        };
-        Self {
-            maker,
-            snap: ArcSwap::from_pointee(empty),
-            write: Mutex::new(()),
-            pool,
-            version: watch::channel(0).0,
-            strategy,
-            cfg,
-            discover_error: Mutex::new(None),
-            driver: Mutex::new(None),
-        }
+        Arc::new_cyclic(|me| {
+            let empty = Snapshot {
+                core: me.clone(),
+                strategy: strategy.clone(),
+                entries: Vec::new(),
+                index: HashMap::new(),
+                candidates: CandidateList::default(),
+                epoch: 0,
+                deadline: None,
+                tier: Tier::None,
+            };
+            Self {
+                me: me.clone(),
+                published: AtomicU64::new(0),
+                maker,
+                snap: ArcSwap::from_pointee(empty),
+                write: Mutex::new(()),
+                pool,
+                version: watch::channel(0).0,
+                strategy,
+                cfg,
+                discover_error: Mutex::new(None),
+                driver: Mutex::new(None),
+            }
+        })
     }
 
     pub(crate) fn set_driver(&self, task: tokio::task::AbortHandle) {
@@ -150,6 +167,28 @@ impl<K: Key, S: Clone> Core<K, S> {
             return self.snap.load();
         }
         snap
+    }
+
+    /// Whether a snapshot cached by a caller is still the one to use: nothing was
+    /// published since, health did not change, and no ejection ended.
+    #[inline]
+    pub(crate) fn is_fresh(&self, published: u64, snap: &Snapshot<K, S>) -> bool {
+        published == self.published.load(Acquire)
+            && snap.epoch == self.pool.changed.load(Acquire)
+            && snap.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    /// The current snapshot and its publication number, for callers that cache it.
+    pub(crate) fn current_full(&self) -> (u64, Arc<Snapshot<K, S>>) {
+        // Read the number first: a publish in between only makes the cache look stale.
+        let published = self.published.load(Acquire);
+        let snap = Guard::into_inner(self.current());
+        let published = if snap.epoch == self.pool.changed.load(Acquire) {
+            published
+        } else {
+            u64::MAX
+        };
+        (published, snap)
     }
 
     /// The snapshot as it is, without a health check (stats, tests).
@@ -209,6 +248,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         let available = next.candidates.view().len();
         let total = next.entries.len();
         let prev = self.snap.swap(Arc::new(next));
+        self.published.fetch_add(1, Release);
         if prev.tier != tier {
             match tier {
                 Tier::Panic => tracing::warn!(
@@ -302,6 +342,8 @@ impl<K: Key, S: Clone> Core<K, S> {
             (Tier::None, Vec::new())
         };
         Snapshot {
+            core: self.me.clone(),
+            strategy: self.strategy.clone(),
             entries,
             index,
             candidates: CandidateList::with_generation(list, epoch.wrapping_add(1)),

@@ -34,7 +34,12 @@ impl Strategy for RoundRobin {
         if n == 0 {
             return None;
         }
-        Some(self.next.fetch_add(1, Relaxed) % n)
+        let i = self.next.fetch_add(1, Relaxed);
+        // 32-bit division is several times cheaper than 64-bit on common x86 cores.
+        Some(match u32::try_from(n) {
+            Ok(n32) => (i as u32 % n32) as usize,
+            Err(_) => i % n,
+        })
     }
 
     fn name(&self) -> &'static str {
