@@ -74,6 +74,25 @@ fn bench_strategies(c: &mut Criterion) {
                 })
             });
         }
+        // The harness alone: one in-memory service called directly, no balancer.
+        let mut direct = test_util::echo_service(0u32);
+        g.bench_with_input(BenchmarkId::new("no-balancer", n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let rsp = ServiceExt::<()>::ready(&mut direct)
+                            .await
+                            .unwrap()
+                            .call(())
+                            .await
+                            .unwrap();
+                        black_box(rsp);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
         // tower's p2c over the same services, tracking pending requests.
         let services: Vec<_> = (0..n as u32)
             .map(|i| {
