@@ -65,6 +65,11 @@ pub mod http;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use backend::Backend;
 pub use balance::{Balance, Builder};
 pub use error::BoxError;

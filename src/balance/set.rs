@@ -27,8 +27,13 @@ use crate::{
 /// What a backend key must be: hashable (state is keyed by it), cloneable, printable (it
 /// names the backend in logs, errors and stats), and shareable across threads.
 ///
-/// Implemented for every type with those traits: `SocketAddr`, `String`, `&'static str`,
-/// `http::Uri`, `http::uri::Authority`, integers…
+/// Implemented for every type with those traits: `SocketAddr`, `String`, `http::Uri`,
+/// `http::uri::Authority`, integers, `&'static str`…
+///
+/// Prefer owned keys in applications: a balancer keyed by `&'static str` works, but its
+/// futures cannot be awaited inside `tokio::spawn`ed blocks, because the compiler cannot
+/// prove the key's traits for the lifetime it erases there ("implementation of `Hash` is
+/// not general enough").
 pub trait Key: std::hash::Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
 
 impl<T> Key for T where T: std::hash::Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
@@ -95,7 +100,7 @@ impl Default for Config {
 pub(crate) type Maker<K, S> = Arc<dyn Fn(&Target<'_, K>) -> Result<S, BoxError> + Send + Sync>;
 
 pub(crate) struct Core<K, S> {
-    me: Weak<Core<K, S>>,
+    me: Weak<Self>,
     /// Bumped on every published snapshot, so callers can cache one.
     published: AtomicU64,
     pub(crate) maker: Option<Maker<K, S>>,
