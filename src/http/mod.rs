@@ -7,6 +7,9 @@
 //! - [`HttpPolicy`] reads a request's affinity key from its extensions and, with
 //!   [`HttpPolicy::replay_clone`], copies requests whose body is `Clone` so that a
 //!   connection refused by one backend is retried on another.
+//! - [`ReplayBody`] streams a request body while keeping its first bytes, so a request that
+//!   failed before reaching its backend can be replayed elsewhere without buffering it first.
+//! - [`proxy`] has the reverse-proxy header rules (hop-by-hop, `X-Forwarded-*`).
 //! - [`ErrorResponseLayer`] turns the balancer's errors into `502`/`503`/`504` responses
 //!   with `Infallible` errors, as axum routes require.
 //!
@@ -51,6 +54,11 @@ use hyper_util::{
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+
+pub mod proxy;
+mod replay;
+
+pub use replay::{NotReplayable, ReplayBody};
 
 use crate::{
     balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
