@@ -71,7 +71,7 @@ impl<B> Clone for ReplayBody<B> {
             shared: self.shared.clone(),
             cursor: 0,
             done: false,
-            hint: self.hint.clone(),
+            hint: self.hint,
             empty: self.empty,
         }
     }
@@ -224,7 +224,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
