@@ -1,0 +1,625 @@
+//! The gateway example as a process, against real servers on loopback.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, Method, StatusCode},
+    routing::any,
+    Router,
+};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use support::{named, wait_for, TestServer};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
+
+fn gateway_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // Test binaries live in target/<profile>/deps; `cargo test` builds examples
+            // next door. When only this test target was built, build the example now.
+            let mut p = std::env::current_exe().expect("test binary path");
+            p.pop();
+            if p.ends_with("deps") {
+                p.pop();
+            }
+            let bin = p.join("examples").join("gateway");
+            if !bin.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "--example", "gateway", "--features", "http"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .status()
+                    .expect("run cargo build");
+                assert!(status.success(), "building the gateway example failed");
+            }
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// A running gateway process, killed on drop.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(gateway_bin())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("BACKENDS")
+            .env_remove("LISTEN")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            // Keep draining, so the gateway never writes into a closed pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(60), line)
+            .await
+            .expect("gateway printed its address")
+            .expect("reader");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    c: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let rsp = c.request(req.body(body).unwrap()).await.expect("response");
+    let (parts, body) = rsp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+async fn get(c: &TestClient, url: &str) -> (StatusCode, Bytes) {
+    let (s, _, b) = send(c, Method::GET, url, &[], Body::empty()).await;
+    (s, b)
+}
+
+/// A backend that answers with the method and the headers it received, one per line.
+fn echo_headers() -> Router {
+    Router::new().fallback(|req: Request| async move {
+        let mut out = format!("{}\n", req.method());
+        for (k, v) in req.headers() {
+            out += &format!("{k}: {}\n", v.to_str().unwrap_or("?"));
+        }
+        (
+            [
+                ("keep-alive", "timeout=5"),
+                ("x-hop", "secret"),
+                ("connection", "x-hop"),
+            ],
+            out,
+        )
+    })
+}
+
+#[tokio::test]
+async fn cli_rejects_bad_input_with_status_2() {
+    let cases: &[&[&str]] = &[
+        &["--backend", "ftp://127.0.0.1:1"],
+        &["--backend", "not a url"],
+        &["--backend", "127.0.0.1:1,weight=0"],
+        &["--backend", "127.0.0.1:1,weight=-3"],
+        &["--backend", "127.0.0.1:1,heavy"],
+        &["--strategy", "fastest"],
+        &["--timeout", "5parsecs"],
+        &["--connect-timeout=-1s"],
+        &["--retries", "many"],
+        &["--pool", "api"],
+        &["--route", "api=x"],
+        &["--backend", "127.0.0.1:1", "--route", "/api/=nopool"],
+        &["--listen", "nowhere"],
+    ];
+    for args in cases {
+        let out = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            move || {
+                Command::new(gateway_bin())
+                    .args(&args)
+                    .env_remove("BACKENDS")
+                    .env_remove("LISTEN")
+                    .output()
+                    .expect("run gateway")
+            }
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let flag = args
+            .iter()
+            .rev()
+            .find(|a| a.starts_with("--"))
+            .unwrap()
+            .trim_start_matches("--")
+            .split('=')
+            .next()
+            .unwrap();
+        assert!(
+            stderr.contains(flag),
+            "{args:?}: message does not name --{flag}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn proxies_every_method_and_sets_and_strips_headers() {
+    let backend = TestServer::start(echo_headers()).await;
+    let gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let c = client();
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let (s, _, body) = send(&c, method, &gw.url("/m"), &[], Body::from("x")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.starts_with(m.as_bytes()), "{m}: {body:?}");
+    }
+    let (s, _, body) = send(&c, Method::HEAD, &gw.url("/m"), &[], Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.is_empty());
+
+    let (s, headers, body) = send(
+        &c,
+        Method::GET,
+        &gw.url("/h"),
+        &[
+            // Naming X-Forwarded-For in Connection must not remove the proxy's own value.
+            ("connection", "keep-alive, X-Forwarded-For, x-drop-me"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-keep-me", "1"),
+            ("host", "example.test"),
+        ],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let seen = String::from_utf8(body.to_vec()).unwrap();
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-real-ip: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-keep-me: 1\n"), "{seen}");
+    assert!(
+        seen.contains("host: example.test\n"),
+        "Host is kept: {seen}"
+    );
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "te:",
+        "proxy-authorization",
+        "6.6.6.6",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the backend: {seen}");
+    }
+    // Hop-by-hop headers of the response are stripped too.
+    assert!(!headers.contains_key("x-hop"), "{headers:?}");
+    assert!(!headers.contains_key("keep-alive"), "{headers:?}");
+}
+
+#[tokio::test]
+async fn ten_megabyte_bodies_pass_intact_both_ways() {
+    let backend = TestServer::start(
+        Router::new()
+            .fallback(|body: Bytes| async move {
+                // Echo the body back, reversed, so the check sees it went both ways.
+                let mut v = body.to_vec();
+                v.reverse();
+                v
+            })
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+    )
+    .await;
+    let gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let payload: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (s, _, body) = send(
+        &client(),
+        Method::POST,
+        &gw.url("/big"),
+        &[],
+        Body::from(payload.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut want = payload;
+    want.reverse();
+    assert_eq!(body.len(), want.len());
+    assert!(body[..] == want[..]);
+}
+
+#[tokio::test]
+async fn bodies_stream_without_buffering() {
+    // The backend sends a first chunk, then waits for the test to see that chunk through
+    // the gateway before sending the rest: a gateway that buffered whole bodies would
+    // never deliver the first chunk.
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let seen_rx = Arc::new(tokio::sync::Mutex::new(seen_rx));
+    let backend = TestServer::start(Router::new().fallback(move || {
+        let seen_rx = seen_rx.clone();
+        async move {
+            let stream = async_stream_chunks(seen_rx);
+            Body::from_stream(stream)
+        }
+    }))
+    .await;
+    let gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let rsp = client()
+        .request(
+            http::Request::get(gw.url("/stream"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = rsp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("first chunk arrives before the body ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first;");
+    seen_tx.send(()).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "rest");
+}
+
+fn async_stream_chunks(
+    seen: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(0, move |step| {
+        let seen = seen.clone();
+        async move {
+            match step {
+                0 => Some((Ok(Bytes::from_static(b"first;")), 1)),
+                1 => {
+                    seen.lock().await.recv().await;
+                    Some((Ok(Bytes::from_static(b"rest")), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+/// A raw backend that reads one request, counts it, and closes the connection without
+/// answering: the request's bytes left, and no response came back.
+async fn black_hole() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_post_is_never_sent_twice_but_a_get_is_retried() {
+    let (hole, hole_count) = black_hole().await;
+    let posts = Arc::new(AtomicUsize::new(0));
+    let p = posts.clone();
+    let good = TestServer::start(Router::new().fallback(move |req: Request| {
+        let p = p.clone();
+        async move {
+            if req.method() == Method::POST {
+                p.fetch_add(1, Ordering::SeqCst);
+            }
+            "good"
+        }
+    }))
+    .await;
+    let gw = Gateway::start(&[
+        "--strategy",
+        "round-robin",
+        "--backend",
+        &hole.to_string(),
+        "--backend",
+        &good.addr.to_string(),
+    ])
+    .await;
+    let c = client();
+    // Round robin starts at the black hole.
+    let (s, _, _) = send(&c, Method::POST, &gw.url("/pay"), &[], Body::from("once")).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(hole_count.load(Ordering::SeqCst), 1);
+    assert_eq!(posts.load(Ordering::SeqCst), 0, "the POST was sent twice");
+    // Next pick is the good one; then the black hole again, for a GET: retried.
+    let (s, _) = get(&c, &gw.url("/a")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = get(&c, &gw.url("/b")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, "good");
+    assert_eq!(hole_count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_backend_stopped_under_load_loses_no_get() {
+    let mut servers = Vec::new();
+    for n in ["one", "two", "three"] {
+        servers.push(TestServer::start(named(n)).await);
+    }
+    let mut args = vec!["--strategy".to_string(), "round-robin".to_string()];
+    for s in &servers {
+        args.push("--backend".into());
+        args.push(s.addr.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = Arc::new(Gateway::start(&args).await);
+    let c = client();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (c, gw, done, failed) = (c.clone(), gw.clone(), done.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            for _ in 0..150 {
+                let (s, body) = get(&c, &gw.url("/load")).await;
+                if s != StatusCode::OK {
+                    eprintln!("failed GET: {s} {body:?}");
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Kill a backend, connections included, while the load runs.
+    wait_for(|| done.load(Ordering::SeqCst) >= 300).await;
+    servers.remove(1).stop().await;
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 1200);
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "GETs were lost");
+}
+
+#[tokio::test]
+async fn all_backends_down_answer_503_or_502_quickly() {
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        dead.push(l.local_addr().unwrap().to_string());
+    }
+    let gw = Gateway::start(&["--backend", &dead[0], "--backend", &dead[1]]).await;
+    let start = tokio::time::Instant::now();
+    let (s, _) = tokio::time::timeout(Duration::from_secs(30), get(&client(), &gw.url("/")))
+        .await
+        .expect("no hang");
+    assert!(
+        s == StatusCode::SERVICE_UNAVAILABLE || s == StatusCode::BAD_GATEWAY,
+        "{s}"
+    );
+    // Generous bound: well under the 30 s request timeout, whatever the machine.
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+fn check_prometheus_text(text: &str) -> usize {
+    let mut samples = 0;
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment {line:?}"
+            );
+            if let Some(t) = rest.strip_prefix("TYPE ") {
+                let kind = t.split_whitespace().nth(1).unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line:?}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "bad value in {line:?}"
+        );
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name in {line:?}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end..];
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                assert!(!v.trim_end_matches('"').contains('"'), "{line:?}");
+            }
+        }
+        samples += 1;
+    }
+    samples
+}
+
+#[tokio::test]
+async fn health_metrics_and_status_endpoints() {
+    let backend = TestServer::start(named("only")).await;
+    let gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(get(&c, &gw.url("/x")).await.0, StatusCode::OK);
+    }
+    let (s, body) = get(&c, &gw.url("/health")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, "OK\n");
+    let (s, body) = get(&c, &gw.url("/metrics")).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(check_prometheus_text(&text) > 10, "{text}");
+    let backend_label = format!("backend=\"http://{}\"", backend.addr);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tower_lb_requests_total")
+                && l.contains(&backend_label)
+                && l.ends_with(" 5")),
+        "{text}"
+    );
+    assert!(text.contains("tower_lb_response_seconds_bucket"), "{text}");
+    let (s, body) = get(&c, &gw.url("/status")).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["pools"]["default"]["backends"][0]["requests"], 5);
+}
+
+#[tokio::test]
+async fn path_routes_reach_their_pools() {
+    let api = TestServer::start(named("api")).await;
+    let files = TestServer::start(named("static")).await;
+    let other = TestServer::start(named("default")).await;
+    let gw = Gateway::start(&[
+        "--backend",
+        &other.addr.to_string(),
+        "--pool",
+        &format!("api={}", api.addr),
+        "--pool",
+        &format!("files=http://{}", files.addr),
+        "--route",
+        "/api/=api",
+        "--route",
+        "/static/=files",
+    ])
+    .await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/api/users/1")).await.1, "api");
+    assert_eq!(get(&c, &gw.url("/api/")).await.1, "api");
+    assert_eq!(get(&c, &gw.url("/static/app.js")).await.1, "static");
+    assert_eq!(get(&c, &gw.url("/elsewhere")).await.1, "default");
+}
+
+#[tokio::test]
+async fn upgrades_pass_through() {
+    // A backend that switches protocols and then echoes bytes.
+    let backend = TestServer::start(Router::new().route(
+        "/ws",
+        any(|mut req: Request| async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = hyper_util::rt::TokioIo::new(up);
+                    let mut buf = [0u8; 4];
+                    if io.read_exact(&mut buf).await.is_ok() {
+                        let _ = io.write_all(&buf).await;
+                    }
+                }
+            });
+            http::Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(Body::empty())
+                .unwrap()
+        }),
+    ))
+    .await;
+    let gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    r.get_mut().write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut buf))
+        .await
+        .expect("echo through the tunnel")
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+}
