@@ -1,0 +1,1 @@
+//! Active health (placeholder while building).
