@@ -83,4 +83,6 @@ pub mod active;
 pub mod passive;
 
 #[cfg(all(test, feature = "health-passive"))]
+mod testing;
+#[cfg(all(test, feature = "health-passive"))]
 mod tests;
