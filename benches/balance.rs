@@ -1,1 +1,2 @@
+//! Placeholder: this benchmark is not written yet.
 fn main() {}

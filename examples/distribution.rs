@@ -1,1 +1,2 @@
+//! Placeholder: this example is not written yet.
 fn main() {}

@@ -21,7 +21,10 @@ use http_body_util::{BodyExt, Empty};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::{
-    balance::{strategy::{RequestKey, RoundRobin}, MakeEndpoint, RequestPolicy, Status, Target},
+    balance::{
+        strategy::{RequestKey, RoundRobin},
+        MakeEndpoint, RequestPolicy, Status, Target,
+    },
     error::{find, is_connect_error},
     health::{
         active::{HttpProbe, Prober},
@@ -195,8 +198,15 @@ fn balancer_with<P>(
 async fn get_once<S, P>(balance: &Balance<String, S, P>) -> Result<StatusCode, BoxError>
 where
     P: RequestPolicy<http::Request<Body>> + Clone,
-    S: Service<http::Request<Body>, Response = http::Response<tower_lb::health::passive::ResponseBody<hyper::body::Incoming, tower_lb::health::passive::GrpcEos>>>
-        + Clone
+    S: Service<
+            http::Request<Body>,
+            Response = http::Response<
+                tower_lb::health::passive::ResponseBody<
+                    hyper::body::Incoming,
+                    tower_lb::health::passive::GrpcEos,
+                >,
+            >,
+        > + Clone
         + Send
         + Sync
         + 'static,
@@ -269,14 +279,21 @@ async fn ejects_a_backend_that_answers_503_and_one_that_died() {
     for _ in 0..20 {
         assert_eq!(get_once(&balance).await.unwrap(), StatusCode::OK);
     }
-    assert_eq!(b.hits.load(Relaxed), hits, "an ejected backend gets no requests");
+    assert_eq!(
+        b.hits.load(Relaxed),
+        hits,
+        "an ejected backend gets no requests"
+    );
 
     // Probation: once healthy again, the trial readmits it.
     b.status.store(200, Relaxed);
     // Traffic drives passive readmission: keep sending until b is healthy again.
     let t0 = Instant::now();
     while status_of(&balance, &b.key()) != Status::Healthy {
-        assert!(t0.elapsed() < Duration::from_secs(20), "b was never readmitted");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "b was never readmitted"
+        );
         assert_eq!(get_once(&balance).await.unwrap(), StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -322,7 +339,10 @@ async fn the_prober_marks_a_dead_backend_down_and_readmits_it_after_restart() {
 
     // No traffic at all: only the prober can notice.
     b.kill().await;
-    let down = wait_for("b marked down", || status_of(&balance, &b.key()) == Status::Down).await;
+    let down = wait_for("b marked down", || {
+        status_of(&balance, &b.key()) == Status::Down
+    })
+    .await;
     eprintln!("measured: prober marked the dead backend down after {down:?} (interval {interval:?}, fall 2)");
     assert_eq!(balance.stats().available, 1);
     for _ in 0..10 {
@@ -330,13 +350,19 @@ async fn the_prober_marks_a_dead_backend_down_and_readmits_it_after_restart() {
     }
 
     b.restart().await;
-    let up = wait_for("b marked up", || status_of(&balance, &b.key()) == Status::Healthy).await;
+    let up = wait_for("b marked up", || {
+        status_of(&balance, &b.key()) == Status::Healthy
+    })
+    .await;
     eprintln!("measured: prober readmitted the restarted backend after {up:?} (interval {interval:?}, fast 200ms, rise 2)");
     let hits = b.hits.load(Relaxed);
     for _ in 0..10 {
         assert_eq!(get_once(&balance).await.unwrap(), StatusCode::OK);
     }
-    assert!(b.hits.load(Relaxed) > hits, "the readmitted backend takes traffic");
+    assert!(
+        b.hits.load(Relaxed) > hits,
+        "the readmitted backend takes traffic"
+    );
 }
 
 /// Retries a failed GET on another backend whatever the failure was, as long as no
@@ -352,7 +378,10 @@ impl RequestPolicy<http::Request<Body>> for RetryIdempotent {
     }
 
     fn replay(&self, req: &http::Request<Body>) -> Option<http::Request<Body>> {
-        req.method().is_idempotent().then(|| self.0.replay(req)).flatten()
+        req.method()
+            .is_idempotent()
+            .then(|| self.0.replay(req))
+            .flatten()
     }
 
     fn retry_on(&self, error: &BoxError) -> bool {
@@ -384,8 +413,12 @@ where
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut workers = JoinSet::new();
     for _ in 0..4 {
-        let (balance, stop, sent, failures) =
-            (balance.clone(), stop.clone(), sent.clone(), failures.clone());
+        let (balance, stop, sent, failures) = (
+            balance.clone(),
+            stop.clone(),
+            sent.clone(),
+            failures.clone(),
+        );
         workers.spawn(async move {
             // Bounded: at most 20 000 requests per worker.
             for _ in 0..20_000 {
@@ -412,7 +445,10 @@ where
     })
     .await;
     let before = sent.load(Relaxed);
-    wait_for("more load after the death", || sent.load(Relaxed) > before + 500).await;
+    wait_for("more load after the death", || {
+        sent.load(Relaxed) > before + 500
+    })
+    .await;
     stop.store(true, Relaxed);
     while workers.join_next().await.is_some() {}
     let failures = std::mem::take(&mut *failures.lock().unwrap());
@@ -437,7 +473,10 @@ async fn connect_refused_is_never_lost_while_a_backend_dies_under_load() {
     );
     for e in &report.failures {
         eprintln!("  lost in flight: {e:?}");
-        assert!(!is_connect_error(&**e), "a connect failure was not retried: {e:?}");
+        assert!(
+            !is_connect_error(&**e),
+            "a connect failure was not retried: {e:?}"
+        );
     }
 }
 

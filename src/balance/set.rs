@@ -99,11 +99,11 @@ pub(crate) trait Members<K>: Send + Sync {
 #[cfg(feature = "health-active")]
 impl<K: Key, S: Clone + Send + Sync + 'static> Members<K> for Core<K, S> {
     fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
-        Core::members(self)
+        Self::members(self)
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        Core::subscribe(self)
+        Self::subscribe(self)
     }
 }
 

@@ -120,8 +120,7 @@ impl Rig {
                                 Response::new(body("late"))
                             }
                         };
-                        rsp.headers_mut()
-                            .insert("x-backend", name.parse().unwrap());
+                        rsp.headers_mut().insert("x-backend", name.parse().unwrap());
                         Ok(rsp)
                     }
                 });
@@ -160,7 +159,10 @@ impl Rig {
     }
 
     /// Aims at `key` and sends one request.
-    pub(crate) async fn send_to(&self, key: &'static str) -> Result<(String, StatusCode), BoxError> {
+    pub(crate) async fn send_to(
+        &self,
+        key: &'static str,
+    ) -> Result<(String, StatusCode), BoxError> {
         self.aim(key);
         self.send().await
     }

@@ -29,7 +29,9 @@ pub(crate) fn start_request(
 }
 
 /// Polls a started request to its end.
-pub(crate) async fn finish<F: std::future::Future>(mut fut: tokio_test::task::Spawn<F>) -> F::Output {
+pub(crate) async fn finish<F: std::future::Future>(
+    mut fut: tokio_test::task::Spawn<F>,
+) -> F::Output {
     loop {
         if let std::task::Poll::Ready(out) = fut.poll() {
             return out;
@@ -46,7 +48,7 @@ async fn backups_serve_only_while_every_primary_is_unavailable() {
             Backend::new("b"),
             Backend::new("z").backup(true),
         ]),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     for _ in 0..6 {
         assert_ne!(rig.send().await.unwrap().0, "z");
@@ -73,7 +75,7 @@ async fn backups_serve_only_while_every_primary_is_unavailable() {
 async fn draining_takes_no_new_requests_and_lets_in_flight_ones_finish() {
     let rig = Rig::new(
         Balance::builder().backends(["a", "b"].map(Backend::new)),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     rig.set("a", Outcome::Wait);
     rig.aim("a");
@@ -97,7 +99,7 @@ async fn draining_takes_no_new_requests_and_lets_in_flight_ones_finish() {
 async fn a_backend_at_max_conns_is_skipped() {
     let rig = Rig::new(
         Balance::builder().backends([Backend::new("a").max_conns(1), Backend::new("b")]),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     rig.set("a", Outcome::Wait);
     rig.aim("a");
@@ -133,7 +135,7 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
         Balance::builder()
             .slow_start(Duration::from_secs(10))
             .backends([Backend::new("a").weight(2), Backend::new("b")]),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     let keys = ["a", "b", "c"];
     // Joined at t = 0: 10 % floor, in hundredths of the weight.
@@ -141,7 +143,10 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
     advance(Duration::from_secs(5)).await;
     assert_eq!(weights(&rig, &keys), HashMap::from([("a", 100), ("b", 50)]));
     advance(Duration::from_secs(5)).await;
-    assert_eq!(weights(&rig, &keys), HashMap::from([("a", 200), ("b", 100)]));
+    assert_eq!(
+        weights(&rig, &keys),
+        HashMap::from([("a", 200), ("b", 100)])
+    );
 
     // A backend joining later ramps alone.
     rig.balance.handle().insert(Backend::new("c")).unwrap();
@@ -176,7 +181,7 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
 async fn without_slow_start_weights_are_the_configured_ones() {
     let rig = Rig::new(
         Balance::builder().backends([Backend::new("a").weight(3), Backend::new("b")]),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     assert_eq!(
         weights(&rig, &["a", "b"]),

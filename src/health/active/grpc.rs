@@ -60,10 +60,11 @@ impl<K: fmt::Display> Service<K> for GrpcProbe {
         let service = self.service.clone();
         Box::pin(async move {
             let (scheme, authority) = parse_base(&key)?;
-            let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{authority}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .connect()
-                .await?;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("{scheme}://{authority}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect()
+                    .await?;
             let rsp = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: service.clone(),
@@ -99,8 +100,7 @@ impl NotServing {
 
 impl fmt::Display for NotServing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = ServingStatus::try_from(self.status)
-            .map_or("unknown", |s| s.as_str_name());
+        let name = ServingStatus::try_from(self.status).map_or("unknown", |s| s.as_str_name());
         write!(f, "gRPC health of {:?} is {name}", self.service)
     }
 }

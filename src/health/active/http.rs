@@ -17,7 +17,10 @@ use hyper_util::{
 };
 use tower_service::Service;
 
-use crate::{error::{BoxError, ConfigError}, http::parse_base};
+use crate::{
+    error::{BoxError, ConfigError},
+    http::parse_base,
+};
 
 /// The HTTP probe: `GET` a path on the backend and expect a status in a range (HAProxy
 /// `option httpchk` with `http-check expect status`). See the [module docs](super).

@@ -1,7 +1,6 @@
 use std::{
     collections::HashMap,
     fmt,
-    future::Future,
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -370,25 +369,23 @@ fn jittered(base: Duration, jitter: f64, rng: &Rng) -> Duration {
 }
 
 /// One probe, bounded by the timeout.
-fn probe_once<K, P>(
+async fn probe_once<K, P>(
     probe: P,
     key: K,
     state: Arc<EndpointState>,
     timeout: Duration,
-) -> impl Future<Output = (K, Arc<EndpointState>, Result<(), BoxError>)>
+) -> (K, Arc<EndpointState>, Result<(), BoxError>)
 where
     K: Key,
     P: Service<K>,
     P::Error: Into<BoxError>,
 {
-    async move {
-        let res = match tokio::time::timeout(timeout, probe.oneshot(key.clone())).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(format!("probe timed out after {timeout:?}").into()),
-        };
-        (key, state, res)
-    }
+    let res = match tokio::time::timeout(timeout, probe.oneshot(key.clone())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(format!("probe timed out after {timeout:?}").into()),
+    };
+    (key, state, res)
 }
 
 async fn run<K, P>(members: Weak<dyn Members<K>>, cfg: Settings, rng: Rng, probe: P)

@@ -73,7 +73,13 @@ impl Script {
                 if *me.hang.lock().unwrap() {
                     std::future::pending::<()>().await;
                 }
-                let ok = me.healthy.lock().unwrap().get(&key).copied().unwrap_or(true);
+                let ok = me
+                    .healthy
+                    .lock()
+                    .unwrap()
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(true);
                 if ok {
                     Ok(())
                 } else {
@@ -192,10 +198,7 @@ async fn new_endpoints_start_healthy_by_default_and_are_probed() {
     let b = balance(&["a"]);
     let script = Script::new();
     script.set("c", false);
-    let _prober = Prober::new(script.probe())
-        .jitter(0.0)
-        .spawn(&b)
-        .unwrap();
+    let _prober = Prober::new(script.probe()).jitter(0.0).spawn(&b).unwrap();
     run_until(&script, 1.0).await;
     b.handle().insert(Backend::new("c".to_string())).unwrap();
     run_until(&script, 1.0).await;
@@ -254,10 +257,16 @@ async fn jitter_spreads_probes_within_its_bounds() {
         .unwrap();
     run_until(&script, 60.0).await;
     let times = script.probes_of("a");
-    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
     assert!(gaps.len() >= 20);
     assert!(gaps.iter().all(|g| (1.5..=2.5).contains(g)), "{gaps:?}");
-    assert!(gaps.iter().any(|g| (g - 2.0).abs() > 0.01), "jitter applied");
+    assert!(
+        gaps.iter().any(|g| (g - 2.0).abs() > 0.01),
+        "jitter applied"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -267,8 +276,14 @@ async fn invalid_settings_are_typed_errors() {
     for (prober, setting) in [
         (Prober::new(probe.clone()).rise(0), "rise"),
         (Prober::new(probe.clone()).fall(0), "fall"),
-        (Prober::new(probe.clone()).interval(Duration::ZERO), "interval"),
-        (Prober::new(probe.clone()).timeout(Duration::ZERO), "timeout"),
+        (
+            Prober::new(probe.clone()).interval(Duration::ZERO),
+            "interval",
+        ),
+        (
+            Prober::new(probe.clone()).timeout(Duration::ZERO),
+            "timeout",
+        ),
         (Prober::new(probe.clone()).jitter(0.9), "jitter"),
     ] {
         match prober.spawn(&b) {
@@ -289,7 +304,7 @@ async fn active_and_passive_share_one_state() {
         Balance::builder()
             .panic_threshold(0.3)
             .backends(["a", "b", "c"].map(Backend::new)),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     let probe = tower::service_fn(|key: &'static str| async move {
         if key == "c" {

@@ -44,7 +44,8 @@ where
     }
 
     fn fail(self, error: &dyn fmt::Display) {
-        self.shared.failure(&format_args!("response body: {error}"), true);
+        self.shared
+            .failure(&format_args!("response body: {error}"), true);
     }
 }
 

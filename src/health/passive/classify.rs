@@ -247,8 +247,7 @@ mod tests {
         assert_eq!(eos.classify_eos(Some(&trailers)), Ok(()));
         assert_eq!(eos.classify_eos(None), Err(Failure::MissingGrpcStatus));
         // Trailers-only: the status is in the headers.
-        r.headers_mut()
-            .insert("grpc-status", "4".parse().unwrap());
+        r.headers_mut().insert("grpc-status", "4".parse().unwrap());
         assert!(matches!(
             c.classify_response(&r),
             ClassifiedResponse::Ready(Err(Failure::Grpc(4)))

@@ -191,8 +191,12 @@ impl Policy for Consecutive {
             return None;
         }
         let streak = state.streak.fetch_add(1, Relaxed) + 1;
-        (streak >= u64::from(self.consecutive))
-            .then(|| format!("{streak} consecutive failures (consecutive {})", self.consecutive))
+        (streak >= u64::from(self.consecutive)).then(|| {
+            format!(
+                "{streak} consecutive failures (consecutive {})",
+                self.consecutive
+            )
+        })
     }
 
     fn ejection_time(&self, state: &EndpointState, now: Instant) -> Duration {
@@ -223,9 +227,7 @@ fn backoff(state: &EndpointState, now: Instant, base: Duration, max: Duration) -
         .checked_mul(u32::try_from(level).unwrap_or(u32::MAX))
         .map_or(max, |t| t.min(max));
     state.eject_level.store(level, Relaxed);
-    state
-        .eject_level_at
-        .store(state.nanos(now + time), Relaxed);
+    state.eject_level_at.store(state.nanos(now + time), Relaxed);
     time
 }
 
@@ -282,7 +284,10 @@ mod tests {
             // The next ejection happens right when this one ends (a failed trial).
             now += t;
         }
-        assert_eq!(times, [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300, 300]);
+        assert_eq!(
+            times,
+            [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300, 300]
+        );
         // Healthy for 10 × 30 s after the last ejection: back to the base.
         now += Duration::from_secs(300);
         assert_eq!(c.ejection_time(&st, now), Duration::from_secs(30));

@@ -27,10 +27,9 @@ fn window(max_fails: u32, secs: u64) -> Rig {
 }
 
 fn consecutive() -> Rig {
-    Rig::new(
-        Balance::builder().backends(ABC.map(Backend::new)),
-        |t| PassiveHealthLayer::new(t).policy(Consecutive::new()),
-    )
+    Rig::new(Balance::builder().backends(ABC.map(Backend::new)), |t| {
+        PassiveHealthLayer::new(t).policy(Consecutive::new())
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -112,7 +111,12 @@ async fn probation_at_timeout_then_success_readmits() {
     let (served, _) = rig.send_to("b").await.unwrap();
     assert_eq!(served, "b");
     assert_eq!(rig.status("b"), Status::Healthy);
-    assert_eq!(rig.state("b").eject_level.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        rig.state("b")
+            .eject_level
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -151,7 +155,10 @@ async fn probation_sends_one_trial_at_a_time() {
     assert!(rig.state("b").trial_in_flight());
     for _ in 0..5 {
         let (served, _) = rig.send_to("b").await.unwrap();
-        assert_ne!(served, "b", "only the trial may go to an endpoint on probation");
+        assert_ne!(
+            served, "b",
+            "only the trial may go to an endpoint on probation"
+        );
     }
     assert_eq!(rig.state("b").requests(), before + 1);
     rig.gate.notify_one();
@@ -228,10 +235,7 @@ async fn backoff_grows_with_each_ejection_up_to_the_cap() {
         // The failed trial ejects again.
         rig.send_to("b").await.unwrap();
     }
-    assert_eq!(
-        times,
-        [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300]
-    );
+    assert_eq!(times, [30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,7 +246,7 @@ async fn max_ejection_share_is_respected_but_one_is_always_allowed() {
         Balance::builder()
             .panic_threshold(0.0)
             .backends(keys.map(Backend::new)),
-        |t| PassiveHealthLayer::new(t),
+        PassiveHealthLayer::new,
     );
     for k in keys {
         rig.set(k, Outcome::Status(503));
@@ -254,9 +258,10 @@ async fn max_ejection_share_is_respected_but_one_is_always_allowed() {
     assert_eq!(ejected, 2);
 
     // Two endpoints, a 10 % share: one ejection is still allowed, not two.
-    let rig = Rig::new(Balance::builder().backends(["a", "b"].map(Backend::new)), |t| {
-        PassiveHealthLayer::new(t).max_ejection_share(0.1)
-    });
+    let rig = Rig::new(
+        Balance::builder().backends(["a", "b"].map(Backend::new)),
+        |t| PassiveHealthLayer::new(t).max_ejection_share(0.1),
+    );
     rig.set("a", Outcome::Status(503));
     rig.set("b", Outcome::Status(503));
     rig.send_to("a").await.unwrap();
