@@ -93,9 +93,11 @@ pub struct EndpointState {
     /// 0 means "no window").
     pub(crate) window_start: AtomicU64,
     /// Ejection backoff level ("times ejected", decayed while healthy).
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) eject_level: AtomicU64,
     /// When the last ejection ended or will end, ns since `base`: where the decay of
     /// `eject_level` starts.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) eject_level_at: AtomicU64,
     /// When the endpoint last joined or recovered (ns since `base`): slow start ramps from
     /// here.
@@ -390,6 +392,7 @@ impl EndpointState {
     }
 
     /// Claims the one probation trial; `false` if a trial is already in flight.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) fn claim_trial(&self) -> bool {
         self.trial
             .compare_exchange(false, true, AcqRel, Relaxed)
@@ -397,16 +400,19 @@ impl EndpointState {
     }
 
     /// Ends the probation trial (its verdict is in, or it was cancelled).
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) fn release_trial(&self) {
         self.trial.store(false, Release);
     }
 
     /// Endpoints in this endpoint's set.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) fn pool_members(&self) -> usize {
         self.pool.members.load(Relaxed)
     }
 
     /// Endpoints of this endpoint's set that are ejected or on probation.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
     pub(crate) fn pool_ejected(&self) -> usize {
         self.pool.ejected.load(Relaxed)
     }

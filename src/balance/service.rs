@@ -351,6 +351,8 @@ impl<K: Key, P> Builder<K, P> {
     /// `window` after a backend joins the set or recovers (an ejection ends, the prober
     /// marks it up), its effective weight ramps linearly from 10 % to 100 %:
     /// `weight × max(0.1, elapsed ÷ window)`. Default: off. A zero window turns it off.
+    /// Backends present at build time ramp together, so their shares do not change; the
+    /// candidate list is rebuilt 20 times per window while any backend ramps.
     ///
     /// While slow start is on, [`Candidate::weight`](super::strategy::Candidate::weight)
     /// is in hundredths of the configured weight, so the ramp is smooth even for weight 1.
