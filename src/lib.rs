@@ -43,6 +43,7 @@
 //! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover` |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
+//! | `health` | (features `health-passive`, `health-active`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
 //! | [`error`] | the typed errors behind `BoxError` |
 //!
@@ -51,6 +52,10 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `http` | yes | [`http`]: hyper-util endpoint maker and HTTP helpers |
+//! | `health-passive` | no | `health::passive`: per-endpoint ejection layer (tower-http `classify`) |
+//! | `health-active` | no | `health::active`: spawned prober with HTTP and TCP probes (implies `http`) |
+//! | `health` | no | both of the above |
+//! | `grpc` | no | the gRPC `grpc.health.v1` probe (tonic-health; needs Rust 1.88) |
 //! | `test-util` | no | [`test_util`] |
 //! | `full` | no | everything |
 
@@ -60,6 +65,8 @@ pub mod backend;
 pub mod balance;
 pub mod discover;
 pub mod error;
+#[cfg(any(feature = "health-passive", feature = "health-active"))]
+pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "test-util")]

@@ -91,6 +91,21 @@ pub struct EndpointState {
     pub(crate) wrr_current: AtomicI64,
     /// Consecutive failures, for policies that need a streak.
     pub(crate) streak: AtomicU64,
+    /// A probation trial request is in flight: no other request is sent until its verdict.
+    trial: AtomicBool,
+    /// Start of the current passive-health failure window (ns since `base`, offset by 1 so
+    /// 0 means "no window").
+    pub(crate) window_start: AtomicU64,
+    /// Ejection backoff level ("times ejected", decayed while healthy).
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) eject_level: AtomicU64,
+    /// When the last ejection ended or will end, ns since `base`: where the decay of
+    /// `eject_level` starts.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) eject_level_at: AtomicU64,
+    /// When the endpoint last joined or recovered (ns since `base`): slow start ramps from
+    /// here.
+    ramp_from: AtomicU64,
 }
 
 impl fmt::Debug for EndpointState {
@@ -121,6 +136,11 @@ impl EndpointState {
             draining: AtomicBool::new(false),
             wrr_current: AtomicI64::new(0),
             streak: AtomicU64::new(0),
+            trial: AtomicBool::new(false),
+            window_start: AtomicU64::new(0),
+            eject_level: AtomicU64::new(0),
+            eject_level_at: AtomicU64::new(0),
+            ramp_from: AtomicU64::new(0),
         }
     }
 
@@ -129,11 +149,11 @@ impl EndpointState {
         Self::new(Arc::new(Pool::default()), 0)
     }
 
-    fn nanos(&self, t: Instant) -> u64 {
+    pub(crate) fn nanos(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    fn instant(&self, ns: u64) -> Instant {
+    pub(crate) fn instant(&self, ns: u64) -> Instant {
         self.base + Duration::from_nanos(ns)
     }
 
@@ -171,11 +191,12 @@ impl EndpointState {
         self.max_conns.store(max, Relaxed);
     }
 
-    /// True if the endpoint is at its concurrency cap (nginx `max_conns`).
+    /// True if the endpoint is at its concurrency cap (nginx `max_conns`), or on probation
+    /// with its one trial request in flight.
     #[inline]
     pub fn at_capacity(&self) -> bool {
         let max = self.max_conns.load(Relaxed);
-        max != 0 && self.in_flight() >= max
+        (max != 0 && self.in_flight() >= max) || self.trial.load(Relaxed)
     }
 
     /// Requests sent to this endpoint in total.
@@ -299,6 +320,8 @@ impl EndpointState {
 
     /// Ejects the endpoint until `until`; after that it is on probation.
     pub fn eject_until(&self, until: Instant) {
+        // Traffic resumes at `until`: slow start ramps from there.
+        self.ramp_from.store(self.nanos(until), Relaxed);
         let was = self.ejected_until.swap(self.nanos(until) + 1, AcqRel);
         if was == 0 && !self.probation.swap(true, Relaxed) {
             self.pool.ejected.fetch_add(1, Relaxed);
@@ -317,6 +340,7 @@ impl EndpointState {
             self.touch();
         }
         self.streak.store(0, Relaxed);
+        self.window_start.store(0, Relaxed);
     }
 
     /// Whether one more ejection keeps the ejected share of the pool within `max_share`
@@ -343,6 +367,10 @@ impl EndpointState {
     /// Sets the verdict of active probing (`true`: down).
     pub fn set_down(&self, down: bool) {
         if self.active_down.swap(down, Relaxed) != down {
+            if !down {
+                // Recovered: slow start ramps from now.
+                self.ramp_from.store(self.nanos(Instant::now()), Relaxed);
+            }
             self.touch();
         }
     }
@@ -362,5 +390,42 @@ impl EndpointState {
     /// Whether the endpoint is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// When the endpoint last joined the set or recovered (an ejection ended, active
+    /// probing marked it up again): where slow start ramps from.
+    pub fn ramp_start(&self) -> Instant {
+        self.instant(self.ramp_from.load(Relaxed))
+    }
+
+    /// Claims the one probation trial; `false` if a trial is already in flight.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) fn claim_trial(&self) -> bool {
+        self.trial
+            .compare_exchange(false, true, AcqRel, Relaxed)
+            .is_ok()
+    }
+
+    /// Ends the probation trial (its verdict is in, or it was cancelled).
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) fn release_trial(&self) {
+        self.trial.store(false, Release);
+    }
+
+    /// Endpoints in this endpoint's set.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) fn pool_members(&self) -> usize {
+        self.pool.members.load(Relaxed)
+    }
+
+    /// Endpoints of this endpoint's set that are ejected or on probation.
+    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
+    pub(crate) fn pool_ejected(&self) -> usize {
+        self.pool.ejected.load(Relaxed)
+    }
+
+    /// Whether a probation trial is in flight.
+    pub fn trial_in_flight(&self) -> bool {
+        self.trial.load(Relaxed)
     }
 }

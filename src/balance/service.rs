@@ -98,6 +98,13 @@ where
     pub fn policy(&self) -> &P {
         &self.policy
     }
+
+    /// The endpoint set, for background tasks that must not keep the balancer alive.
+    #[cfg(feature = "health-active")]
+    pub(crate) fn members(&self) -> std::sync::Weak<dyn super::set::Members<K>> {
+        let core: Arc<dyn super::set::Members<K>> = self.core.clone();
+        Arc::downgrade(&core)
+    }
 }
 
 impl<K, S, P, Req> Service<Req> for Balance<K, S, P>
@@ -363,6 +370,20 @@ impl<K: Key, P> Builder<K, P> {
             });
         }
         self.cfg.panic_threshold = share;
+        self
+    }
+
+    /// Slow start (nginx Plus `slow_start`, Envoy slow start with aggression 1): for
+    /// `window` after a backend joins the set or recovers (an ejection ends, the prober
+    /// marks it up), its effective weight ramps linearly from 10 % to 100 %:
+    /// `weight × max(0.1, elapsed ÷ window)`. Default: off. A zero window turns it off.
+    /// Backends present at build time ramp together, so their shares do not change; the
+    /// candidate list is rebuilt 20 times per window while any backend ramps.
+    ///
+    /// While slow start is on, [`Candidate::weight`](super::strategy::Candidate::weight)
+    /// is in hundredths of the configured weight, so the ramp is smooth even for weight 1.
+    pub fn slow_start(mut self, window: Duration) -> Self {
+        self.cfg.slow_start = (!window.is_zero()).then_some(window);
         self
     }
 

@@ -82,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) fail_fast: Duration,
     pub(crate) retries: usize,
     pub(crate) track_latency: bool,
+    /// Slow-start window (off when `None`).
+    pub(crate) slow_start: Option<Duration>,
 }
 
 impl Default for Config {
@@ -92,7 +94,29 @@ impl Default for Config {
             fail_fast: Duration::from_secs(1),
             retries: 2,
             track_latency: false,
+            slow_start: None,
         }
+    }
+}
+
+#[cfg(feature = "health-active")]
+/// The endpoint set as background tasks (the active prober) see it, type-erased over the
+/// service type.
+pub(crate) trait Members<K>: Send + Sync {
+    /// Every endpoint's key and live state.
+    fn members(&self) -> Vec<(K, Arc<EndpointState>)>;
+    /// Changes whenever the set (or its health) changes.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+#[cfg(feature = "health-active")]
+impl<K: Key, S: Clone + Send + Sync + 'static> Members<K> for Core<K, S> {
+    fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
+        Self::members(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        Self::subscribe(self)
     }
 }
 
@@ -284,6 +308,16 @@ impl<K: Key, S: Clone> Core<K, S> {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// Every endpoint's key and live state (for the active prober).
+    #[cfg(feature = "health-active")]
+    pub(crate) fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
+        self.peek()
+            .entries
+            .iter()
+            .map(|e| (e.backend.key().clone(), e.state.clone()))
+            .collect()
+    }
+
     fn build(
         &self,
         entries: Vec<Arc<Entry<K, S>>>,
@@ -292,6 +326,20 @@ impl<K: Key, S: Clone> Core<K, S> {
     ) -> Snapshot<K, S> {
         let now = Instant::now();
         let mut deadline: Option<Instant> = None;
+        // Slow start: weights in hundredths, ramping after join or recovery; the snapshot
+        // is rebuilt as the ramp goes on.
+        let ramp = self.cfg.slow_start.map(|window| Ramp {
+            window,
+            now,
+            next: std::cell::Cell::new(None),
+        });
+        let candidate = |e: &Arc<Entry<K, S>>, pos: usize| {
+            let mut c = candidate(e, pos);
+            if let Some(ramp) = &ramp {
+                c.weight = ramp.weight(c.weight, &e.state);
+            }
+            c
+        };
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
         let mut live_primaries = 0usize;
@@ -346,6 +394,9 @@ impl<K: Key, S: Clone> Core<K, S> {
         } else {
             (Tier::None, Vec::new())
         };
+        if let Some(next) = ramp.and_then(|r| r.next.get()) {
+            deadline = Some(deadline.map_or(next, |d| d.min(next)));
+        }
         Snapshot {
             core: self.me.clone(),
             strategy: self.strategy.clone(),
@@ -468,6 +519,40 @@ impl<K: Key, S: Clone> Core<K, S> {
                 backend: key.to_string(),
             }),
         })
+    }
+}
+
+/// Slow start (nginx Plus `slow_start`, Envoy with aggression 1): an endpoint's effective
+/// weight is `weight × max(10 %, elapsed ÷ window)` after it joins or recovers.
+struct Ramp {
+    window: Duration,
+    now: Instant,
+    /// When the list should next be rebuilt to follow the ramp.
+    next: std::cell::Cell<Option<Instant>>,
+}
+
+/// Slow-start weights are in hundredths of the configured weight.
+pub(crate) const RAMP_SCALE: u32 = 100;
+/// The smallest share of its weight an endpoint gets while ramping.
+const RAMP_FLOOR: f64 = 0.1;
+/// Rebuilds per window while an endpoint ramps.
+const RAMP_STEPS: u32 = 20;
+
+impl Ramp {
+    fn weight(&self, weight: u32, state: &EndpointState) -> u32 {
+        let full = weight.saturating_mul(RAMP_SCALE);
+        let start = state.ramp_start();
+        let elapsed = self.now.saturating_duration_since(start);
+        if elapsed >= self.window || self.window.is_zero() {
+            return full;
+        }
+        let share = (elapsed.as_secs_f64() / self.window.as_secs_f64()).max(RAMP_FLOOR);
+        // Rebuild at the next step of the ramp, or when it ends.
+        let step = (self.window / RAMP_STEPS).max(Duration::from_millis(1));
+        let next = (self.now + step).min(start + self.window);
+        self.next
+            .set(Some(self.next.get().map_or(next, |n| n.min(next))));
+        ((f64::from(full) * share).round() as u32).max(1)
     }
 }
 

@@ -1,0 +1,107 @@
+//! Passive health: eject endpoints whose real traffic fails (feature `health-passive`).
+//!
+//! [`PassiveHealthLayer`] wraps one endpoint's service inside the endpoint maker. It gets
+//! the endpoint's shared [`EndpointState`](crate::balance::EndpointState) from the
+//! [`Target`](crate::balance::Target), judges every outcome with a tower-http
+//! [`ClassifyResponse`](tower_http::classify::ClassifyResponse) classifier, and ejects the
+//! endpoint when its [`Policy`] says so. The balancer reads the same state when it builds
+//! its candidate list, so an ejected endpoint gets no new requests.
+//!
+//! # What counts as a failure
+//!
+//! With the stock [`FailureStatuses`]: any error from the endpoint service (connection
+//! refused or reset, a `tower::timeout` in the stack), HTTP 502, 503, 504, and the gRPC
+//! codes `UNAVAILABLE` and `DEADLINE_EXCEEDED`. [`FailureStatuses::server_errors`] widens
+//! it to every 5xx, [`FailureStatuses::too_many_requests`] adds 429. A gRPC response is
+//! judged by the `grpc-status` in its trailers, so the verdict waits for the end of the
+//! [`ResponseBody`]; a body dropped before its end gives no verdict.
+//!
+//! # Policies
+//!
+//! - [`Window`] (nginx, the default): `max_fails` failures within `fail_timeout` eject the
+//!   endpoint for `fail_timeout`. Defaults 1 and 10 s.
+//! - [`Consecutive`] (Envoy `consecutive_5xx`): `consecutive` failures in a row eject it for
+//!   `base_ejection_time × times ejected`, at most `max_ejection_time`; a success resets the
+//!   streak. Defaults 5, 30 s, 300 s.
+//!
+//! Around either policy:
+//!
+//! - **Probation** (linkerd, on by default): when the ejection ends, the endpoint is a
+//!   candidate again but takes one trial request at a time. Success readmits it (status
+//!   `Healthy`); failure ejects it again at once for the policy's next, longer, ejection
+//!   time. With probation off, the endpoint is readmitted when its ejection ends.
+//! - **Max ejection share** (Envoy `max_ejection_percent`, default 50 %): an ejection that
+//!   would put more than this share of the balancer's endpoints out is refused, but one
+//!   ejection is always allowed (gRPC); a lone endpoint is never ejected (nginx).
+//! - **Panic mode** is the balancer's: when the share of available primaries falls under
+//!   [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold) (default
+//!   50 %), it ignores health and uses every endpoint; the stats say
+//!   [`Tier::Panic`](crate::balance::Tier::Panic) and a `tracing` warning fires. Outcomes
+//!   of ejected endpoints in panic mode do not change their ejection.
+//!
+//! Every transition (ejected, ejection refused, trial sent, readmitted, ejected again)
+//! is a `tracing` event with the backend, the reason and the ejection time.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::convert::Infallible;
+//! use tower::{service_fn, Service, ServiceBuilder};
+//! use tower_lb::{
+//!     balance::{strategy::RoundRobin, Status, Target},
+//!     health::passive::{FailureStatuses, PassiveHealthLayer, Window},
+//!     Backend, Balance,
+//! };
+//!
+//! // nginx `max_fails=2 fail_timeout=10s`, every 5xx counts.
+//! let passive = |t: &Target<'_, &'static str>| {
+//!     PassiveHealthLayer::new(t)
+//!         .policy(Window::new().max_fails(2))
+//!         .classifier(FailureStatuses::new().server_errors(true))
+//! };
+//! let balance = Balance::builder()
+//!     .strategy(RoundRobin::new())
+//!     .backends(["good", "bad", "also-good"].map(Backend::new))
+//!     .build(move |t: &Target<'_, &'static str>| {
+//!         let name = *t.key();
+//!         ServiceBuilder::new().layer(passive(t)).service(service_fn(
+//!             move |_req: http::Request<()>| async move {
+//!                 let mut rsp = http::Response::new(String::new());
+//!                 if name == "bad" {
+//!                     *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+//!                 }
+//!                 Ok::<_, Infallible>(rsp)
+//!             },
+//!         ))
+//!     })
+//!     .unwrap();
+//!
+//! for _ in 0..6 {
+//!     balance.clone().call(http::Request::new(())).await.unwrap();
+//! }
+//! let stats = balance.stats();
+//! let bad = stats.backends.iter().find(|b| b.key == "bad").unwrap();
+//! assert!(matches!(bad.status, Status::Ejected { .. }));
+//! assert_eq!((bad.failures, bad.ejections), (2, 1));
+//! assert_eq!(stats.available, 2);
+//! # }
+//! ```
+
+mod body;
+mod classify;
+mod future;
+mod layer;
+mod policy;
+mod service;
+
+pub use body::ResponseBody;
+pub use classify::{Failure, FailureStatuses, GrpcEos};
+pub use future::ResponseFuture;
+pub use layer::PassiveHealthLayer;
+pub use policy::{Consecutive, Policy, Window};
+pub use service::PassiveHealth;
+
+#[cfg(test)]
+mod tests;

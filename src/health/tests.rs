@@ -1,0 +1,190 @@
+//! The balancer's side of health, on paused time: backups, drain, max conns, slow start.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::time::advance;
+use tower::ServiceExt;
+
+use super::{
+    passive::PassiveHealthLayer,
+    testing::{Outcome, Rig},
+};
+use crate::{
+    backend::stable_hash,
+    balance::{Status, Tier},
+    Backend, Balance,
+};
+
+/// Starts a request and polls it until it waits on its backend (the runtime cannot spawn
+/// it: `&'static str` keys trip the `Send` check of higher-ranked futures).
+pub(crate) fn start_request(
+    rig: &Rig,
+) -> tokio_test::task::Spawn<impl std::future::Future<Output = http::StatusCode>> {
+    let b = rig.balance.clone();
+    let mut fut = tokio_test::task::spawn(async move {
+        b.oneshot(http::Request::new(())).await.unwrap().status()
+    });
+    assert!(fut.poll().is_pending());
+    fut
+}
+
+/// Polls a started request to its end.
+pub(crate) async fn finish<F: std::future::Future>(
+    mut fut: tokio_test::task::Spawn<F>,
+) -> F::Output {
+    loop {
+        if let std::task::Poll::Ready(out) = fut.poll() {
+            return out;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn backups_serve_only_while_every_primary_is_unavailable() {
+    let rig = Rig::new(
+        Balance::builder().backends([
+            Backend::new("a"),
+            Backend::new("b"),
+            Backend::new("z").backup(true),
+        ]),
+        PassiveHealthLayer::new,
+    );
+    for _ in 0..6 {
+        assert_ne!(rig.send().await.unwrap().0, "z");
+    }
+    rig.state("a").set_down(true);
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "b");
+    }
+    rig.state("b").set_down(true);
+    assert_eq!(rig.balance.stats().tier, Tier::Backup);
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "z");
+    }
+    // One primary back: backups stop at once.
+    rig.state("a").set_down(false);
+    assert_eq!(rig.balance.stats().tier, Tier::Primary);
+    rig.aim("z");
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "a");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_takes_no_new_requests_and_lets_in_flight_ones_finish() {
+    let rig = Rig::new(
+        Balance::builder().backends(["a", "b"].map(Backend::new)),
+        PassiveHealthLayer::new,
+    );
+    rig.set("a", Outcome::Wait);
+    rig.aim("a");
+    let in_flight = start_request(&rig);
+    assert_eq!(rig.state("a").in_flight(), 1);
+    rig.balance.handle().drain(&"a").unwrap();
+    assert_eq!(rig.status("a"), Status::Draining);
+    for _ in 0..4 {
+        assert_eq!(rig.send_to("a").await.unwrap().0, "b");
+    }
+    rig.gate.notify_one();
+    assert_eq!(finish(in_flight).await, http::StatusCode::OK);
+    assert_eq!(rig.state("a").in_flight(), 0);
+    assert_eq!(rig.state("a").requests(), 1);
+    rig.balance.handle().undrain(&"a").unwrap();
+    rig.set("a", Outcome::Status(200));
+    assert_eq!(rig.send_to("a").await.unwrap().0, "a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_at_max_conns_is_skipped() {
+    let rig = Rig::new(
+        Balance::builder().backends([Backend::new("a").max_conns(1), Backend::new("b")]),
+        PassiveHealthLayer::new,
+    );
+    rig.set("a", Outcome::Wait);
+    rig.aim("a");
+    let in_flight = start_request(&rig);
+    assert_eq!(rig.state("a").in_flight(), 1);
+    assert!(rig.state("a").at_capacity());
+    for _ in 0..4 {
+        assert_eq!(rig.send_to("a").await.unwrap().0, "b");
+    }
+    rig.gate.notify_one();
+    finish(in_flight).await;
+    rig.set("a", Outcome::Status(200));
+    assert_eq!(rig.send_to("a").await.unwrap().0, "a");
+}
+
+/// Effective weights of the current candidates, by key.
+fn weights(rig: &Rig, keys: &[&'static str]) -> HashMap<&'static str, u32> {
+    let snap = rig.balance.core.current();
+    snap.candidates
+        .view()
+        .iter()
+        .filter_map(|c| {
+            keys.iter()
+                .find(|k| stable_hash(*k) == c.id())
+                .map(|k| (*k, c.weight()))
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_weight_after_join_and_recovery() {
+    let rig = Rig::new(
+        Balance::builder()
+            .slow_start(Duration::from_secs(10))
+            .backends([Backend::new("a").weight(2), Backend::new("b")]),
+        PassiveHealthLayer::new,
+    );
+    let keys = ["a", "b", "c"];
+    // Joined at t = 0: 10 % floor, in hundredths of the weight.
+    assert_eq!(weights(&rig, &keys), HashMap::from([("a", 20), ("b", 10)]));
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(weights(&rig, &keys), HashMap::from([("a", 100), ("b", 50)]));
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        weights(&rig, &keys),
+        HashMap::from([("a", 200), ("b", 100)])
+    );
+
+    // A backend joining later ramps alone.
+    rig.balance.handle().insert(Backend::new("c")).unwrap();
+    assert_eq!(
+        weights(&rig, &keys),
+        HashMap::from([("a", 200), ("b", 100), ("c", 10)])
+    );
+    advance(Duration::from_millis(7_500)).await;
+    assert_eq!(weights(&rig, &keys)["c"], 75);
+    advance(Duration::from_millis(2_500)).await;
+    assert_eq!(weights(&rig, &keys)["c"], 100);
+
+    // Recovery from active probing restarts the ramp.
+    rig.state("b").set_down(true);
+    assert!(!weights(&rig, &keys).contains_key("b"));
+    advance(Duration::from_secs(30)).await;
+    rig.state("b").set_down(false);
+    assert_eq!(weights(&rig, &keys)["b"], 10);
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(weights(&rig, &keys)["b"], 20);
+
+    // So does the end of an ejection.
+    let now = tokio::time::Instant::now();
+    rig.state("a").eject_until(now + Duration::from_secs(10));
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(weights(&rig, &keys)["a"], 20);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(weights(&rig, &keys)["a"], 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_slow_start_weights_are_the_configured_ones() {
+    let rig = Rig::new(
+        Balance::builder().backends([Backend::new("a").weight(3), Backend::new("b")]),
+        PassiveHealthLayer::new,
+    );
+    assert_eq!(
+        weights(&rig, &["a", "b"]),
+        HashMap::from([("a", 3), ("b", 1)])
+    );
+}
