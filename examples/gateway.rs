@@ -45,6 +45,10 @@ use tower_lb::{
         RequestPolicy, Target,
     },
     error::{find, is_connect_error},
+    health::{
+        active::{HttpProbe, Prober, ProberHandle},
+        passive::{PassiveHealthLayer, Window},
+    },
     http::{
         is_idempotent, parse_base,
         proxy::{forward_request_headers, forward_response_headers, upgrade_protocol},
@@ -109,6 +113,23 @@ struct Args {
     /// How long a request waits for a backend when none is available before a 503.
     #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
     fail_fast: Duration,
+
+    /// Passive health (nginx `max_fails`): failures within --fail-timeout that eject a
+    /// backend for --fail-timeout. 0 turns passive health off.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_fails: u32,
+
+    /// Passive health (nginx `fail_timeout`): the failure window and the ejection time.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    fail_timeout: Duration,
+
+    /// Active health: GET this path on every backend (2xx/3xx is up). Off unless given.
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+
+    /// Active health: probe interval (jittered ±10 %; 1 s while a backend is down).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    health_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -249,7 +270,7 @@ type Histograms = Arc<Mutex<BTreeMap<String, Arc<Histogram>>>>;
 // === the proxy ===
 
 type UpstreamBody = ReplayBody<Body>;
-type Endpoint = BoxCloneSyncService<Request<UpstreamBody>, Response<Incoming>, BoxError>;
+type Endpoint = BoxCloneSyncService<Request<UpstreamBody>, Response<Body>, BoxError>;
 
 /// How the gateway treats requests: affinity key from extensions, replay through the
 /// kept body prefix, retries of connect failures (always) and of idempotent requests
@@ -299,6 +320,8 @@ struct Pool {
     name: String,
     balance: Balance<String, Endpoint, GatewayPolicy>,
     budget: Arc<TpsBudget>,
+    /// Stops the active prober when the pool goes away.
+    _prober: Option<ProberHandle>,
 }
 
 struct Gateway {
@@ -325,6 +348,7 @@ fn build_pool(
     let client = HttpEndpoints::<UpstreamBody>::with_connect_timeout(args.connect_timeout);
     let histograms = histograms.clone();
     let pool_name = name.to_string();
+    let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
     let maker = move |t: &Target<'_, String>| -> Endpoint {
         let hist = Arc::new(Histogram::default());
         histograms
@@ -333,19 +357,40 @@ fn build_pool(
             .insert(format!("{pool_name}\u{0}{}", t.key()), hist.clone());
         let http = tower_lb::balance::MakeEndpoint::make_endpoint(&client, t)
             .expect("backend URLs are validated when parsed");
+        // Outermost first: latency histogram, passive health, then the HTTP client.
+        let inner: Endpoint = if max_fails == 0 {
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<Incoming>| r.map(Body::new))
+                    .map_err(BoxError::from)
+                    .service(http),
+            )
+        } else {
+            let passive = PassiveHealthLayer::new(t).policy(
+                Window::new()
+                    .max_fails(max_fails)
+                    .fail_timeout(fail_timeout),
+            );
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<_>| r.map(Body::new))
+                    .map_err(BoxError::from)
+                    .layer(passive)
+                    .service(http),
+            )
+        };
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_future(move |fut| {
                     let hist = hist.clone();
                     async move {
                         let t0 = Instant::now();
-                        let res: Result<Response<Incoming>, hyper_util::client::legacy::Error> =
-                            fut.await;
+                        let res: Result<Response<Body>, BoxError> = fut.await;
                         hist.observe(t0.elapsed());
-                        res.map_err(BoxError::from)
+                        res
                     }
                 })
-                .service(http),
+                .service(inner),
         )
     };
     let balance = Balance::builder()
@@ -363,10 +408,23 @@ fn build_pool(
         })
         .build(maker)
         .map_err(|e| format!("pool {name}: {e}"))?;
+    let prober = match &args.health_path {
+        None => None,
+        Some(path) => {
+            let probe = HttpProbe::new(path).map_err(|e| format!("--health-path: {e}"))?;
+            Some(
+                Prober::new(probe)
+                    .interval(args.health_interval)
+                    .spawn(&balance)
+                    .map_err(|e| format!("--health-interval: {e}"))?,
+            )
+        }
+    };
     Ok(Pool {
         name: name.to_string(),
         balance,
         budget,
+        _prober: prober,
     })
 }
 
@@ -388,7 +446,7 @@ fn text_response(status: StatusCode, body: impl Into<String>) -> Response<Body> 
 fn send(
     pool: &Pool,
     req: Request<UpstreamBody>,
-) -> futures_util::future::BoxFuture<'static, Result<Response<Incoming>, BoxError>> {
+) -> futures_util::future::BoxFuture<'static, Result<Response<Body>, BoxError>> {
     Box::pin(pool.balance.clone().oneshot(req))
 }
 
@@ -442,7 +500,7 @@ async fn proxy(
             });
         }
     }
-    rsp.map(Body::new)
+    rsp
 }
 
 // === admin endpoints ===

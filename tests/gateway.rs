@@ -166,6 +166,9 @@ async fn cli_rejects_bad_input_with_status_2() {
         &["--timeout", "5parsecs"],
         &["--connect-timeout=-1s"],
         &["--retries", "many"],
+        &["--max-fails=-1"],
+        &["--fail-timeout", "soon"],
+        &["--health-interval", "1x"],
         &["--pool", "api"],
         &["--route", "api=x"],
         &["--backend", "127.0.0.1:1", "--route", "/api/=nopool"],
@@ -387,9 +390,12 @@ async fn a_post_is_never_sent_twice_but_a_get_is_retried() {
         }
     }))
     .await;
+    // Passive health off: the black hole must stay in rotation for the GET.
     let gw = Gateway::start(&[
         "--strategy",
         "round-robin",
+        "--max-fails",
+        "0",
         "--backend",
         &hole.to_string(),
         "--backend",
@@ -622,4 +628,112 @@ async fn upgrades_pass_through() {
         .expect("echo through the tunnel")
         .unwrap();
     assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn max_fails_ejects_a_failing_backend() {
+    let bad = TestServer::start(
+        Router::new().fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "overloaded") }),
+    )
+    .await;
+    let good = TestServer::start(named("good")).await;
+    let gw = Gateway::start(&[
+        "--strategy",
+        "round-robin",
+        "--max-fails",
+        "1",
+        "--fail-timeout",
+        "60s",
+        "--backend",
+        &bad.addr.to_string(),
+        "--backend",
+        &good.addr.to_string(),
+    ])
+    .await;
+    let c = client();
+    let mut unavailable = 0;
+    for _ in 0..20 {
+        let (s, _) = get(&c, &gw.url("/x")).await;
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+        }
+    }
+    // The first 503 ejects the backend for a minute: every later request goes elsewhere.
+    assert_eq!(unavailable, 1);
+    let (_, body) = get(&c, &gw.url("/status")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let states: Vec<_> = v["pools"]["default"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["ejected", "healthy"]);
+}
+
+#[tokio::test]
+async fn health_path_probes_mark_backends_down_and_up() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = healthy.clone();
+    let flaky = TestServer::start(
+        Router::new()
+            .route(
+                "/ready",
+                axum::routing::get(move || {
+                    let ok = h.load(Ordering::SeqCst);
+                    async move {
+                        if ok {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                    }
+                }),
+            )
+            .fallback(|| async { "flaky" }),
+    )
+    .await;
+    let steady =
+        TestServer::start(named("steady").route("/ready", axum::routing::get(|| async { "OK" })))
+            .await;
+    let gw = Gateway::start(&[
+        "--health-path",
+        "/ready",
+        "--health-interval",
+        "100ms",
+        "--backend",
+        &flaky.addr.to_string(),
+        "--backend",
+        &steady.addr.to_string(),
+    ])
+    .await;
+    let c = client();
+    let state = |body: Bytes| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["pools"]["default"]["backends"][0]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = state(get(&c, &gw.url("/status")).await.1);
+        if last == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "down");
+    for _ in 0..10 {
+        assert_eq!(get(&c, &gw.url("/x")).await.1, "steady");
+    }
+    healthy.store(true, Ordering::SeqCst);
+    for _ in 0..200 {
+        last = state(get(&c, &gw.url("/status")).await.1);
+        if last == "healthy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, "healthy");
 }
