@@ -177,6 +177,18 @@ impl EndpointState {
         self.load.fetch_add(ONE_REQUEST | 1, Relaxed);
     }
 
+    /// Counts one unit of load in flight without counting a request: for load that
+    /// outlives the balancer's own tracking, such as a TCP connection kept open after the
+    /// connect that the balancer counted. Pair with [`remove_load`](Self::remove_load).
+    pub fn add_load(&self) {
+        self.load.fetch_add(1, Relaxed);
+    }
+
+    /// Removes load added with [`add_load`](Self::add_load).
+    pub fn remove_load(&self) {
+        self.load.fetch_sub(1, Relaxed);
+    }
+
     /// Counts a request started with [`start_request`](Self::start_request) as finished.
     pub fn finish_request(&self) {
         self.load.fetch_sub(1, Relaxed);

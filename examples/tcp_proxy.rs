@@ -1,0 +1,168 @@
+//! Layer-4 balancing of raw TCP connections (databases, caches): least connections over
+//! open connections, TCP connect probing, and connect failures retried on another
+//! backend, with the same `Balance` as HTTP, over a connector.
+//!
+//! ```sh
+//! cargo run --example tcp_proxy
+//! ```
+//!
+//! It starts three echo backends in-process (one of them down), proxies a listener to
+//! them, opens client connections that stay open, and prints where each went.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tower::{Service, ServiceExt};
+use tower_lb::{
+    balance::{strategy::LeastConn, EndpointState, RequestPolicy, Target},
+    error::ConnectFailed,
+    health::active::{Prober, TcpProbe},
+    Backend, Balance, BoxError,
+};
+
+/// A connection to one backend, counted as load until dropped: least connections then
+/// balances open connections, not connection attempts.
+struct Conn {
+    stream: TcpStream,
+    state: Arc<EndpointState>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.state.remove_load();
+    }
+}
+
+/// The endpoint service: connects to its backend.
+#[derive(Clone)]
+struct Connector {
+    addr: SocketAddr,
+    state: Arc<EndpointState>,
+}
+
+impl Service<()> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        let (addr, state) = (self.addr, self.state.clone());
+        Box::pin(async move {
+            let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
+                .await
+                .map_err(|_| ConnectFailed::new(format!("connect to {addr} timed out")))?
+                // Nothing was sent: the balancer may try another backend.
+                .map_err(ConnectFailed::new)?;
+            state.add_load();
+            Ok(Conn { stream, state })
+        })
+    }
+}
+
+/// A connection request carries nothing, so it can always be tried again elsewhere.
+#[derive(Clone)]
+struct Reconnect;
+
+impl RequestPolicy<()> for Reconnect {
+    fn replay(&self, (): &()) -> Option<()> {
+        Some(())
+    }
+}
+
+async fn echo_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let a = echo_backend("db-a").await;
+    let b = echo_backend("db-b").await;
+    // A backend that is down: its port refuses connections.
+    let down = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+
+    let balance = Balance::builder()
+        .strategy(LeastConn::new())
+        .retries(3)
+        .policy(Reconnect)
+        .backends([a, b, down].map(Backend::new))
+        .build(|t: &Target<'_, SocketAddr>| Connector {
+            addr: *t.key(),
+            state: t.state_arc(),
+        })?;
+    let _prober = Prober::new(TcpProbe::new())
+        .interval(Duration::from_millis(200))
+        .spawn(&balance)?;
+
+    let front = TcpListener::bind("127.0.0.1:0").await?;
+    let front_addr = front.local_addr()?;
+    let proxy = balance.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = front.accept().await {
+            let connect = proxy.clone().oneshot(());
+            tokio::spawn(async move {
+                match connect.await {
+                    Ok(mut conn) => {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut conn.stream).await;
+                    }
+                    Err(e) => eprintln!("no backend for a client: {e}"),
+                }
+            });
+        }
+    });
+    println!("proxy on {front_addr} → db-a {a}, db-b {b}, down {down}");
+
+    // Clients that keep their connections open: least connections spreads them.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut c = TcpStream::connect(front_addr).await?;
+        let mut hello = [0u8; 5];
+        c.read_exact(&mut hello).await?;
+        c.write_all(b"ping").await?;
+        let mut echo = [0u8; 4];
+        c.read_exact(&mut echo).await?;
+        println!(
+            "client {i}: served by {}, echo {:?}",
+            String::from_utf8_lossy(&hello).trim(),
+            String::from_utf8_lossy(&echo)
+        );
+        clients.push(c);
+    }
+    let stats = balance.stats();
+    for s in &stats.backends {
+        println!(
+            "  {:<16} open {}  connects {}  failures {}  state {}",
+            s.key, s.in_flight, s.requests, s.failures, s.status
+        );
+    }
+    drop(clients);
+    Ok(())
+}
