@@ -40,9 +40,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
-//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), and the trait to write your own |
+//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover` |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
+//! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
 //! | [`error`] | the typed errors behind `BoxError` |
 //!
@@ -51,6 +52,8 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `http` | yes | [`http`]: hyper-util endpoint maker and HTTP helpers |
+//! | `sticky` | no | [`sticky`]: session affinity keys and the sticky cookie |
+//! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
 //! | `full` | no | everything |
 
@@ -62,6 +65,8 @@ pub mod discover;
 pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "sticky")]
+pub mod sticky;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
