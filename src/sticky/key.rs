@@ -1,14 +1,12 @@
-use std::fmt;
-
 use http::Request;
 
 use crate::balance::strategy::RequestKey;
 
 /// Reads a request's affinity key. See the [module docs](super) for the stock extractors.
 ///
-/// Implemented for closures `Fn(&http::Request<B>) -> Option<RequestKey>`, and for `()`,
-/// which never finds a key. Chain extractors with [`or`](Self::or): the first key found
-/// wins.
+/// Implemented for closures `Fn(&http::Request<B>) -> Option<RequestKey>`, for `()`,
+/// which never finds a key, and for tuples of up to four extractors, tried in order: the
+/// first key found wins.
 ///
 /// ```
 /// use http::Request;
@@ -19,26 +17,16 @@ use crate::balance::strategy::RequestKey;
 ///     let seg = req.uri().path().trim_start_matches('/').split('/').next()?;
 ///     (!seg.is_empty()).then(|| RequestKey::from_bytes(seg.as_bytes()))
 /// };
-/// let extract = HeaderKey::from_static("x-tenant").or(by_path);
+/// let extract = (HeaderKey::from_static("x-tenant"), by_path);
 ///
 /// let req = Request::get("/acme/orders").body(()).unwrap();
 /// assert_eq!(extract.extract(&req), Some(RequestKey::from_bytes(b"acme")));
+/// let req = Request::get("/acme/orders").header("x-tenant", "initech").body(()).unwrap();
+/// assert_eq!(extract.extract(&req), Some(RequestKey::from_bytes(b"initech")));
 /// ```
 pub trait ExtractKey<B>: Send + Sync + 'static {
     /// The key, if the request carries one.
     fn extract(&self, req: &Request<B>) -> Option<RequestKey>;
-
-    /// Tries `self`, then `other`.
-    fn or<E>(self, other: E) -> Or<Self, E>
-    where
-        Self: Sized,
-        E: ExtractKey<B>,
-    {
-        Or {
-            first: self,
-            second: other,
-        }
-    }
 }
 
 impl<B, F> ExtractKey<B> for F
@@ -56,28 +44,21 @@ impl<B> ExtractKey<B> for () {
     }
 }
 
-/// Two extractors tried in turn; made by [`ExtractKey::or`].
-#[derive(Clone, Copy)]
-pub struct Or<A, C> {
-    first: A,
-    second: C,
+macro_rules! first_of {
+    ($($e:ident),+) => {
+        impl<B, $($e: ExtractKey<B>),+> ExtractKey<B> for ($($e,)+) {
+            fn extract(&self, req: &Request<B>) -> Option<RequestKey> {
+                #[allow(non_snake_case)]
+                let ($($e,)+) = self;
+                $(if let Some(key) = $e.extract(req) {
+                    return Some(key);
+                })+
+                None
+            }
+        }
+    };
 }
 
-impl<A, C> fmt::Debug for Or<A, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Or")
-            .field("first", &std::any::type_name::<A>())
-            .field("second", &std::any::type_name::<C>())
-            .finish()
-    }
-}
-
-impl<B, A, C> ExtractKey<B> for Or<A, C>
-where
-    A: ExtractKey<B>,
-    C: ExtractKey<B>,
-{
-    fn extract(&self, req: &Request<B>) -> Option<RequestKey> {
-        self.first.extract(req).or_else(|| self.second.extract(req))
-    }
-}
+first_of!(E1, E2);
+first_of!(E1, E2, E3);
+first_of!(E1, E2, E3, E4);

@@ -18,7 +18,7 @@
 //! | [`SessionCookie`] | the balancer's own cookie, naming a backend | its [`Pinned`] strategy |
 //! | a closure `Fn(&Request<B>) -> Option<RequestKey>` | anything | any hash strategy |
 //!
-//! [`ExtractKey::or`] chains extractors: the first key found wins. A request without a key
+//! A tuple of extractors tries each in turn: the first key found wins. A request without a key
 //! goes to the hash strategy's fallback (round robin by default).
 //!
 //! # Client IP
@@ -92,11 +92,11 @@
 //! use tower::Layer;
 //! use tower_lb::{
 //!     balance::strategy::RingHash,
-//!     sticky::{ExtractKey, HeaderKey, QueryKey, StickyLayer},
+//!     sticky::{HeaderKey, QueryKey, StickyLayer},
 //! };
 //!
 //! // The user id header, else the `user` query parameter.
-//! let layer = StickyLayer::new(HeaderKey::from_static("x-user-id").or(QueryKey::new("user")));
+//! let layer = StickyLayer::new((HeaderKey::from_static("x-user-id"), QueryKey::new("user")));
 //! let strategy = RingHash::new();
 //! # let _ = (layer, strategy);
 //! ```
@@ -115,7 +115,7 @@ pub use cidr::{Cidr, CidrParseError};
 pub use client_ip::{ClientAddr, ClientIp, ForwardedHeader};
 pub use cookie::CookieKey;
 pub use header::HeaderKey;
-pub use key::{ExtractKey, Or};
+pub use key::ExtractKey;
 pub use layer::{Sticky, StickyLayer};
 pub use path::PathKey;
 pub use query::QueryKey;
