@@ -26,7 +26,7 @@ pub(super) const DEFAULT_POINTS: u32 = 160;
 ///
 /// The ring is built over every endpoint (backups included) in
 /// [`rebuild`](Strategy::rebuild), off the request path, and read lock-free. A pick is a
-/// bucket lookup plus a short binary search: O(1) expected, about 12 bytes of table per
+/// bucket lookup plus a short binary search: O(1) expected, about 8.5 bytes of table per
 /// point.
 ///
 /// ```
@@ -140,15 +140,17 @@ impl<F: Strategy> Strategy for RingHash<F> {
 // === impl Ring ===
 
 /// A sorted ring of points with a bucket index over the top bits of the hash, so a lookup
-/// is one index read and a binary search over a few points.
+/// is one index read and a binary search over a few neighbouring points.
+///
+/// Each point is one `u64`: its position in the high bits and its owner (an index into
+/// `ids`) in the low `owner_bits`, so a lookup touches one array, and sorting the packed
+/// values sorts by position.
 #[derive(Default)]
 pub(super) struct Ring {
-    /// Point positions, ascending.
     points: Vec<u64>,
-    /// The owner of each point, as an index into `ids`.
-    owners: Vec<u32>,
     /// Endpoint ids.
     pub(super) ids: Vec<u64>,
+    owner_mask: u64,
     /// `index[b]` is the first point whose top bits are `>= b`; one extra entry at the end.
     index: Vec<u32>,
     shift: u32,
@@ -168,31 +170,34 @@ impl Ring {
             .iter()
             .map(|&(_, w)| w as usize * per_weight as usize)
             .sum();
-        let mut pts: Vec<(u64, u32)> = Vec::with_capacity(total);
+        let owner_bits = (members.len().max(2).next_power_of_two().trailing_zeros()).max(1);
+        let owner_mask = (1u64 << owner_bits) - 1;
+        let mut points: Vec<u64> = Vec::with_capacity(total);
         for (j, &(id, w)) in members.iter().enumerate() {
             for i in 0..u64::from(w) * u64::from(per_weight) {
-                pts.push((point(id, i), j as u32));
+                points.push((point(id, i) & !owner_mask) | j as u64);
             }
         }
-        // Members are sorted by id, so ties order by id: the ring does not depend on the
-        // order endpoints arrived in.
-        pts.sort_unstable();
-        let bits = (total.max(2).next_power_of_two().trailing_zeros()).clamp(1, 20);
+        // Members are sorted by id, so equal positions order by id: the ring does not
+        // depend on the order endpoints arrived in.
+        points.sort_unstable();
+        // About four points per bucket: the index stays a quarter of the ring's size.
+        let bits = ((total / 4).max(2).next_power_of_two().trailing_zeros()).clamp(1, 22);
         let buckets = 1usize << bits;
         let shift = 64 - bits;
         let mut index = Vec::with_capacity(buckets + 1);
         let mut p = 0usize;
         for b in 0..buckets as u64 {
-            while p < pts.len() && (pts[p].0 >> shift) < b {
+            while p < points.len() && (points[p] >> shift) < b {
                 p += 1;
             }
             index.push(p as u32);
         }
-        index.push(pts.len() as u32);
+        index.push(points.len() as u32);
         Self {
-            points: pts.iter().map(|p| p.0).collect(),
-            owners: pts.iter().map(|p| p.1).collect(),
+            points,
             ids: members.iter().map(|m| m.0).collect(),
+            owner_mask,
             index,
             shift,
             fingerprint,
@@ -204,7 +209,8 @@ impl Ring {
     fn first_point(&self, hash: u64) -> usize {
         let b = (hash >> self.shift) as usize;
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
-        let i = lo + self.points[lo..hi].partition_point(|&p| p < hash);
+        let h = hash & !self.owner_mask;
+        let i = lo + self.points[lo..hi].partition_point(|&p| p < h);
         if i == self.points.len() {
             0
         } else {
@@ -225,9 +231,9 @@ impl Ring {
             return None;
         }
         let mut i = self.first_point(hash);
-        let mut last = u32::MAX;
+        let mut last = u64::MAX;
         for _ in 0..n {
-            let owner = self.owners[i];
+            let owner = self.points[i] & self.owner_mask;
             if owner != last {
                 if let Some(pos) = accept(self.ids[owner as usize]) {
                     return Some(pos);
