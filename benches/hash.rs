@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench hash -- --warm-up-time 1 --measurement-time 3`
 
+// criterion's macros generate undocumented functions.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

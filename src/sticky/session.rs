@@ -672,7 +672,7 @@ mod tests {
             assert_eq!(pinned.pick(&all.view(), Some(&key)), Some(3));
         }
         // Tampered (one digit changed), malformed, foreign secret: a normal pick.
-        let mut bad = good.clone().into_bytes();
+        let mut bad = good.into_bytes();
         bad[0] = if bad[0] == b'0' { b'1' } else { b'0' };
         let tampered = String::from_utf8(bad).unwrap();
         let foreign = SessionCookie::new()
@@ -726,7 +726,7 @@ mod tests {
                 let picks: Vec<_> = (0..3)
                     .map(|_| pinned.pick(&all.view(), key.as_ref()).unwrap())
                     .collect();
-                let mut sorted = picks.clone();
+                let mut sorted = picks;
                 sorted.sort_unstable();
                 prop_assert_eq!(sorted, vec![0, 1, 2]);
             }
