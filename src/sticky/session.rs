@@ -43,7 +43,7 @@ use crate::{
 /// [`stable_hash`](crate::backend::stable_hash) under a 128-bit secret, random per
 /// `SessionCookie` unless set with [`secret`](Self::secret) (needed when several gateway
 /// replicas must honour each other's cookies). It never shows the backend's address, and
-/// without the secret a client cannot make a valid value for another backend. The cookie
+/// without the secret nobody can work out which value names which backend, or forge one. The cookie
 /// is `Path=/; HttpOnly; SameSite=Lax`, a session cookie unless
 /// [`max_age`](Self::max_age) is set, and `Secure` when the request URI is `https` or
 /// [`secure`](Self::secure) says so (set it behind TLS termination, where requests

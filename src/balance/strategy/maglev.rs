@@ -29,7 +29,7 @@ const MAX_TABLE_SIZE: usize = 1 << 26;
 ///
 /// The table is built over every endpoint (backups included) in
 /// [`rebuild`](Strategy::rebuild), off the request path, and read lock-free; building
-/// 65537 slots for 1,000 endpoints takes about a millisecond.
+/// 65537 slots for 1,000 endpoints takes 1.5 to 2.5 ms on a small cloud VM.
 ///
 /// ```
 /// use tower_lb::balance::strategy::{list_of, Maglev, RequestKey, Strategy};
