@@ -40,10 +40,11 @@
 //! | module | what |
 //! |---|---|
 //! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
-//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), and the trait to write your own |
+//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover` |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
 //! | `health` | (features `health-passive`, `health-active`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
+//! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
 //! | [`error`] | the typed errors behind `BoxError` |
 //!
@@ -56,6 +57,8 @@
 //! | `health-active` | no | `health::active`: spawned prober with HTTP and TCP probes (implies `http`) |
 //! | `health` | no | both of the above |
 //! | `grpc` | no | the gRPC `grpc.health.v1` probe (tonic-health; needs Rust 1.88) |
+//! | `sticky` | no | [`sticky`]: session affinity keys and the sticky cookie |
+//! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
 //! | `full` | no | everything |
 
@@ -69,6 +72,8 @@ pub mod error;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "sticky")]
+pub mod sticky;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 

@@ -13,6 +13,19 @@
 //! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`) | O(n) |
 //! | [`Random`] | uniformly, or by weight with [`Random::weighted`] | O(1) / O(log n) |
 //! | [`P2c`] | the less loaded of two distinct endpoints drawn by weight | O(log n) |
+//! | [`IpHash`] | nginx `ip_hash`: by client /24 (IPv4) or address (IPv6); rehash, then round robin | O(log n) |
+//! | [`RingHash`] | ketama-style consistent hashing, 160 points per weight unit | O(1) expected |
+//! | [`Maglev`] | Maglev lookup table of prime size (65537) | O(1) |
+//! | [`BoundedLoad`] | consistent hashing with bounded loads, at most ⌈1.25 × mean in-flight⌉ | O(n) |
+//! | [`Rendezvous`] | weighted highest random weight | O(n) |
+//!
+//! The hash strategies read the request's [`RequestKey`] (a header, a cookie, the client
+//! IP…; see the `sticky` module with feature `sticky`). They build their tables in
+//! [`Strategy::rebuild`], off the request path, over every endpoint, and read them
+//! lock-free. When a key's endpoint is not available, each walks on to the next candidate
+//! in its own deterministic order, so the key keeps going to the same fallback and comes
+//! back when its endpoint does. Requests without a key go to a fallback strategy,
+//! [`RoundRobin`] by default (`.fallback(..)` on each).
 //!
 //! [`P2c`] measures load as in-flight requests by default, or as peak-EWMA RTT ×
 //! (in-flight + 1) with [`P2c::peak_ewma`] (Finagle, linkerd), always divided by weight.
@@ -38,6 +51,7 @@
 use std::{
     collections::HashMap,
     fmt,
+    hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
     ops::Deref,
     sync::{
@@ -51,15 +65,28 @@ use tokio::time::Instant;
 use super::endpoint::EndpointState;
 use crate::backend::mix64;
 
+mod bounded;
+#[cfg(test)]
+mod hash_tests;
+mod hashing;
+mod ip_hash;
 mod least_conn;
+mod maglev;
 mod p2c;
 mod random;
+mod rendezvous;
+mod ring_hash;
 mod round_robin;
 mod weighted_rr;
 
+pub use bounded::BoundedLoad;
+pub use ip_hash::IpHash;
 pub use least_conn::LeastConn;
+pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use p2c::P2c;
 pub use random::Random;
+pub use rendezvous::Rendezvous;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weighted_rr::WeightedRoundRobin;
 
@@ -189,7 +216,7 @@ pub struct CandidateList {
     cumulative: Vec<u64>,
     total: u64,
     uniform: bool,
-    by_id: HashMap<u64, usize>,
+    by_id: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     generation: u64,
 }
 
@@ -227,6 +254,33 @@ impl CandidateList {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+}
+
+/// Ids are already well-mixed 64-bit hashes of the backend keys, so the id index needs no
+/// further hashing: a third of the cost of a hash strategy's pick was SipHash here.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        // One multiply (Fibonacci hashing) so that small ids, as in tests, still fill the
+        // high bits the table uses for its tags.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for ids; mix anything else in FNV style.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
     }
 }
 
@@ -297,6 +351,7 @@ impl<'a> Candidates<'a> {
 pub struct RequestKey {
     hash: u64,
     ip: Option<IpAddr>,
+    pin: Option<u64>,
 }
 
 impl RequestKey {
@@ -305,12 +360,36 @@ impl RequestKey {
         Self {
             hash: crate::backend::stable_hash(bytes),
             ip: None,
+            pin: None,
         }
     }
 
     /// A key from a precomputed hash.
     pub fn from_hash(hash: u64) -> Self {
-        Self { hash, ip: None }
+        Self {
+            hash,
+            ip: None,
+            pin: None,
+        }
+    }
+
+    /// A key that names one endpoint through an opaque token (a sticky-cookie value), for
+    /// a strategy that knows the token's endpoint, such as `sticky::Pinned` (feature
+    /// `sticky`). Other strategies see an ordinary key whose hash is the token.
+    ///
+    /// ```
+    /// use tower_lb::balance::strategy::RequestKey;
+    ///
+    /// let key = RequestKey::pinned(0x5eed);
+    /// assert_eq!(key.pin(), Some(0x5eed));
+    /// assert_eq!(RequestKey::from_bytes(b"x").pin(), None);
+    /// ```
+    pub fn pinned(token: u64) -> Self {
+        Self {
+            hash: token,
+            ip: None,
+            pin: Some(token),
+        }
     }
 
     /// A key from a client IP address (kept, for nginx `ip_hash` semantics).
@@ -319,7 +398,11 @@ impl RequestKey {
             IpAddr::V4(v4) => crate::backend::stable_hash(&v4.octets()),
             IpAddr::V6(v6) => crate::backend::stable_hash(&v6.octets()),
         };
-        Self { hash, ip: Some(ip) }
+        Self {
+            hash,
+            ip: Some(ip),
+            pin: None,
+        }
     }
 
     /// The key's 64-bit hash.
@@ -331,6 +414,11 @@ impl RequestKey {
     /// The client IP, when the key was made from one.
     pub fn ip(&self) -> Option<IpAddr> {
         self.ip
+    }
+
+    /// The endpoint token, when the key was made with [`pinned`](Self::pinned).
+    pub fn pin(&self) -> Option<u64> {
+        self.pin
     }
 }
 

@@ -1,0 +1,158 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::Request;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::ExtractKey;
+
+/// Puts each request's affinity key into its extensions, where the balancer's
+/// [`HttpPolicy`](crate::http::HttpPolicy) reads it. See the [module docs](super).
+///
+/// Requests where the extractor finds no key pass unchanged (a key already in the
+/// extensions stays); otherwise the found key replaces any earlier one.
+pub struct StickyLayer<E> {
+    extractor: Arc<E>,
+}
+
+impl<E> StickyLayer<E> {
+    /// A layer that keys requests with `extractor`.
+    pub fn new(extractor: E) -> Self {
+        Self {
+            extractor: Arc::new(extractor),
+        }
+    }
+}
+
+impl<E> Clone for StickyLayer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+        }
+    }
+}
+
+impl<E> fmt::Debug for StickyLayer<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StickyLayer")
+            .field("extractor", &std::any::type_name::<E>())
+            .finish()
+    }
+}
+
+impl<S, E> Layer<S> for StickyLayer<E> {
+    type Service = Sticky<S, E>;
+
+    fn layer(&self, inner: S) -> Sticky<S, E> {
+        Sticky {
+            inner,
+            extractor: self.extractor.clone(),
+        }
+    }
+}
+
+/// The service made by [`StickyLayer`]: keys each request, then calls the inner service.
+pub struct Sticky<S, E> {
+    inner: S,
+    extractor: Arc<E>,
+}
+
+impl<S, E> Sticky<S, E> {
+    /// Wraps `inner`, keying requests with `extractor`.
+    pub fn new(inner: S, extractor: E) -> Self {
+        Self {
+            inner,
+            extractor: Arc::new(extractor),
+        }
+    }
+
+    /// A [`StickyLayer`] with `extractor`.
+    pub fn layer(extractor: E) -> StickyLayer<E> {
+        StickyLayer::new(extractor)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, E> Clone for Sticky<S, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            extractor: self.extractor.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, E> fmt::Debug for Sticky<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sticky")
+            .field("inner", &self.inner)
+            .field("extractor", &std::any::type_name::<E>())
+            .finish()
+    }
+}
+
+impl<S, E, B> Service<Request<B>> for Sticky<S, E>
+where
+    S: Service<Request<B>>,
+    E: ExtractKey<B>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if let Some(key) = self.extractor.extract(&req) {
+            req.extensions_mut().insert(key);
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{balance::strategy::RequestKey, sticky::HeaderKey};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn inserts_the_key() {
+        let svc = StickyLayer::new(HeaderKey::from_static("x-user")).layer(tower::service_fn(
+            |req: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(req.extensions().get::<RequestKey>().copied())
+            },
+        ));
+        let req = Request::get("/").header("x-user", "7").body(()).unwrap();
+        assert_eq!(
+            svc.clone().oneshot(req).await.unwrap(),
+            Some(RequestKey::from_bytes(b"7"))
+        );
+        let mut req = Request::new(());
+        req.extensions_mut().insert(RequestKey::from_hash(1));
+        assert_eq!(
+            svc.oneshot(req).await.unwrap(),
+            Some(RequestKey::from_hash(1))
+        );
+    }
+}
