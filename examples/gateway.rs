@@ -41,7 +41,10 @@ use tower::{
 };
 use tower_lb::{
     balance::{
-        strategy::{LeastConn, P2c, Random, RequestKey, Strategy, WeightedRoundRobin},
+        strategy::{
+            BoundedLoad, IpHash, LeastConn, Maglev, P2c, Random, Rendezvous, RequestKey, RingHash,
+            Strategy, WeightedRoundRobin,
+        },
         RequestPolicy, Target,
     },
     error::{find, is_connect_error},
@@ -53,6 +56,9 @@ use tower_lb::{
         is_idempotent, parse_base,
         proxy::{forward_request_headers, forward_response_headers, upgrade_protocol},
         status_for, HttpEndpoints, ReplayBody,
+    },
+    sticky::{
+        Cidr, ClientAddr, ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie,
     },
     Backend, Balance, BoxError,
 };
@@ -127,6 +133,20 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
 
+    /// Where hash strategies (and affinity in general) read a request's key:
+    /// header:NAME, cookie:NAME, query:NAME or client-ip.
+    #[arg(long, value_name = "SOURCE", value_parser = parse_hash_key)]
+    hash_key: Option<HashKey>,
+
+    /// Sticky sessions: the gateway sets this cookie to an opaque token of the backend
+    /// that served the client, and sends the client back there while it is available.
+    #[arg(long, value_name = "NAME")]
+    sticky_cookie: Option<String>,
+
+    /// A proxy whose X-Forwarded-For is trusted for --hash-key client-ip (repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse_cidr)]
+    trusted_proxies: Vec<Cidr>,
+
     /// Worker threads; 1 runs everything on one thread (like an nginx worker), which is
     /// fastest when the gateway shares a small machine with its load. Default: one per
     /// core.
@@ -145,6 +165,38 @@ enum StrategyName {
     Random,
     P2c,
     P2cEwma,
+    IpHash,
+    RingHash,
+    Maglev,
+    BoundedLoad,
+    Rendezvous,
+}
+
+/// Where a request's affinity key comes from (`--hash-key`).
+#[derive(Debug, Clone)]
+enum HashKey {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    match s.split_once(':') {
+        Some(("header", name)) => axum::http::HeaderName::from_bytes(name.as_bytes())
+            .map(|_| HashKey::Header(name.to_ascii_lowercase()))
+            .map_err(|_| format!("invalid header name {name:?}")),
+        Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
+        Some(("query", name)) if !name.is_empty() => Ok(HashKey::Query(name.to_string())),
+        None if s == "client-ip" => Ok(HashKey::ClientIp),
+        _ => Err(format!(
+            "expected header:NAME, cookie:NAME, query:NAME or client-ip, got {s:?}"
+        )),
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse::<Cidr>().map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +376,8 @@ impl RequestPolicy<Request<UpstreamBody>> for GatewayPolicy {
 
 struct Pool {
     name: String,
+    /// Reads each request's affinity key (--hash-key, --sticky-cookie).
+    key: Option<Arc<dyn ExtractKey<Body>>>,
     balance: Balance<String, Endpoint, GatewayPolicy>,
     budget: Arc<TpsBudget>,
     /// Stops the active prober when the pool goes away.
@@ -343,18 +397,60 @@ fn build_pool(
     args: &Args,
     histograms: &Histograms,
 ) -> Result<Pool, String> {
-    let strategy: Box<dyn Fn() -> Arc<dyn Strategy>> = match args.strategy {
-        StrategyName::RoundRobin => Box::new(|| Arc::new(WeightedRoundRobin::new())),
-        StrategyName::LeastConn => Box::new(|| Arc::new(LeastConn::new())),
-        StrategyName::Random => Box::new(|| Arc::new(Random::new().weighted())),
-        StrategyName::P2c => Box::new(|| Arc::new(P2c::new())),
-        StrategyName::P2cEwma => Box::new(|| Arc::new(P2c::new().peak_ewma())),
+    let strategy: Arc<dyn Strategy> = match args.strategy {
+        StrategyName::RoundRobin => Arc::new(WeightedRoundRobin::new()),
+        StrategyName::LeastConn => Arc::new(LeastConn::new()),
+        StrategyName::Random => Arc::new(Random::new().weighted()),
+        StrategyName::P2c => Arc::new(P2c::new()),
+        StrategyName::P2cEwma => Arc::new(P2c::new().peak_ewma()),
+        StrategyName::IpHash => Arc::new(IpHash::new()),
+        StrategyName::RingHash => Arc::new(RingHash::new()),
+        StrategyName::Maglev => Arc::new(Maglev::new()),
+        StrategyName::BoundedLoad => Arc::new(BoundedLoad::new()),
+        StrategyName::Rendezvous => Arc::new(Rendezvous::new()),
+    };
+    let hash_key: Option<Arc<dyn ExtractKey<Body>>> = match &args.hash_key {
+        None => None,
+        Some(HashKey::Header(name)) => Some(Arc::new(HeaderKey::new(
+            axum::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("--hash-key: {e}"))?,
+        ))),
+        Some(HashKey::Cookie(name)) => Some(Arc::new(CookieKey::new(name.clone()))),
+        Some(HashKey::Query(name)) => Some(Arc::new(QueryKey::new(name.clone()))),
+        Some(HashKey::ClientIp) => Some(Arc::new(
+            ClientIp::new().trusted_proxies(args.trusted_proxies.iter().copied()),
+        )),
+    };
+    let cookie = match &args.sticky_cookie {
+        None => None,
+        Some(name) => Some(
+            SessionCookie::new()
+                .name(name.clone())
+                .map_err(|e| format!("--sticky-cookie: {e}"))?,
+        ),
+    };
+    // A valid sticky cookie wins; otherwise the --hash-key source, if any.
+    let key: Option<Arc<dyn ExtractKey<Body>>> = match (&cookie, hash_key) {
+        (Some(c), Some(k)) => {
+            let k2 = k.clone();
+            let c = c.clone();
+            Some(Arc::new(move |req: &Request<Body>| {
+                c.extract(req).or_else(|| k2.extract(req))
+            }))
+        }
+        (Some(c), None) => Some(Arc::new(c.clone())),
+        (None, k) => k,
+    };
+    let strategy: Arc<dyn Strategy> = match &cookie {
+        Some(c) => Arc::new(c.strategy(strategy)),
+        None => strategy,
     };
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 3, 0.2));
     let client = HttpEndpoints::<UpstreamBody>::with_connect_timeout(args.connect_timeout);
     let histograms = histograms.clone();
     let pool_name = name.to_string();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
+    let stamp = cookie.clone();
     let maker = move |t: &Target<'_, String>| -> Endpoint {
         let hist = Arc::new(Histogram::default());
         histograms
@@ -385,6 +481,10 @@ fn build_pool(
                     .service(http),
             )
         };
+        let inner: Endpoint = match &stamp {
+            Some(c) => BoxCloneSyncService::new(tower::Layer::layer(&c.layer(t), inner)),
+            None => inner,
+        };
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_future(move |fut| {
@@ -400,7 +500,7 @@ fn build_pool(
         )
     };
     let balance = Balance::builder()
-        .strategy(strategy())
+        .strategy(strategy)
         .retries(args.retries)
         .fail_fast(args.fail_fast)
         .track_latency(true)
@@ -428,6 +528,7 @@ fn build_pool(
     };
     Ok(Pool {
         name: name.to_string(),
+        key,
         balance,
         budget,
         _prober: prober,
@@ -465,6 +566,10 @@ async fn proxy(
     let client_upgrade = upgrade_protocol(&req)
         .is_some()
         .then(|| hyper::upgrade::on(&mut req));
+    req.extensions_mut().insert(ClientAddr(peer));
+    if let Some(key) = pool.key.as_ref().and_then(|k| k.extract(&req)) {
+        req.extensions_mut().insert(key);
+    }
     forward_request_headers(&mut req, peer.ip(), "http");
     if gw.args.rewrite_host {
         req.headers_mut().remove(header::HOST);

@@ -737,3 +737,116 @@ async fn health_path_probes_mark_backends_down_and_up() {
     }
     assert_eq!(last, "healthy");
 }
+
+/// Starts three named backends and a gateway over them with `extra` flags.
+async fn three_backends(extra: &[&str]) -> (Vec<TestServer>, Gateway) {
+    let mut servers = Vec::new();
+    for n in ["one", "two", "three"] {
+        servers.push(TestServer::start(named(n)).await);
+    }
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    for s in &servers {
+        args.push("--backend".into());
+        args.push(s.addr.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = Gateway::start(&args).await;
+    (servers, gw)
+}
+
+#[tokio::test]
+async fn hash_key_header_keeps_users_on_one_backend() {
+    let (_servers, gw) =
+        three_backends(&["--strategy", "maglev", "--hash-key", "header:x-user"]).await;
+    let c = client();
+    let mut homes = std::collections::HashMap::new();
+    for round in 0..5 {
+        for user in 0..20 {
+            let u = format!("user-{user}");
+            let (s, _, body) = send(
+                &c,
+                Method::GET,
+                &gw.url("/"),
+                &[("x-user", &u)],
+                Body::empty(),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK);
+            let home = homes.entry(u).or_insert_with(|| body.clone());
+            assert_eq!(*home, body, "round {round}");
+        }
+    }
+    // 20 users spread over more than one backend.
+    let distinct: std::collections::HashSet<_> = homes.values().collect();
+    assert!(distinct.len() > 1);
+}
+
+#[tokio::test]
+async fn sticky_cookie_pins_a_client_and_bad_cookies_are_reissued() {
+    let (_servers, gw) =
+        three_backends(&["--strategy", "round-robin", "--sticky-cookie", "lb"]).await;
+    let c = client();
+    let (s, headers, first) = send(&c, Method::GET, &gw.url("/"), &[], Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let set = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.starts_with("lb="), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(
+        !cookie.contains("127.0.0.1"),
+        "the cookie must not reveal the address"
+    );
+    for _ in 0..20 {
+        let (_, headers, body) = send(
+            &c,
+            Method::GET,
+            &gw.url("/"),
+            &[("cookie", &cookie)],
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(body, first);
+        assert!(!headers.contains_key("set-cookie"));
+    }
+    let (s, headers, _) = send(
+        &c,
+        Method::GET,
+        &gw.url("/"),
+        &[("cookie", "lb=0123456789abcdef")],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        headers.contains_key("set-cookie"),
+        "a forged cookie gets a new one"
+    );
+}
+
+#[tokio::test]
+async fn bad_affinity_flags_exit_with_status_2() {
+    for args in [
+        &["--trusted-proxy", "10.0.0.0/99"][..],
+        &["--trusted-proxy", "banana"],
+        &["--hash-key", "body:x"],
+        &["--hash-key", "header:bad header"],
+        &["--sticky-cookie", "bad;name"],
+    ] {
+        let out = Command::new(gateway_bin())
+            .args(args)
+            .args(["--backend", "127.0.0.1:1"])
+            .env_remove("BACKENDS")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains(args[0].trim_start_matches("--")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
