@@ -32,6 +32,18 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+mod diff;
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+mod guard;
 mod handle;
+#[cfg(feature = "kube")]
+pub mod kube;
 
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+pub use guard::Guard;
 pub use handle::Handle;
