@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench balance --features test-util`
 
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
 use std::{hint::black_box, time::Duration};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -26,7 +26,10 @@ async fn serve(addr: SocketAddr) -> Result<SocketAddr, std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
-        .route("/", get(|State(me): State<SocketAddr>| async move { me.to_string() }))
+        .route(
+            "/",
+            get(|State(me): State<SocketAddr>| async move { me.to_string() }),
+        )
         .with_state(local);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(local)

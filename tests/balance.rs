@@ -31,7 +31,7 @@ mod tokio_stream_shim {
     use tokio::sync::mpsc;
 
     /// An mpsc receiver as a stream.
-    pub struct ReceiverStream<T>(pub mpsc::UnboundedReceiver<T>);
+    pub(crate) struct ReceiverStream<T>(pub(crate) mpsc::UnboundedReceiver<T>);
 
     impl<T> Stream for ReceiverStream<T> {
         type Item = T;

@@ -12,9 +12,9 @@ fn balance() -> Balance<SocketAddr, Svc> {
     Balance::builder()
         .build(|t: &Target<'_, SocketAddr>| {
             let addr = *t.key();
-            Svc::new(service_fn(move |_: ()| async move {
-                Ok::<_, Infallible>(addr)
-            }))
+            Svc::new(service_fn(
+                move |_: ()| async move { Ok::<_, Infallible>(addr) },
+            ))
         })
         .unwrap()
 }
@@ -75,9 +75,16 @@ async fn reloads_after_an_atomic_rename() {
     let _guard = watched(&path).spawn(b.handle());
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:1", 1, false)]).await);
 
-    save_by_rename(&path, &toml(&[("127.0.0.1:1", 4, false), ("127.0.0.1:2", 1, true)]));
+    save_by_rename(
+        &path,
+        &toml(&[("127.0.0.1:1", 4, false), ("127.0.0.1:2", 1, true)]),
+    );
     let want = [row("127.0.0.1:1", 4, false), row("127.0.0.1:2", 1, true)];
-    assert!(eventually(10, || table(&b) == want).await, "{:?}", table(&b));
+    assert!(
+        eventually(10, || table(&b) == want).await,
+        "{:?}",
+        table(&b)
+    );
 
     // A second rename: the new inode is watched too (the directory is).
     save_by_rename(&path, &toml(&[("127.0.0.1:3", 1, false)]));
@@ -102,7 +109,11 @@ async fn a_partial_write_keeps_the_set_until_the_write_completes() {
 
     fs::write(&path, &full).unwrap();
     let want = [row("127.0.0.1:1", 1, false), row("127.0.0.1:2", 2, false)];
-    assert!(eventually(10, || table(&b) == want).await, "{:?}", table(&b));
+    assert!(
+        eventually(10, || table(&b) == want).await,
+        "{:?}",
+        table(&b)
+    );
 }
 
 #[tokio::test]
@@ -128,7 +139,10 @@ async fn invalid_or_missing_files_keep_the_previous_set() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(table(&b), [row("127.0.0.1:1", 1, false)]);
 
-    save_by_rename(&path, r#"{"backend": [{"address": "127.0.0.1:9", "backup": true}]}"#);
+    save_by_rename(
+        &path,
+        r#"{"backend": [{"address": "127.0.0.1:9", "backup": true}]}"#,
+    );
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:9", 1, true)]).await);
 }
 

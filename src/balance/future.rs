@@ -136,13 +136,9 @@ where
 }
 
 #[inline]
-fn ready_state<K: Key, S: Clone, Req>(
-    snap: Arc<Snapshot<K, S>>,
-    pos: usize,
-    req: Req,
-) -> State<K, S, Req>
+fn ready_state<K: Key, S, Req>(snap: Arc<Snapshot<K, S>>, pos: usize, req: Req) -> State<K, S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
 {
     let guard = InFlight::new(snap, pos);
     let entry = guard.entry();
@@ -196,13 +192,13 @@ fn pick<K, S>(
 }
 
 /// Nothing is available: wait for a change, bounded by the fail-fast deadline, or fail.
-fn wait_or_fail<K: Key, S: Clone + Send + Sync + 'static, Req>(
+fn wait_or_fail<K: Key, S, Req>(
     core: Arc<Core<K, S>>,
     deadline: &mut Option<Instant>,
     req: Req,
 ) -> State<K, S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone + Send + Sync + 'static,
 {
     let now = Instant::now();
     let until = *deadline.get_or_insert(now + core.cfg.fail_fast);

@@ -119,9 +119,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         self.refresh_cache();
-        let snap = match &self.cache {
-            Some((_, snap)) => snap,
-            None => unreachable!("cache filled above"),
+        let Some((_, snap)) = &self.cache else {
+            unreachable!("cache filled above")
         };
         ResponseFuture::new(&self.core, snap, self.policy.clone(), req)
     }

@@ -95,7 +95,7 @@ impl Default for Config {
 pub(crate) type Maker<K, S> = Arc<dyn Fn(&Target<'_, K>) -> Result<S, BoxError> + Send + Sync>;
 
 pub(crate) struct Core<K, S> {
-    me: Weak<Core<K, S>>,
+    me: Weak<Self>,
     /// Bumped on every published snapshot, so callers can cache one.
     published: AtomicU64,
     pub(crate) maker: Option<Maker<K, S>>,

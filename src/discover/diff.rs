@@ -239,14 +239,16 @@ mod tests {
     };
     use tower::service_fn;
 
-type Svc<K> = tower::util::BoxCloneSyncService<(), K, Infallible>;
+    type Svc<K> = tower::util::BoxCloneSyncService<(), K, Infallible>;
 
     fn balance(made: Arc<AtomicUsize>) -> crate::Balance<u32, Svc<u32>> {
         crate::Balance::builder()
             .build(move |t: &Target<'_, u32>| {
                 made.fetch_add(1, Ordering::SeqCst);
                 let k = *t.key();
-                Svc::new(service_fn(move |_: ()| async move { Ok::<_, Infallible>(k) }))
+                Svc::new(service_fn(
+                    move |_: ()| async move { Ok::<_, Infallible>(k) },
+                ))
             })
             .unwrap()
     }

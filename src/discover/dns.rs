@@ -122,8 +122,10 @@ pub trait Resolve: Send + Sync + 'static {
     fn lookup_ip<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Answer<IpAddr>, BoxError>>;
 
     /// The SRV records of `name`, and their TTL.
-    fn lookup_srv<'a>(&'a self, name: &'a str)
-        -> BoxFuture<'a, Result<Answer<SrvRecord>, BoxError>>;
+    fn lookup_srv<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Answer<SrvRecord>, BoxError>>;
 }
 
 /// What a resolver answered: the records, and how long they may be used.

@@ -186,9 +186,11 @@ where
     K::Err: fmt::Display,
 {
     let entries = match format {
-        Format::Toml => toml::from_str::<Table>(text)
-            .map_err(|e| e.to_string().trim_end().to_owned())?
-            .backend,
+        Format::Toml => {
+            toml::from_str::<Table>(text)
+                .map_err(|e| e.to_string().trim_end().to_owned())?
+                .backend
+        }
         Format::Json => match serde_json::from_str::<JsonDoc>(text).map_err(|e| e.to_string())? {
             JsonDoc::List(list) => list,
             JsonDoc::Table(t) => t.backend,
@@ -204,10 +206,18 @@ where
                 .parse()
                 .map_err(|err| format!("backend #{}: address {:?}: {err}", i + 1, e.address))?;
             if e.weight == 0 {
-                return Err(format!("backend #{} ({}): weight must be > 0", i + 1, e.address));
+                return Err(format!(
+                    "backend #{} ({}): weight must be > 0",
+                    i + 1,
+                    e.address
+                ));
             }
             if !seen.insert(key.clone()) {
-                return Err(format!("backend #{}: duplicate address {}", i + 1, e.address));
+                return Err(format!(
+                    "backend #{}: duplicate address {}",
+                    i + 1,
+                    e.address
+                ));
             }
             Ok(Backend::new(key).weight(e.weight).backup(e.backup))
         })
@@ -268,7 +278,8 @@ impl FileSource {
         K: Key + FromStr,
         K::Err: fmt::Display,
     {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| FileError::new(&self.path, e))?;
+        let text =
+            std::fs::read_to_string(&self.path).map_err(|e| FileError::new(&self.path, e))?;
         parse(&text, self.format).map_err(|e| FileError::new(&self.path, e))
     }
 
@@ -304,7 +315,10 @@ impl FileSource {
         let name = self.path.file_name().map(ToOwned::to_owned);
         let on_event = move |res: notify::Result<notify::Event>| match res {
             // Only events that touch our file name (the rename target, or the file itself).
-            Ok(ev) if ev.paths.is_empty() || ev.paths.iter().any(|p| p.file_name() == name.as_deref()) => {
+            Ok(ev)
+                if ev.paths.is_empty()
+                    || ev.paths.iter().any(|p| p.file_name() == name.as_deref()) =>
+            {
                 changed.notify_one();
             }
             Ok(_) => {}
@@ -355,11 +369,8 @@ async fn run<K>(
     }
 }
 
-fn reload<K>(
-    source: &FileSource,
-    sync: &mut SetSync<K>,
-    last: &mut Option<Result<Vec<u8>, String>>,
-) where
+fn reload<K>(source: &FileSource, sync: &mut SetSync<K>, last: &mut Option<Result<Vec<u8>, String>>)
+where
     K: Key + FromStr,
     K::Err: fmt::Display,
 {
@@ -428,9 +439,11 @@ mod tests {
     fn parses_json_array_and_table() {
         let a: Vec<Backend<SocketAddr>> =
             parse(r#"[{"address": "10.0.0.1:80", "weight": 2}]"#, Format::Json).unwrap();
-        let t: Vec<Backend<SocketAddr>> =
-            parse(r#"{"backend": [{"address": "10.0.0.1:80", "weight": 2}]}"#, Format::Json)
-                .unwrap();
+        let t: Vec<Backend<SocketAddr>> = parse(
+            r#"{"backend": [{"address": "10.0.0.1:80", "weight": 2}]}"#,
+            Format::Json,
+        )
+        .unwrap();
         assert_eq!(a[0].get_weight(), 2);
         assert_eq!(t[0].key(), a[0].key());
     }
@@ -443,12 +456,16 @@ mod tests {
         assert!(err.contains("weight must be > 0"), "{err}");
         let err = toml("[[backend]]\naddress = \"10.0.0.1:80\"\nwieght = 2\n").unwrap_err();
         assert!(err.contains("wieght"), "{err}");
-        let err = toml("[[backend]]\naddress = \"10.0.0.1:80\"\n[[backend]]\naddress = \"10.0.0.1:80\"\n")
-            .unwrap_err();
+        let err = toml(
+            "[[backend]]\naddress = \"10.0.0.1:80\"\n[[backend]]\naddress = \"10.0.0.1:80\"\n",
+        )
+        .unwrap_err();
         assert!(err.contains("duplicate"), "{err}");
         // A write cut in the middle of a value.
         assert!(toml("[[backend]]\naddress = \"10.0.0.1:8").is_err());
-        assert!(parse::<SocketAddr>(r#"[{"address": "10.0.0.1:80"}, {"addr"#, Format::Json).is_err());
+        assert!(
+            parse::<SocketAddr>(r#"[{"address": "10.0.0.1:80"}, {"addr"#, Format::Json).is_err()
+        );
     }
 
     #[test]

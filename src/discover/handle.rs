@@ -26,11 +26,11 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
     }
 
     fn remove(&self, key: &K) -> bool {
-        Core::remove(self, key)
+        Self::remove(self, key)
     }
 
     fn set_weight(&self, key: &K, weight: u32) -> Result<(), ConfigError> {
-        Core::set_weight(self, key, weight)
+        Self::set_weight(self, key, weight)
     }
 
     fn set_draining(&self, key: &K, draining: bool) -> Result<(), ConfigError> {
@@ -54,7 +54,7 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
     }
 
     fn stats(&self) -> Stats<K> {
-        Core::stats(self)
+        Self::stats(self)
     }
 }
 

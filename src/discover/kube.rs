@@ -265,11 +265,7 @@ fn backends<'a>(
                 (_, true, true) => Condition::Terminating,
                 _ => continue,
             };
-            let Some(ip) = ep
-                .addresses
-                .first()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            else {
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
                 continue;
             };
             let addr = SocketAddr::new(ip, number);

@@ -20,9 +20,9 @@ fn balance() -> Balance<SocketAddr, Svc> {
     Balance::builder()
         .build(|t: &Target<'_, SocketAddr>| {
             let addr = *t.key();
-            Svc::new(service_fn(move |_: ()| async move {
-                Ok::<_, Infallible>(addr)
-            }))
+            Svc::new(service_fn(
+                move |_: ()| async move { Ok::<_, Infallible>(addr) },
+            ))
         })
         .unwrap()
 }

@@ -1,6 +1,6 @@
 //! A fake Kubernetes API server on 127.0.0.1 serving EndpointSlice list and watch
 //! requests, scripted by the test.
-#![allow(unreachable_pub, dead_code)]
+#![allow(unreachable_pub, dead_code, clippy::needless_pass_by_value)]
 
 use std::{
     collections::HashMap,
@@ -118,10 +118,15 @@ impl FakeApi {
             let inner = self.shared.inner.lock().unwrap();
             inner.slices.iter().any(|s| s["metadata"]["name"] == name)
         };
-        self.put(slice.clone());
+        self.put(slice);
         let slice = {
             let inner = self.shared.inner.lock().unwrap();
-            inner.slices.iter().find(|s| s["metadata"]["name"] == name).cloned().unwrap()
+            inner
+                .slices
+                .iter()
+                .find(|s| s["metadata"]["name"] == name)
+                .cloned()
+                .unwrap()
         };
         let kind = if known { "MODIFIED" } else { "ADDED" };
         self.send(json!({ "type": kind, "object": slice }));
@@ -131,7 +136,12 @@ impl FakeApi {
     pub fn delete(&self, name: &str) {
         let slice = {
             let inner = self.shared.inner.lock().unwrap();
-            inner.slices.iter().find(|s| s["metadata"]["name"] == name).cloned().unwrap()
+            inner
+                .slices
+                .iter()
+                .find(|s| s["metadata"]["name"] == name)
+                .cloned()
+                .unwrap()
         };
         self.take(name);
         let slice = self.bump(slice);
@@ -217,7 +227,13 @@ async fn endpointslices(
         .get("limit")
         .and_then(|l| l.parse().ok())
         .unwrap_or(usize::MAX);
-    let items: Vec<Value> = inner.slices.iter().skip(offset).take(limit).cloned().collect();
+    let items: Vec<Value> = inner
+        .slices
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .cloned()
+        .collect();
     let next = offset + items.len();
     let mut metadata = json!({ "resourceVersion": inner.rv.to_string() });
     if next < inner.slices.len() {

@@ -1,6 +1,7 @@
 //! EndpointSlice discovery through the real kube-runtime watcher, against a fake API
 //! server on 127.0.0.1.
 #![cfg(feature = "kube")]
+#![allow(clippy::needless_pass_by_value)]
 
 mod api;
 
@@ -21,9 +22,9 @@ fn balance() -> Balance<SocketAddr, Svc> {
     Balance::builder()
         .build(|t: &Target<'_, SocketAddr>| {
             let addr = *t.key();
-            Svc::new(service_fn(move |_: ()| async move {
-                Ok::<_, Infallible>(addr)
-            }))
+            Svc::new(service_fn(
+                move |_: ()| async move { Ok::<_, Infallible>(addr) },
+            ))
         })
         .unwrap()
 }
@@ -91,7 +92,11 @@ async fn a_paged_initial_list_is_applied_as_one_snapshot() {
     assert!(eventually(10, || api.lists() >= 1).await);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(keys(&b).is_empty());
-    assert!(eventually(10, || keys(&b).len() == 250).await, "{}", keys(&b).len());
+    assert!(
+        eventually(10, || keys(&b).len() == 250).await,
+        "{}",
+        keys(&b).len()
+    );
     assert!(keys(&b).contains(&"[fd00::64]:8080".to_owned()));
     assert!(keys(&b).contains(&"10.0.1.49:8080".to_owned()));
 }

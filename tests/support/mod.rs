@@ -42,9 +42,8 @@ impl TestServer {
             // Connections live in this set: aborting the task drops the set, which aborts them.
             let mut conns = JoinSet::new();
             loop {
-                let (stream, _) = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(_) => continue,
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
                 let svc = TowerToHyperService::new(router.clone());
                 conns.spawn(async move {

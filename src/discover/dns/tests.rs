@@ -95,13 +95,20 @@ fn balance(made: Arc<AtomicUsize>) -> crate::Balance<SocketAddr, Svc<SocketAddr>
         .build(move |t: &Target<'_, SocketAddr>| {
             made.fetch_add(1, Ordering::SeqCst);
             let k = *t.key();
-            Svc::new(service_fn(move |_: ()| async move { Ok::<_, Infallible>(k) }))
+            Svc::new(service_fn(
+                move |_: ()| async move { Ok::<_, Infallible>(k) },
+            ))
         })
         .unwrap()
 }
 
 fn ips(b: &crate::Balance<SocketAddr, Svc<SocketAddr>>) -> Vec<String> {
-    let mut keys: Vec<String> = b.handle().keys().iter().map(|a| a.ip().to_string()).collect();
+    let mut keys: Vec<String> = b
+        .handle()
+        .keys()
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect();
     keys.sort();
     keys
 }
@@ -181,7 +188,10 @@ async fn errors_keep_the_last_set_and_back_off_with_jitter() {
     for (i, cap) in caps.iter().enumerate() {
         let wait = at[i + 2] - at[i + 1];
         let cap = Duration::from_secs(*cap);
-        assert!(wait >= cap / 2 && wait <= cap, "wait {i}: {wait:?} vs cap {cap:?}");
+        assert!(
+            wait >= cap / 2 && wait <= cap,
+            "wait {i}: {wait:?} vs cap {cap:?}"
+        );
     }
     // Jitter: the waits are not all at the same point of their range.
     let ratios: Vec<u128> = caps

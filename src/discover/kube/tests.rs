@@ -4,6 +4,7 @@ use super::*;
 use serde_json::{json, Value};
 
 /// A slice from JSON, the way the API server sends it.
+#[allow(clippy::needless_pass_by_value)]
 fn slice(name: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
     serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1",
@@ -20,6 +21,7 @@ fn http(port: u16) -> Value {
     json!([{ "name": "http", "port": port, "protocol": "TCP" }, { "name": "admin", "port": 9901 }])
 }
 
+#[allow(clippy::needless_pass_by_value)]
 fn ep(addr: &str, conditions: Value) -> Value {
     json!({ "addresses": [addr], "conditions": conditions })
 }
@@ -64,11 +66,17 @@ fn not_ready_endpoints_are_left_out() {
         http(80),
         json!([
             ep("10.0.0.1", json!({ "ready": false })),
-            ep("10.0.0.2", json!({ "ready": false, "serving": false, "terminating": true })),
+            ep(
+                "10.0.0.2",
+                json!({ "ready": false, "serving": false, "terminating": true })
+            ),
             ep("10.0.0.3", json!({ "ready": true })),
         ]),
     );
-    assert_eq!(table(&backends([&s], Some("http"))), [row("10.0.0.3:80", false)]);
+    assert_eq!(
+        table(&backends([&s], Some("http"))),
+        [row("10.0.0.3:80", false)]
+    );
 }
 
 #[test]
@@ -78,7 +86,10 @@ fn terminating_endpoints_drain_while_others_are_ready() {
         "IPv4",
         http(80),
         json!([
-            ep("10.0.0.1", json!({ "ready": false, "serving": true, "terminating": true })),
+            ep(
+                "10.0.0.1",
+                json!({ "ready": false, "serving": true, "terminating": true })
+            ),
             ep("10.0.0.2", json!({ "ready": true })),
         ]),
     );
@@ -95,11 +106,17 @@ fn terminating_endpoints_serve_when_nothing_else_does() {
         "IPv4",
         http(80),
         json!([
-            ep("10.0.0.1", json!({ "ready": false, "serving": true, "terminating": true })),
+            ep(
+                "10.0.0.1",
+                json!({ "ready": false, "serving": true, "terminating": true })
+            ),
             ep("10.0.0.2", json!({ "ready": false })),
         ]),
     );
-    assert_eq!(table(&backends([&s], Some("http"))), [row("10.0.0.1:80", false)]);
+    assert_eq!(
+        table(&backends([&s], Some("http"))),
+        [row("10.0.0.1:80", false)]
+    );
 }
 
 #[test]
@@ -116,7 +133,9 @@ fn slices_are_unioned_across_families_and_sizes() {
     let c = slice("c", "IPv6", http(80), many("fd00::", 100));
     let set = backends([&a, &b, &c], Some("http"));
     assert_eq!(set.len(), 230);
-    assert!(set.iter().any(|d| d.backend.key().to_string() == "[fd00::63]:80"));
+    assert!(set
+        .iter()
+        .any(|d| d.backend.key().to_string() == "[fd00::63]:80"));
     assert!(set.iter().all(|d| !d.draining));
 }
 
@@ -143,12 +162,20 @@ fn the_port_is_chosen_by_name_per_slice() {
         json!([{ "port": 7000 }]),
         json!([ep("10.0.0.3", json!({}))]),
     );
-    assert_eq!(table(&backends([&unnamed], None)), [row("10.0.0.3:7000", false)]);
+    assert_eq!(
+        table(&backends([&unnamed], None)),
+        [row("10.0.0.3:7000", false)]
+    );
 }
 
 #[test]
 fn fqdn_slices_and_bad_addresses_are_skipped() {
-    let f = slice("f", "FQDN", http(80), json!([ep("db.example.com", json!({}))]));
+    let f = slice(
+        "f",
+        "FQDN",
+        http(80),
+        json!([ep("db.example.com", json!({}))]),
+    );
     let bad = slice("b", "IPv4", http(80), json!([ep("not-an-ip", json!({}))]));
     assert!(backends([&f, &bad], Some("http")).is_empty());
 }
@@ -159,9 +186,17 @@ fn an_address_in_two_slices_keeps_its_best_condition() {
         "old",
         "IPv4",
         http(80),
-        json!([ep("10.0.0.1", json!({ "ready": false, "serving": true, "terminating": true }))]),
+        json!([ep(
+            "10.0.0.1",
+            json!({ "ready": false, "serving": true, "terminating": true })
+        )]),
     );
-    let new = slice("new", "IPv4", http(80), json!([ep("10.0.0.1", json!({ "ready": true }))]));
+    let new = slice(
+        "new",
+        "IPv4",
+        http(80),
+        json!([ep("10.0.0.1", json!({ "ready": true }))]),
+    );
     assert_eq!(
         table(&backends([&old, &new], Some("http"))),
         [row("10.0.0.1:80", false)]
