@@ -7,7 +7,7 @@
 //! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list:
 //!    available primaries; if none, backups; if too few are available, every
 //!    non-draining endpoint (panic mode, Envoy's panic threshold, default 50 %).
-//! 3. The [strategy](strategy) picks one. An endpoint at its concurrency cap is skipped.
+//! 3. The [`strategy`] picks one. An endpoint at its concurrency cap is skipped.
 //! 4. The endpoint's own `poll_ready` is driven inside the future. If it fails, the request
 //!    never left, so it goes to another endpoint; if the call fails before reaching the
 //!    backend (connection refused) and the policy can replay it, it is re-sent elsewhere,

@@ -60,7 +60,7 @@
 //!         service_fn(move |_: ()| async move { Ok::<_, std::io::Error>(addr) })
 //!     })
 //!     .unwrap();
-//! let _guard = FileSource::new(&path).spawn(balance.handle()).unwrap();
+//! let _guard = FileSource::new(&path).spawn(balance.handle());
 //! # for _ in 0..200 {
 //! #     if !balance.handle().keys().is_empty() { break; }
 //! #     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -7,7 +7,7 @@
 //! - **Registries**, each a background task owned by a [`Guard`] that applies only
 //!   differences and keeps the last good set on error: [`dns`] (feature `dns`: A/AAAA and
 //!   SRV, re-resolved at TTL), [`kube`] (feature `kube`: EndpointSlices through the
-//!   kube-runtime watcher), [`file`] (feature `file`: a watched TOML or JSON list).
+//!   kube-runtime watcher), [`file`](mod@file) (feature `file`: a watched TOML or JSON list).
 //! - **Any [`tower::discover::Discover`]**:
 //!   [`Builder::build_discover`](crate::balance::Builder::build_discover) spawns a driver
 //!   that applies its changes with no request traffic needed (tower's `Buffer` +
