@@ -60,6 +60,9 @@
 //! | `sticky` | no | [`sticky`]: session affinity keys and the sticky cookie |
 //! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
+//! | `dns` | no | `discover::dns`: DNS discovery (A/AAAA, SRV) through hickory-resolver |
+//! | `kube` | no | `discover::kube`: Kubernetes EndpointSlice discovery through kube-runtime |
+//! | `file` | no | `discover::file`: discovery from a watched TOML or JSON file |
 //! | `full` | no | everything |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

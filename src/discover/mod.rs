@@ -4,6 +4,10 @@
 //! - **A live handle**: [`Handle`], from [`Balance::handle`](crate::Balance::handle), to
 //!   insert, remove, re-weight, drain and replace backends at runtime. Registries (DNS,
 //!   Kubernetes, files) feed the balancer through it.
+//! - **Registries**, each a background task owned by a [`Guard`] that applies only
+//!   differences and keeps the last good set on error: [`dns`] (feature `dns`: A/AAAA and
+//!   SRV, re-resolved at TTL), [`kube`] (feature `kube`: EndpointSlices through the
+//!   kube-runtime watcher), [`file`](mod@file) (feature `file`: a watched TOML or JSON list).
 //! - **Any [`tower::discover::Discover`]**:
 //!   [`Builder::build_discover`](crate::balance::Builder::build_discover) spawns a driver
 //!   that applies its changes with no request traffic needed (tower's `Buffer` +
@@ -32,6 +36,18 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+mod diff;
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+mod guard;
 mod handle;
+#[cfg(feature = "kube")]
+pub mod kube;
 
+#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
+pub use guard::Guard;
 pub use handle::Handle;

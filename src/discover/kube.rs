@@ -1,0 +1,289 @@
+//! Discovery from Kubernetes EndpointSlices, through the kube-runtime watcher. Feature
+//! `kube`.
+//!
+//! # Semantics
+//!
+//! - **Which slices**: the EndpointSlices labelled `kubernetes.io/service-name=NAME` in a
+//!   namespace. The set is the union of all of them: a Service with more than 100
+//!   endpoints has several slices, and a dual-stack Service has IPv4 and IPv6 slices.
+//!   `FQDN` slices are skipped.
+//! - **Which port**: the slice port named by [`port`](EndpointSlices::port) (a Service port
+//!   name, e.g. `http`); without one, the unnamed port (a Service with a single port). A
+//!   slice without that port contributes nothing. Each endpoint's first address is used
+//!   (the API says addresses are fungible).
+//! - **Conditions** (as kube-proxy reads them): `ready` unset means ready; `serving` unset
+//!   means the value of `ready`; `terminating` unset means not terminating.
+//!   - ready and not terminating: a backend;
+//!   - terminating but serving: **drained** (no new requests, in-flight ones finish) while
+//!     any endpoint is ready, and a normal backend when nothing else is serving (a rolling
+//!     restart of every pod at once still has somewhere to go);
+//!   - neither: left out.
+//!
+//!   An address listed by two slices (while the controller moves it) keeps its best
+//!   condition.
+//! - **Initial list**: the watcher's `Init`, `InitApply`… events are buffered until
+//!   `InitDone`, then applied as one snapshot, so requests never see half a Service. The
+//!   same happens on every relist (after a watch expired): the previous set stays in use
+//!   until the new list is complete.
+//! - **Errors keep the last good set**: a watch or list error changes nothing; the watcher
+//!   retries with kube-runtime's default backoff (800 ms doubling to 30 s, jittered).
+//! - **Only differences are applied**: unchanged backends keep their service and state.
+//!   Each change is an `info` event, each error a `warn` event. A complete list that is
+//!   empty (the Service scaled to zero) empties the set, unless the balancer
+//!   [keeps its last non-empty set](crate::balance::Builder::keep_last_on_empty).
+//!
+//! Weights are 1. The task lives as long as the [`Guard`] from [`EndpointSlices::spawn`].
+//! The client needs `list` and `watch` on `endpointslices.discovery.k8s.io` in the
+//! namespace.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tower_lb::BoxError> {
+//! use std::net::SocketAddr;
+//! use tower::service_fn;
+//! use tower_lb::{balance::Target, discover::kube::EndpointSlices, Balance};
+//!
+//! let balance = Balance::builder()
+//!     .build(|t: &Target<'_, SocketAddr>| {
+//!         let addr = *t.key();
+//!         service_fn(move |_: ()| async move { Ok::<_, std::io::Error>(addr) })
+//!     })?;
+//!
+//! // In-cluster service account, or ~/.kube/config.
+//! let client = kube::Client::try_default().await?;
+//! let _guard = EndpointSlices::new(client, "default", "checkout")
+//!     .port("http")
+//!     .spawn(balance.handle());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::{
+    runtime::{
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Api, Client, ResourceExt,
+};
+
+use super::{
+    diff::{Desired, SetSync},
+    Guard, Handle,
+};
+use crate::backend::Backend;
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+
+/// A Kubernetes EndpointSlice source: a Service's endpoints, watched.
+///
+/// See the module docs for the semantics and an example.
+#[must_use = "a source does nothing until spawned"]
+pub struct EndpointSlices {
+    client: Client,
+    namespace: String,
+    service: String,
+    port: Option<String>,
+    page_size: Option<u32>,
+}
+
+impl fmt::Debug for EndpointSlices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSlices")
+            .field("namespace", &self.namespace)
+            .field("service", &self.service)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointSlices {
+    /// Watches the endpoints of Service `service` in `namespace`.
+    pub fn new(client: Client, namespace: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+            service: service.into(),
+            port: None,
+            page_size: None,
+        }
+    }
+
+    /// The Service port name whose number each endpoint is reached on (default: the
+    /// unnamed port).
+    pub fn port(mut self, name: impl Into<String>) -> Self {
+        self.port = Some(name.into());
+        self
+    }
+
+    /// How many slices one list request asks for (kube-runtime's default: 500).
+    pub fn page_size(mut self, slices: u32) -> Self {
+        self.page_size = Some(slices);
+        self
+    }
+
+    /// Starts watching in a background task on the current tokio runtime, applying every
+    /// change to `handle`. Dropping the returned [`Guard`] stops the watch.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn spawn(self, handle: Handle<SocketAddr>) -> Guard {
+        let task = tokio::spawn(self.run(handle));
+        Guard::new("kube", &task)
+    }
+
+    async fn run(self, handle: Handle<SocketAddr>) {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client, &self.namespace);
+        let mut config =
+            watcher::Config::default().labels(&format!("{SERVICE_LABEL}={}", self.service));
+        if let Some(n) = self.page_size {
+            config = config.page_size(n);
+        }
+        let service = format!("{}/{}", self.namespace, self.service);
+        let port = self.port;
+        let mut state = Watch {
+            sync: SetSync::new(handle),
+            slices: BTreeMap::new(),
+            listing: None,
+        };
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if state.on_event(event) {
+                        state.apply(&service, port.as_deref());
+                    }
+                }
+                Err(e) => tracing::warn!(%service, error = %e, kept = state.sync.len(),
+                    "tower_lb::kube: watch failed; keeping the last set and retrying"),
+            }
+        }
+        tracing::warn!(%service, "tower_lb::kube: the watch ended");
+    }
+}
+
+/// The watch's state: the slices applied, and a relist in progress.
+struct Watch {
+    sync: SetSync<SocketAddr>,
+    slices: BTreeMap<String, EndpointSlice>,
+    /// Slices of a list in progress, applied at `InitDone`.
+    listing: Option<BTreeMap<String, EndpointSlice>>,
+}
+
+impl Watch {
+    /// Folds one event in; returns whether the applied slices changed.
+    fn on_event(&mut self, event: Event<EndpointSlice>) -> bool {
+        match event {
+            Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(slice) => {
+                self.listing
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(slice.name_any(), slice);
+                false
+            }
+            Event::InitDone => match self.listing.take() {
+                Some(listed) => {
+                    self.slices = listed;
+                    true
+                }
+                None => false,
+            },
+            Event::Apply(slice) => {
+                self.slices.insert(slice.name_any(), slice);
+                true
+            }
+            Event::Delete(slice) => self.slices.remove(&slice.name_any()).is_some(),
+        }
+    }
+
+    fn apply(&mut self, service: &str, port: Option<&str>) {
+        let next = backends(self.slices.values(), port);
+        if next.is_empty() && self.sync.len() > 0 {
+            tracing::warn!(%service, slices = self.slices.len(),
+                "tower_lb::kube: the service has no serving endpoint");
+        }
+        match self.sync.apply(next) {
+            Ok(c) if !c.is_empty() => tracing::info!(%service, added = c.added,
+                removed = c.removed, drained = c.drained, undrained = c.undrained,
+                total = c.total, "tower_lb::kube: endpoint set changed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%service, error = %e,
+                "tower_lb::kube: could not apply the endpoint set"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Condition {
+    /// Terminating but still serving.
+    Terminating,
+    /// Ready and not terminating.
+    Ready,
+}
+
+/// EndpointSlices → the desired backends: the pure heart of this module (see the module
+/// docs for the rules).
+fn backends<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port: Option<&str>,
+) -> Vec<Desired<SocketAddr>> {
+    let mut best: HashMap<SocketAddr, Condition> = HashMap::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let number = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == port.unwrap_or(""))
+            .and_then(|p| p.port)
+            .and_then(|n| u16::try_from(n).ok());
+        let Some(number) = number else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let condition = match (ready, serving, terminating) {
+                (true, _, false) => Condition::Ready,
+                (_, true, true) => Condition::Terminating,
+                _ => continue,
+            };
+            let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, number);
+            let slot = best.entry(addr).or_insert(condition);
+            *slot = (*slot).max(condition);
+        }
+    }
+    let any_ready = best.values().any(|c| *c == Condition::Ready);
+    let mut out: Vec<Desired<SocketAddr>> = best
+        .into_iter()
+        .map(|(addr, c)| Desired {
+            backend: Backend::new(addr),
+            draining: any_ready && c == Condition::Terminating,
+        })
+        .collect();
+    out.sort_by_key(|d| *d.backend.key());
+    out
+}
+
+#[cfg(test)]
+mod tests;
