@@ -258,9 +258,9 @@ impl fmt::Debug for HickoryResolver {
     }
 }
 
+// hickory reports expiry as a `std` instant; only its distance from now is used.
+#[allow(clippy::disallowed_types)]
 fn remaining(valid_until: std::time::Instant) -> Duration {
-    // hickory reports expiry as a `std` instant; only its distance from now is used.
-    #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
     valid_until.saturating_duration_since(std::time::Instant::now())
 }
 
