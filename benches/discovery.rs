@@ -7,6 +7,9 @@
 //! Memory is counted by a wrapping global allocator (`stats_alloc`): the bytes still
 //! allocated after building the balancer, divided by the endpoint count.
 
+// The churn runs on a plain thread, paced by the std clock; no tokio clock there.
+#![allow(clippy::disallowed_types)]
+
 use std::{
     alloc::System,
     hint::black_box,
