@@ -86,7 +86,7 @@ impl Churn {
             while !s.load(Ordering::Relaxed) {
                 let t = std::time::Instant::now();
                 let key = addr((i / 2 * 7919) % N);
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     handle.remove(&key);
                 } else {
                     handle.insert(Backend::new(key)).unwrap();
