@@ -50,12 +50,11 @@ pin_project! {
         S: Service<Req>,
     {
         policy: P,
-        key: Option<RequestKey>,
-        // Ids of endpoints this request already failed on.
-        tried: Vec<u64>,
+        // What only failures and waits need, allocated on first use: the fast path moves
+        // a small future. (The request key is recomputed from the request when needed.)
+        slow: Option<Box<Slow>>,
         retries: usize,
         track_latency: bool,
-        deadline: Option<Instant>,
         #[pin]
         state: State<K, S, Req>,
     }
@@ -97,7 +96,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("tried", &self.tried.len())
+            .field("tried", &self.slow.as_ref().map_or(0, |s| s.tried.len()))
             .finish_non_exhaustive()
     }
 }
@@ -116,20 +115,21 @@ where
         req: Req,
     ) -> Self {
         let key = policy.key(&req);
-        let mut deadline = None;
+        let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
         let state = match pick(snap, key.as_ref(), &[]) {
             Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
             Some(Err(error)) => State::Failed { error: Some(error) },
-            None => wait_or_fail(core.clone(), &mut deadline, req),
+            None => {
+                let s: &mut Slow = slow.get_or_insert_with(Box::default);
+                wait_or_fail(core.clone(), &mut s.deadline, req)
+            }
         };
         Self {
             policy,
-            key,
-            tried: Vec::new(),
+            slow,
             retries: core.cfg.retries,
             track_latency: core.cfg.track_latency,
-            deadline,
             state,
         }
     }
@@ -149,6 +149,15 @@ where
         svc,
         req: Some(req),
     }
+}
+
+/// State of a request that failed or waited.
+#[derive(Default)]
+struct Slow {
+    /// Ids of endpoints this request already failed on.
+    tried: Vec<u64>,
+    /// The end of the fail-fast wait, once a wait started.
+    deadline: Option<Instant>,
 }
 
 /// Picks an endpoint position in `snap` that this request has not tried and that is not
@@ -260,11 +269,13 @@ where
             match this.state.as_mut().project() {
                 StateProj::Pick { snap, req } => {
                     let req = req.take().expect("request is present until called");
-                    let next = match pick(snap, this.key.as_ref(), this.tried) {
+                    let key = this.policy.key(&req);
+                    let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
+                    let next = match pick(snap, key.as_ref(), &slow.tried) {
                         Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
                         Some(Err(error)) => State::Failed { error: Some(error) },
                         None => match snap.core.upgrade() {
-                            Some(core) => wait_or_fail(core, this.deadline, req),
+                            Some(core) => wait_or_fail(core, &mut slow.deadline, req),
                             None => State::Failed {
                                 error: Some(NoEndpoints::new().into()),
                             },
@@ -280,7 +291,8 @@ where
                 StateProj::Wait { core, wait, req } => {
                     ready!(wait.as_mut().poll(cx));
                     let req = req.take().expect("request is present until called");
-                    let next = wait_or_fail(core.clone(), this.deadline, req);
+                    let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
+                    let next = wait_or_fail(core.clone(), &mut slow.deadline, req);
                     this.state.set(next);
                 }
                 StateProj::Ready { guard, svc, req } => match svc.poll_ready(cx) {
@@ -310,7 +322,10 @@ where
                         entry.state.record_failure();
                         tracing::warn!(backend = %entry.backend.key(), error = %e,
                             "tower_lb: endpoint not ready; trying another");
-                        this.tried.push(entry.id);
+                        this.slow
+                            .get_or_insert_with(Box::default)
+                            .tried
+                            .push(entry.id);
                         let next = repick_state(&guard.snap, req.take());
                         drop(guard);
                         this.state.set(next);
@@ -342,7 +357,10 @@ where
                                 tracing::warn!(backend = %entry.backend.key(), error = %e,
                                     "tower_lb: request failed before reaching the backend; retrying elsewhere");
                                 *this.retries -= 1;
-                                this.tried.push(entry.id);
+                                this.slow
+                                    .get_or_insert_with(Box::default)
+                                    .tried
+                                    .push(entry.id);
                                 let next = repick_state(&guard.snap, replay.take());
                                 this.state.set(next);
                                 continue;
