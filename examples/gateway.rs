@@ -67,7 +67,11 @@ use tower_lb::{
 
 /// A load-balancing HTTP reverse proxy.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, about)]
+#[command(
+    name = "gateway",
+    version,
+    about = "A load-balancing HTTP reverse proxy built from tower-lb's layers."
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
@@ -133,8 +137,8 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
 
-    /// Where hash strategies (and affinity in general) read a request's key:
-    /// header:NAME, cookie:NAME, query:NAME or client-ip.
+    /// Where hash strategies read a request's key: header:NAME, cookie:NAME, query:NAME
+    /// or client-ip (the default for hash strategies).
     #[arg(long, value_name = "SOURCE", value_parser = parse_hash_key)]
     hash_key: Option<HashKey>,
 
@@ -409,7 +413,21 @@ fn build_pool(
         StrategyName::BoundedLoad => Arc::new(BoundedLoad::new()),
         StrategyName::Rendezvous => Arc::new(Rendezvous::new()),
     };
-    let hash_key: Option<Arc<dyn ExtractKey<Body>>> = match &args.hash_key {
+    // Hash strategies without --hash-key hash the client IP (nginx `ip_hash`, or
+    // `hash $remote_addr consistent`).
+    let is_hash = matches!(
+        args.strategy,
+        StrategyName::IpHash
+            | StrategyName::RingHash
+            | StrategyName::Maglev
+            | StrategyName::BoundedLoad
+            | StrategyName::Rendezvous
+    );
+    let source = match (&args.hash_key, is_hash) {
+        (None, true) => Some(HashKey::ClientIp),
+        (k, _) => k.clone(),
+    };
+    let hash_key: Option<Arc<dyn ExtractKey<Body>>> = match &source {
         None => None,
         Some(HashKey::Header(name)) => Some(Arc::new(HeaderKey::new(
             axum::http::HeaderName::from_bytes(name.as_bytes())
