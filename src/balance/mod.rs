@@ -32,6 +32,28 @@
 //! In-flight counts rise when an endpoint is picked and fall when its response (the
 //! `Response` value, e.g. HTTP headers) arrives or the request is dropped.
 //!
+//! # Awaiting the balancer in `Send` async blocks
+//!
+//! When the endpoint's error type is itself a `BoxError` (a `BoxCloneSyncService<_, _,
+//! BoxError>` stack, say), or the backend key borrows (`&'static str`), rustc cannot prove
+//! the balancer's bounds inside a `Send` async block (`tokio::spawn`, an axum handler) and
+//! reports "implementation of `From` is not general enough". Box the future where you make
+//! it, outside the block, and await the box:
+//!
+//! ```
+//! # use tower::{util::BoxCloneSyncService, ServiceExt};
+//! # use tower_lb::{Balance, BoxError};
+//! type Endpoint = BoxCloneSyncService<String, String, BoxError>;
+//!
+//! fn send(
+//!     balance: &Balance<String, Endpoint>,
+//!     req: String,
+//! ) -> futures_util::future::BoxFuture<'static, Result<String, BoxError>> {
+//!     Box::pin(balance.clone().oneshot(req))
+//! }
+//! # let _ = send;
+//! ```
+//!
 //! # Example
 //!
 //! ```
