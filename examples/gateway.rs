@@ -107,6 +107,10 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     replay_buffer: usize,
 
+    /// Speak HTTP/2 to backends (prior knowledge, h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+
     /// Send the backend's address as Host instead of the client's Host header.
     #[arg(long)]
     rewrite_host: bool,
@@ -464,7 +468,11 @@ fn build_pool(
         None => strategy,
     };
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 3, 0.2));
-    let client = HttpEndpoints::<UpstreamBody>::with_connect_timeout(args.connect_timeout);
+    let client = if args.http2 {
+        HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout)
+    } else {
+        HttpEndpoints::<UpstreamBody>::with_connect_timeout(args.connect_timeout)
+    };
     let histograms = histograms.clone();
     let pool_name = name.to_string();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);

@@ -850,3 +850,69 @@ async fn bad_affinity_flags_exit_with_status_2() {
         );
     }
 }
+
+#[tokio::test]
+async fn slow_backends_answer_504_at_the_time_limit() {
+    let slow = TestServer::start(Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        "late"
+    }))
+    .await;
+    let gw = Gateway::start(&["--timeout", "300ms", "--backend", &slow.addr.to_string()]).await;
+    let (s, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn http2_to_backends() {
+    // axum serves h2c with prior knowledge on the same port (hyper-util auto).
+    let backend = TestServer::start(
+        Router::new().fallback(|req: Request| async move { format!("{:?}", req.version()) }),
+    )
+    .await;
+    let gw = Gateway::start(&["--http2", "--backend", &backend.addr.to_string()]).await;
+    let (s, body) = get(&client(), &gw.url("/")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let backend = TestServer::start(Router::new().fallback(move || {
+        let release_rx = release_rx.clone();
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let _ = arrived_tx.send(());
+            if let Some(rx) = release_rx.lock().await.take() {
+                let _ = rx.await;
+            }
+            "finished"
+        }
+    }))
+    .await;
+    let mut gw = Gateway::start(&["--backend", &backend.addr.to_string()]).await;
+    let url = gw.url("/slow");
+    let c = client();
+    let in_flight = tokio::spawn(async move { get(&c, &url).await });
+    arrived_rx
+        .recv()
+        .await
+        .expect("request reached the backend");
+    let pid = gw.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    // The gateway stops accepting but lets the request in flight finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release_tx.send(()).unwrap();
+    let (s, body) = in_flight.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, "finished");
+    let exit = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

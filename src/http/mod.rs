@@ -110,6 +110,23 @@ where
 
     /// Like [`new`](Self::new), with another connect timeout.
     pub fn with_connect_timeout(timeout: Duration) -> Self {
+        Self::build(timeout, false)
+    }
+
+    /// Like [`with_connect_timeout`](Self::with_connect_timeout), speaking HTTP/2 without
+    /// TLS (prior knowledge, as gRPC backends expect): one multiplexed connection per
+    /// backend.
+    pub fn http2_with_connect_timeout(timeout: Duration) -> Self {
+        Self::build(timeout, true)
+    }
+
+    /// Speaks HTTP/2 without TLS (prior knowledge), with the default 5 s connect timeout.
+    #[must_use]
+    pub fn http2_only(self) -> Self {
+        Self::build(Duration::from_secs(5), true)
+    }
+
+    fn build(timeout: Duration, http2: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -118,19 +135,7 @@ where
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .build(connector);
-        Self { client }
-    }
-
-    /// Speaks HTTP/2 without TLS (prior knowledge, as gRPC backends expect).
-    #[must_use]
-    pub fn http2_only(self) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
+            .http2_only(http2)
             .build(connector);
         Self { client }
     }
