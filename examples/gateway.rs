@@ -31,7 +31,6 @@ use axum::{
     Router,
 };
 use clap::{Parser, ValueEnum};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, time::Instant};
 use tower::{
@@ -361,7 +360,10 @@ impl RequestPolicy<Request<UpstreamBody>> for GatewayPolicy {
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
+        // Extensions never reach the backend; the balancer only needs the key.
+        if let Some(key) = req.extensions().get::<RequestKey>() {
+            copy.extensions_mut().insert(*key);
+        }
         Some(copy)
     }
 
@@ -486,31 +488,14 @@ fn build_pool(
         let http = tower_lb::balance::MakeEndpoint::make_endpoint(&client, t)
             .expect("backend URLs are validated when parsed");
         // Outermost first: latency histogram, passive health, then the HTTP client.
-        let inner: Endpoint = if max_fails == 0 {
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<Incoming>| r.map(Body::new))
-                    .map_err(BoxError::from)
-                    .service(http),
-            )
-        } else {
-            let passive = PassiveHealthLayer::new(t).policy(
-                Window::new()
-                    .max_fails(max_fails)
-                    .fail_timeout(fail_timeout),
-            );
-            BoxCloneSyncService::new(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(Body::new))
-                    .map_err(BoxError::from)
-                    .layer(passive)
-                    .service(http),
-            )
-        };
-        let inner: Endpoint = match &stamp {
-            Some(c) => BoxCloneSyncService::new(tower::Layer::layer(&c.layer(t), inner)),
-            None => inner,
-        };
+        // Passive health (`max_fails(0)` classifies but never ejects, as nginx).
+        let passive = PassiveHealthLayer::new(t).policy(
+            Window::new()
+                .max_fails(max_fails)
+                .fail_timeout(fail_timeout),
+        );
+        // Outermost first: latency histogram, sticky cookie, passive health, HTTP client;
+        // one boxed service, so one allocation per request for the whole stack.
         BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_future(move |fut| {
@@ -522,7 +507,11 @@ fn build_pool(
                         res
                     }
                 })
-                .service(inner),
+                .option_layer(stamp.as_ref().map(|c| c.layer(t)))
+                .map_response(|r: Response<_>| r.map(Body::new))
+                .map_err(BoxError::from)
+                .layer(passive)
+                .service(http),
         )
     };
     let balance = Balance::builder()

@@ -36,7 +36,8 @@ use crate::error::BoxError;
 /// # }
 /// ```
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    /// `None` for a body that was empty from the start: nothing to keep, no allocation.
+    shared: Option<Arc<Mutex<Shared<B>>>>,
     /// Index of the next kept chunk this clone yields.
     cursor: usize,
     /// Whether this clone has yielded its trailers or end.
@@ -70,7 +71,7 @@ impl<B> Clone for ReplayBody<B> {
         Self {
             shared: self.shared.clone(),
             cursor: 0,
-            done: false,
+            done: self.shared.is_none(),
             hint: self.hint,
             empty: self.empty,
         }
@@ -82,8 +83,17 @@ impl<B: Body> ReplayBody<B> {
     pub fn new(body: B, max_bytes: usize) -> Self {
         let hint = body.size_hint();
         let empty = body.is_end_stream();
+        if empty {
+            return Self {
+                shared: None,
+                cursor: 0,
+                done: true,
+                hint,
+                empty,
+            };
+        }
         Self {
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Some(Arc::new(Mutex::new(Shared {
                 body: Some(body),
                 chunks: Vec::new(),
                 kept: 0,
@@ -92,7 +102,7 @@ impl<B: Body> ReplayBody<B> {
                 trailers: None,
                 ended: false,
                 error: None,
-            })),
+            }))),
             cursor: 0,
             done: false,
             hint,
@@ -105,12 +115,10 @@ impl<B> ReplayBody<B> {
     /// Whether a fresh clone can still yield the whole body (nothing past the cap was
     /// dropped).
     pub fn is_replayable(&self) -> bool {
-        !self.lock().overflowed
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
         // A poisoned lock means a poll panicked; the kept bytes are still consistent.
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared
+            .as_ref()
+            .is_none_or(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).overflowed)
     }
 }
 
@@ -147,7 +155,10 @@ where
             return Poll::Ready(None);
         }
         let this = &mut *self;
-        let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shared) = this.shared.as_ref() else {
+            return Poll::Ready(None);
+        };
+        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
         let streaming = this.cursor == STREAMING;
         if !streaming {
             // 1. Replay what was kept.
