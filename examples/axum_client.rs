@@ -82,12 +82,14 @@ async fn user(State(pool): State<Pool>) -> impl IntoResponse {
     }
 }
 
-/// Boxed outside the handler's `async` block (see the `balance` module docs on `Send`).
+/// Sends `req` through the pool and reads the whole answer.
 fn fetch(
     pool: &Pool,
     req: Request<Body>,
 ) -> futures_util::future::BoxFuture<'static, Result<(StatusCode, String), BoxError>> {
-    // Boxed before the `async` block awaits it (see the `balance` module docs on `Send`).
+    // Boxed before the `async` block awaits it: with `BoxError` endpoints, rustc cannot
+    // prove the balancer's own future `Send` inside a block that must be `Send`, as axum
+    // handlers are ("implementation of `From` is not general enough").
     let call: futures_util::future::BoxFuture<'static, Result<http::Response<Body>, BoxError>> =
         Box::pin(pool.clone().oneshot(req));
     Box::pin(async move {
@@ -100,10 +102,11 @@ fn fetch(
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let names = ["fast", "slow", "broken"];
     let backends = [
-        backend("fast", Duration::from_millis(1), false).await,
-        backend("slow", Duration::from_millis(40), false).await,
-        backend("broken", Duration::ZERO, true).await,
+        backend(names[0], Duration::from_millis(1), false).await,
+        backend(names[1], Duration::from_millis(40), false).await,
+        backend(names[2], Duration::ZERO, true).await,
     ];
     let pool = pool(&backends)?;
     let app = Router::new()
@@ -112,24 +115,33 @@ async fn main() -> Result<(), BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    println!("app on http://{addr}/user, backends: fast, slow (40 ms), broken (503)");
+    println!(
+        "app on http://{addr}/user, backends: fast {}, slow {} (40 ms), broken {} (503)",
+        backends[0], backends[1], backends[2]
+    );
 
     // Call the app like any client would.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Body>();
-    let mut ok = 0;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     for _ in 0..30 {
         let rsp = client
             .request(Request::get(format!("http://{addr}/user")).body(Body::empty())?)
             .await?;
-        if rsp.status().is_success() {
-            ok += 1;
-        }
+        *statuses.entry(rsp.status().as_u16()).or_default() += 1;
     }
-    println!("30 requests through the app: {ok} answered 200");
+    let answers: Vec<String> = statuses
+        .iter()
+        .map(|(status, n)| format!("{n} answered {status}"))
+        .collect();
+    println!("30 requests through the app: {}", answers.join(", "));
     for b in pool.stats().backends {
+        let name = backends
+            .iter()
+            .position(|a| *a == b.key)
+            .map_or("?", |i| names[i]);
         println!(
-            "  backend {:<16} {:>3} requests  {:>2} failures  state {}",
+            "  backend {name:<6} {:<16} {:>3} requests  {:>2} failures  state {}",
             b.key, b.requests, b.failures, b.status
         );
     }

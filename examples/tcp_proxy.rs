@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It starts three echo backends in-process (one of them down), proxies a listener to
-//! them, opens client connections that stay open, and prints where each went.
+//! them, opens client connections that stay open, waits for the probes to mark the down
+//! backend down, and prints where each connection went.
 
 use std::{
     future::Future,
@@ -24,7 +25,7 @@ use tokio::{
 };
 use tower::{Service, ServiceExt};
 use tower_lb::{
-    balance::{strategy::LeastConn, EndpointState, RequestPolicy, Target},
+    balance::{strategy::LeastConn, EndpointState, RequestPolicy, Status, Target},
     error::ConnectFailed,
     health::active::{Prober, TcpProbe},
     Backend, Balance, BoxError,
@@ -118,8 +119,10 @@ async fn main() -> Result<(), BoxError> {
             addr: *t.key(),
             state: t.state_arc(),
         })?;
+    // Three failed connects in a row, 200 ms apart, mark a backend down.
     let _prober = Prober::new(TcpProbe::new())
         .interval(Duration::from_millis(200))
+        .fast_interval(Duration::from_millis(200))
         .spawn(&balance)?;
 
     let front = TcpListener::bind("127.0.0.1:0").await?;
@@ -156,10 +159,21 @@ async fn main() -> Result<(), BoxError> {
         );
         clients.push(c);
     }
-    let stats = balance.stats();
-    for s in &stats.backends {
+    // Until the probes catch up, connects to the down backend fail and are retried on
+    // another one; then it gets no more attempts.
+    let waited = tokio::time::Instant::now();
+    while balance.stats().backends[2].status != Status::Down {
+        if waited.elapsed() > Duration::from_secs(10) {
+            return Err("the prober did not mark the down backend down within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("down backend marked down by the TCP probes");
+    let names = [(a, "db-a"), (b, "db-b"), (down, "down")];
+    for s in &balance.stats().backends {
+        let name = names.iter().find(|(k, _)| *k == s.key).map_or("?", |n| n.1);
         println!(
-            "  {:<16} open {}  connects {}  failures {}  state {}",
+            "  {name:<4} {:<16} open {}  connects {}  failures {}  state {}",
             s.key, s.in_flight, s.requests, s.failures, s.status
         );
     }
