@@ -29,30 +29,7 @@ use tokio::{
 };
 
 fn gateway_bin() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // Test binaries live in target/<profile>/deps; `cargo test` builds examples
-            // next door. When only this test target was built, build the example now.
-            let mut p = std::env::current_exe().expect("test binary path");
-            p.pop();
-            if p.ends_with("deps") {
-                p.pop();
-            }
-            let bin = p.join("examples").join("gateway");
-            if !bin.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let status = Command::new(cargo)
-                    .args(["build", "--example", "gateway", "--features", "http"])
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .status()
-                    .expect("run cargo build");
-                assert!(status.success(), "building the gateway example failed");
-            }
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
+    support::example_bin("gateway")
 }
 
 /// A running gateway process, killed on drop.
