@@ -59,6 +59,7 @@
 //! # }
 //! ```
 
+mod cow;
 mod endpoint;
 mod future;
 mod service;
