@@ -85,6 +85,30 @@ pub(crate) struct Snapshot<K, S> {
     /// How many endpoints of each class are live and available, so one change can update
     /// the candidate list without looking at every endpoint.
     counts: Counts,
+    /// How the candidate list was derived from the previous snapshot's, when it was
+    /// updated rather than rebuilt.
+    delta: Option<Delta>,
+}
+
+/// The changes that turned one candidate list into the next: once readers release the
+/// older snapshot, the writer replays them on its list (now unshared) instead of copying
+/// the current list, so a steady stream of single changes copies no list at all.
+struct Delta {
+    /// The generation of the list the changes apply to.
+    base: u64,
+    /// Per endpoint id, its candidate, or `None` to drop it.
+    ops: Vec<(u64, Option<Candidate>)>,
+}
+
+fn apply(list: &mut CandidateList, ops: &[(u64, Option<Candidate>)]) {
+    for (id, wanted) in ops {
+        match (list.view().position(*id), wanted) {
+            (Some(i), Some(c)) => list.replace(i, c.clone()),
+            (Some(i), None) => list.swap_remove(i),
+            (None, Some(c)) => list.push(c.clone()),
+            (None, None) => {}
+        }
+    }
 }
 
 /// Endpoint counts by class (`[primaries, backups]`).
@@ -141,6 +165,43 @@ impl Counts {
 
 fn class_of<K, S>(e: &Entry<K, S>) -> usize {
     usize::from(e.backend.is_backup())
+}
+
+/// What the writer keeps between edits, under the writer lock.
+struct Writer<K, S> {
+    /// Snapshots replaced while a reader still held them (a clone's cache, a request in
+    /// flight): they are dropped here, off the request path, once readers let go, since
+    /// dropping a snapshot releases every candidate (O(n)).
+    retired: Vec<Arc<Snapshot<K, S>>>,
+    /// The candidate list of the snapshot before the current one, once readers released
+    /// it: the next edit replays the current snapshot's [`Delta`] on it and then its own
+    /// changes, instead of copying the current list.
+    spare: Option<CandidateList>,
+}
+
+impl<K, S> Writer<K, S> {
+    /// Drops the retired snapshots no reader holds any more, keeping as the spare the
+    /// candidate list of generation `base` (the one the current snapshot derives from).
+    fn reap(&mut self, base: Option<u64>) {
+        let mut i = 0;
+        while i < self.retired.len() {
+            // `ArcSwap::swap` settled readers' borrowed references into counts, and no
+            // new reference can be taken from a retired snapshot: one means only us.
+            if Arc::strong_count(&self.retired[i]) > 1 {
+                i += 1;
+                continue;
+            }
+            let snap = self.retired.swap_remove(i);
+            if base.is_some_and(|b| b == snap.candidates.view().generation()) {
+                if let Ok(snap) = Arc::try_unwrap(snap) {
+                    self.spare = Some(snap.candidates);
+                }
+            }
+        }
+        if base != self.spare.as_ref().map(|l| l.view().generation()) {
+            self.spare = None;
+        }
+    }
 }
 
 /// An edit of the endpoint set in progress, under the writer lock: the entries and index
@@ -272,10 +333,8 @@ pub(crate) struct Core<K, S> {
     published: AtomicU64,
     pub(crate) maker: Option<Maker<K, S>>,
     snap: ArcSwap<Snapshot<K, S>>,
-    /// The writer lock, guarding the snapshots replaced while a reader still held them:
-    /// they are dropped here, off the request path, once no reader holds them (dropping
-    /// a snapshot releases every candidate, O(n)).
-    write: Mutex<Vec<Arc<Snapshot<K, S>>>>,
+    /// The writer lock, and what only the writer touches.
+    write: Mutex<Writer<K, S>>,
     pub(crate) pool: Arc<Pool>,
     version: watch::Sender<u64>,
     pub(crate) strategy: Arc<dyn Strategy>,
@@ -310,13 +369,17 @@ impl<K: Key, S: Clone> Core<K, S> {
                 deadline: None,
                 tier: Tier::None,
                 counts: Counts::default(),
+                delta: None,
             };
             Self {
                 me: me.clone(),
                 published: AtomicU64::new(0),
                 maker,
                 snap: ArcSwap::from_pointee(empty),
-                write: Mutex::new(Vec::new()),
+                write: Mutex::new(Writer {
+                    retired: Vec::new(),
+                    spare: None,
+                }),
                 pool,
                 version: watch::channel(0).0,
                 strategy,
@@ -393,7 +456,7 @@ impl<K: Key, S: Clone> Core<K, S> {
 
     /// Rebuilds the candidate list from the same entries (health changed).
     pub(crate) fn refresh(&self) {
-        let mut retired = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
         let epoch = self.pool.changed.load(Acquire);
         if cur.epoch == epoch && cur.deadline.is_none_or(|d| Instant::now() < d) {
@@ -401,7 +464,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         }
         let next = self.build(cur.entries.clone(), cur.index.clone(), epoch);
         drop(cur);
-        self.publish(&mut retired, next, false);
+        self.publish(&mut writer, next, false);
     }
 
     /// Applies an edit to the entry list under the writer lock and publishes the result.
@@ -410,7 +473,7 @@ impl<K: Key, S: Clone> Core<K, S> {
     /// when few endpoints changed and health did not, the candidate list is updated from
     /// the previous one instead of rebuilt from every endpoint.
     pub(crate) fn edit<R>(&self, f: impl FnOnce(&mut Edit<K, S>) -> R) -> R {
-        let mut retired = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
         let mut edit = Edit {
             entries: cur.entries.clone(),
@@ -423,8 +486,8 @@ impl<K: Key, S: Clone> Core<K, S> {
             return out; // nothing changed (a failed insert, an unknown key)
         }
         let epoch = self.pool.changed.load(Acquire);
-        let next = match self.update(&cur, &mut edit, epoch) {
-            Some((candidates, tier, counts)) => {
+        let next = match self.update(&mut writer, &cur, &mut edit, epoch) {
+            Some((candidates, tier, counts, delta)) => {
                 self.pool.members.store(edit.entries.len(), Relaxed);
                 Snapshot {
                     core: self.me.clone(),
@@ -436,18 +499,19 @@ impl<K: Key, S: Clone> Core<K, S> {
                     deadline: None,
                     tier,
                     counts,
+                    delta: Some(delta),
                 }
             }
             None => self.build(edit.entries, edit.index, epoch),
         };
         drop(cur);
-        self.publish(&mut retired, next, true);
+        self.publish(&mut writer, next, true);
         out
     }
 
     fn publish(
         &self,
-        retired: &mut Vec<Arc<Snapshot<K, S>>>,
+        writer: &mut Writer<K, S>,
         next: Snapshot<K, S>,
         set_changed: bool,
     ) {
@@ -473,12 +537,10 @@ impl<K: Key, S: Clone> Core<K, S> {
                 _ => tracing::info!(?tier, available, total, "tower_lb: candidate tier changed"),
             }
         }
-        // Readers still holding the previous snapshot (a clone's cache, a request in
-        // flight) release it later; keep it so that the last release, which frees every
-        // candidate, happens here rather than on the request path. (`swap` settled the
-        // readers' borrowed references into counts, so a count of one means only us.)
-        retired.push(prev);
-        retired.retain(|s| Arc::strong_count(s) > 1);
+        // Readers still holding the previous snapshot release it later: keep it, so that
+        // the last release, which frees every candidate, happens in the writer.
+        writer.retired.push(prev);
+        writer.reap(next.delta.as_ref().map(|d| d.base));
         if set_changed && self.strategy.wants_rebuild() {
             let everything = CandidateList::new(
                 next.entries
@@ -497,10 +559,11 @@ impl<K: Key, S: Clone> Core<K, S> {
     /// start is on, the tier changes, or too many endpoints changed.
     fn update(
         &self,
+        writer: &mut Writer<K, S>,
         cur: &Snapshot<K, S>,
         edit: &mut Edit<K, S>,
         epoch: u64,
-    ) -> Option<(CandidateList, Tier, Counts)> {
+    ) -> Option<(CandidateList, Tier, Counts, Delta)> {
         if edit.full
             || self.cfg.slow_start.is_some()
             || cur.epoch != epoch
@@ -528,24 +591,36 @@ impl<K: Key, S: Clone> Core<K, S> {
             return None;
         }
         let class = usize::from(tier == Tier::Backup);
-        let mut list = cur.candidates.clone();
-        for (key, _) in std::mem::take(&mut edit.touched) {
-            let id = stable_hash(&key);
-            let wanted = edit.position(&key).and_then(|pos| {
-                let e = &edit.entries[pos];
-                (class_of(e) == class
-                    && matches!(status(e), Some(Status::Healthy | Status::Probation)))
-                .then(|| candidate(e, pos))
-            });
-            match (list.view().position(id), wanted) {
-                (Some(i), Some(c)) => list.replace(i, c),
-                (Some(i), None) => list.swap_remove(i),
-                (None, Some(c)) => list.push(c),
-                (None, None) => {}
-            }
-        }
+        let ops: Vec<_> = std::mem::take(&mut edit.touched)
+            .into_iter()
+            .map(|(key, _)| {
+                let wanted = edit.position(&key).and_then(|pos| {
+                    let e = &edit.entries[pos];
+                    (class_of(e) == class
+                        && matches!(status(e), Some(Status::Healthy | Status::Probation)))
+                    .then(|| candidate(e, pos))
+                });
+                (stable_hash(&key), wanted)
+            })
+            .collect();
+        let mut list = Self::reuse(writer, cur).unwrap_or_else(|| cur.candidates.clone());
+        apply(&mut list, &ops);
         list.finish(self.next_generation());
-        Some((list, tier, counts))
+        let delta = Delta {
+            base: cur.candidates.view().generation(),
+            ops,
+        };
+        Some((list, tier, counts, delta))
+    }
+
+    /// The candidate list of the snapshot before `cur`, brought up to `cur`'s, if readers
+    /// released that snapshot and `cur`'s list was derived from it.
+    fn reuse(writer: &mut Writer<K, S>, cur: &Snapshot<K, S>) -> Option<CandidateList> {
+        let delta = cur.delta.as_ref()?;
+        writer.reap(Some(delta.base));
+        let mut list = writer.spare.take()?;
+        apply(&mut list, &delta.ops);
+        Some(list)
     }
 
     /// A new candidate-list generation: the publication count, unique per list.
@@ -633,6 +708,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             deadline,
             tier,
             counts,
+            delta: None,
         }
     }
 
@@ -841,5 +917,219 @@ fn upsert<K: Key, S>(
                 id,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::strategy::RoundRobin;
+
+    type TestCore = Core<&'static str, u32>;
+
+    fn core(cfg: Config) -> Arc<TestCore> {
+        Core::new(Arc::new(RoundRobin::new()), cfg, None)
+    }
+
+    fn insert(core: &TestCore, backend: Backend<&'static str>) {
+        core.insert_with(backend, |_| Ok(0)).unwrap();
+    }
+
+    fn keys(core: &TestCore) -> Vec<&'static str> {
+        core.peek().entries.iter().map(|e| *e.backend.key()).collect()
+    }
+
+    fn state(core: &TestCore, key: &'static str) -> Arc<EndpointState> {
+        core.with_entry(&key, |e| e.state.clone()).unwrap()
+    }
+
+    /// The snapshot is self-consistent, and its candidate list (updated in place or
+    /// not) holds what a full rebuild would.
+    fn check(core: &TestCore) {
+        let snap = core.peek();
+        assert_eq!(snap.index.len(), snap.entries.len());
+        for (pos, e) in snap.entries.iter().enumerate() {
+            assert_eq!(snap.index.get(e.id, e.backend.key()), Some(&pos), "index");
+        }
+        let view = snap.candidates.view();
+        let mut total = 0;
+        for (i, c) in view.iter().enumerate() {
+            let e = &snap.entries[c.pos];
+            assert_eq!(e.id, c.id, "candidate position");
+            assert_eq!(view.position(c.id), Some(i), "candidate id index");
+            assert_eq!(c.weight, e.backend.get_weight());
+            total += u64::from(c.weight);
+            assert_eq!(view.cumulative()[i], total, "weight sums");
+        }
+        assert_eq!(view.cumulative().len(), view.len());
+        assert_eq!(view.total_weight(), total);
+        assert_eq!(
+            view.uniform(),
+            view.windows(2).all(|w| w[0].weight == w[1].weight)
+        );
+        let full = core.build(snap.entries.clone(), snap.index.clone(), snap.epoch);
+        let sorted = |l: &CandidateList| {
+            let mut v: Vec<_> = l.view().iter().map(|c| (c.id, c.pos, c.weight)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(&full.candidates), sorted(&snap.candidates));
+        assert_eq!(full.tier, snap.tier);
+        assert_eq!(full.counts, snap.counts);
+    }
+
+    #[test]
+    fn remove_in_the_middle_moves_the_last_into_place() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c", "d", "e"] {
+            insert(&core, Backend::new(k));
+        }
+        assert_eq!(keys(&core), ["a", "b", "c", "d", "e"]);
+        let d = state(&core, "d");
+        assert!(core.remove(&"b"));
+        assert_eq!(keys(&core), ["a", "e", "c", "d"]);
+        check(&core);
+        assert!(!core.remove(&"b"));
+        // Removing the last one moves nothing.
+        assert!(core.remove(&"d"));
+        assert_eq!(keys(&core), ["a", "e", "c"]);
+        check(&core);
+        // Re-inserted keys go to the end, with a fresh state.
+        insert(&core, Backend::new("d"));
+        assert_eq!(keys(&core), ["a", "e", "c", "d"]);
+        assert!(!Arc::ptr_eq(&d, &state(&core, "d")));
+        check(&core);
+        // Removing the first.
+        assert!(core.remove(&"a"));
+        assert_eq!(keys(&core), ["d", "e", "c"]);
+        check(&core);
+    }
+
+    #[test]
+    fn updates_keep_position_and_state() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c"] {
+            insert(&core, Backend::new(k));
+        }
+        let b = state(&core, "b");
+        insert(&core, Backend::new("b").weight(3));
+        core.set_weight(&"a", 2).unwrap();
+        assert_eq!(keys(&core), ["a", "b", "c"]);
+        assert!(Arc::ptr_eq(&b, &state(&core, "b")));
+        check(&core);
+        assert!(!core.peek().candidates.view().uniform());
+        core.set_weight(&"a", 1).unwrap();
+        core.set_weight(&"b", 1).unwrap();
+        check(&core);
+        assert!(core.peek().candidates.view().uniform());
+    }
+
+    #[test]
+    fn replace_keeps_states_of_kept_keys() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c", "d"] {
+            insert(&core, Backend::new(k));
+        }
+        let (a, c) = (state(&core, "a"), state(&core, "c"));
+        core.replace_with(
+            vec![Backend::new("c"), Backend::new("e"), Backend::new("a")],
+            |_| Ok(1),
+        )
+        .unwrap();
+        let mut now = keys(&core);
+        now.sort_unstable();
+        assert_eq!(now, ["a", "c", "e"]);
+        assert!(Arc::ptr_eq(&a, &state(&core, "a")));
+        assert!(Arc::ptr_eq(&c, &state(&core, "c")));
+        check(&core);
+        // A failing maker leaves the set as it was.
+        let err = core.replace_with(vec![Backend::new("x")], |_| Err("no".into()));
+        assert!(err.is_err());
+        assert_eq!(core.peek().entries.len(), 3);
+    }
+
+    #[test]
+    fn an_edit_that_changes_nothing_publishes_nothing() {
+        let core = core(Config::default());
+        insert(&core, Backend::new("a"));
+        let before = core.published.load(Acquire);
+        assert!(!core.remove(&"zz"));
+        assert!(core.set_weight(&"zz", 2).is_err());
+        assert_eq!(core.published.load(Acquire), before);
+    }
+
+    /// Many random single changes, with readers holding some snapshots (so the list is
+    /// sometimes copied, sometimes replayed in place), backups, drains and tier changes:
+    /// every snapshot matches a full rebuild.
+    #[test]
+    fn random_changes_match_a_full_rebuild() {
+        const KEYS: [&str; 12] = [
+            "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10", "k11",
+        ];
+        for threshold in [0.0, 0.5] {
+            let core = core(Config {
+                panic_threshold: threshold,
+                ..Config::default()
+            });
+            let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+            let mut next = move |n: u64| {
+                rng = crate::backend::mix64(rng);
+                rng % n
+            };
+            let mut held = Vec::new();
+            for step in 0..3000 {
+                let key = KEYS[next(KEYS.len() as u64) as usize];
+                match next(10) {
+                    0..=3 => {
+                        let b = Backend::new(key).weight(1 + next(2) as u32);
+                        let b = b.backup(next(6) == 0);
+                        insert(&core, b);
+                    }
+                    4..=6 => {
+                        core.remove(&key);
+                    }
+                    7 => {
+                        let _ = core.set_weight(&key, 1 + next(3) as u32);
+                    }
+                    8 => {
+                        if let Some(st) = core.with_entry(&key, |e| e.state.clone()) {
+                            st.set_draining(!st.is_draining());
+                        }
+                    }
+                    _ => {
+                        if next(2) == 0 {
+                            held.push(core.peek());
+                        } else {
+                            held.clear();
+                        }
+                    }
+                }
+                // Health changes are picked up the way requests pick them up.
+                drop(core.current());
+                check(&core);
+                if step % 500 == 0 {
+                    core.replace_with(vec![Backend::new("k1"), Backend::new("k2")], |_| Ok(2))
+                        .unwrap();
+                    check(&core);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn released_snapshots_are_freed_by_the_writer() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c"] {
+            insert(&core, Backend::new(k));
+        }
+        let held = core.peek();
+        insert(&core, Backend::new("d"));
+        // The reader's snapshot is retired, not dropped.
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(held);
+        // The next change frees it (or reuses its candidate list).
+        core.remove(&"d");
+        let writer = core.write.lock().unwrap();
+        assert!(writer.retired.iter().all(|s| Arc::strong_count(s) > 1));
     }
 }

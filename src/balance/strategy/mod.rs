@@ -272,48 +272,66 @@ impl CandidateList {
     /// Replaces the candidate at `i` (an endpoint's weight or position changed). Call
     /// [`finish`](Self::finish) after the last edit.
     pub(crate) fn replace(&mut self, i: usize, c: Candidate) {
-        self.by_id.remove(&self.items[i].id);
-        self.by_id.insert(c.id, i);
-        self.items[i] = c;
-        self.mark(i);
+        let old = std::mem::replace(&mut self.items[i], c);
+        if old.id != self.items[i].id {
+            self.by_id.remove(&old.id);
+            self.by_id.insert(self.items[i].id, i);
+        }
+        if old.weight != self.items[i].weight {
+            self.mark(i);
+        }
     }
 
     /// Removes the candidate at `i`, moving the last one into its place.
     pub(crate) fn swap_remove(&mut self, i: usize) {
         let gone = self.items.swap_remove(i);
         self.by_id.remove(&gone.id);
+        // Sums below `i` stand; from `i` on they stand too if the moved candidate weighs
+        // what the removed one did.
+        self.cumulative.pop();
         if let Some(moved) = self.items.get(i) {
             self.by_id.insert(moved.id, i);
+            if moved.weight != gone.weight {
+                self.mark(i);
+            }
         }
-        self.mark(i);
+        if !self.uniform {
+            self.mark(self.items.len()); // may have become uniform
+        }
     }
 
     /// Appends a candidate.
     pub(crate) fn push(&mut self, c: Candidate) {
         let i = self.items.len();
+        if self.items.first().is_some_and(|f| f.weight != c.weight) {
+            self.mark(i);
+        }
+        let before = self.cumulative.last().copied().unwrap_or(0);
+        self.cumulative.push(before + u64::from(c.weight.max(1)));
         self.by_id.insert(c.id, i);
         self.items.push(c);
-        self.mark(i);
     }
 
     fn mark(&mut self, i: usize) {
         self.stale_from = Some(self.stale_from.map_or(i, |s| s.min(i)));
     }
 
-    /// Recomputes the weight sums from the first edited position, and sets the generation.
+    /// Recomputes the weight sums from the first position whose weight changed, and sets
+    /// the generation.
     pub(crate) fn finish(&mut self, generation: u64) {
         self.generation = generation;
-        let Some(from) = self.stale_from.take() else {
-            return;
-        };
-        self.cumulative.truncate(from);
-        let mut total = self.cumulative.last().copied().unwrap_or(0);
-        self.cumulative.extend(self.items[from..].iter().map(|c| {
-            total += u64::from(c.weight.max(1));
-            total
-        }));
-        self.total = total;
-        self.uniform = self.items.windows(2).all(|w| w[0].weight == w[1].weight);
+        if let Some(from) = self.stale_from.take() {
+            let from = from.min(self.items.len());
+            self.cumulative.truncate(from);
+            let mut total = self.cumulative.last().copied().unwrap_or(0);
+            let items = &self.items[from..];
+            self.cumulative.extend(items.iter().map(|c| {
+                total += u64::from(c.weight.max(1));
+                total
+            }));
+            self.uniform = self.items.windows(2).all(|w| w[0].weight == w[1].weight);
+        }
+        self.total = self.cumulative.last().copied().unwrap_or(0);
     }
 
     /// Borrows the list as strategies see it.
