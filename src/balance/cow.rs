@@ -215,7 +215,10 @@ mod tests {
         while a.pop().is_some() {}
         assert!(a.is_empty());
         assert!(a.pages.is_empty());
-        assert_eq!(b.iter().copied().collect::<Vec<_>>(), (0..3 * PAGE + 5).collect::<Vec<_>>());
+        assert_eq!(
+            b.iter().copied().collect::<Vec<_>>(),
+            (0..3 * PAGE + 5).collect::<Vec<_>>()
+        );
         let mut c = b.clone();
         c.set(PAGE, 7);
         assert_eq!(c.get(PAGE), Some(&7));

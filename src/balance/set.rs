@@ -509,12 +509,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         out
     }
 
-    fn publish(
-        &self,
-        writer: &mut Writer<K, S>,
-        next: Snapshot<K, S>,
-        set_changed: bool,
-    ) {
+    fn publish(&self, writer: &mut Writer<K, S>, next: Snapshot<K, S>, set_changed: bool) {
         let tier = next.tier;
         let available = next.candidates.view().len();
         let total = next.entries.len();
@@ -638,12 +633,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             .collect()
     }
 
-    fn build(
-        &self,
-        entries: Entries<K, S>,
-        index: Index<K>,
-        epoch: u64,
-    ) -> Snapshot<K, S> {
+    fn build(&self, entries: Entries<K, S>, index: Index<K>, epoch: u64) -> Snapshot<K, S> {
         let now = Instant::now();
         let mut deadline: Option<Instant> = None;
         // Slow start: weights in hundredths, ramping after join or recovery; the snapshot
@@ -936,7 +926,11 @@ mod tests {
     }
 
     fn keys(core: &TestCore) -> Vec<&'static str> {
-        core.peek().entries.iter().map(|e| *e.backend.key()).collect()
+        core.peek()
+            .entries
+            .iter()
+            .map(|e| *e.backend.key())
+            .collect()
     }
 
     fn state(core: &TestCore, key: &'static str) -> Arc<EndpointState> {
