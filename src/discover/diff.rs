@@ -10,8 +10,9 @@ use crate::{
     error::{BoxError, ConfigError},
 };
 
-/// Above this many inserts, updates and removals, one atomic [`Handle::replace`] is cheaper
-/// than one published snapshot per change (each change copies the whole set).
+/// Above this many inserts, updates and removals, one atomic [`Handle::replace`] (one
+/// snapshot, one rebuild of the candidate list) is cheaper than one snapshot per change
+/// (each copies a page of the set and updates the candidate list in place).
 const REPLACE_ABOVE: usize = 32;
 
 /// What a source wants in the set: a backend, and whether it should get no new requests
