@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+mod cow;
 mod endpoint;
 mod future;
 mod service;

@@ -165,7 +165,8 @@ pub struct Stats<K> {
     pub tier: Tier,
     /// How many endpoints currently take new requests.
     pub available: usize,
-    /// One entry per backend, in insertion order.
+    /// One entry per backend: in insertion order until a backend is removed, which moves
+    /// the last backend into the removed one's place.
     pub backends: Vec<BackendStats<K>>,
     /// The last discovery error, while the source is failing.
     pub discover_error: Option<String>,

@@ -2,7 +2,6 @@
 //! block, and one writer lock for discovery updates and health-driven rebuilds.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering::*},
@@ -16,6 +15,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::Target;
 use super::{
+    cow::{Pages, ShardedMap},
     endpoint::{EndpointState, Pool, Status},
     strategy::{Candidate, CandidateList, Strategy},
 };
@@ -57,8 +57,15 @@ pub(crate) struct Entry<K, S> {
     pub(crate) backend: Backend<K>,
     pub(crate) service: S,
     pub(crate) state: Arc<EndpointState>,
+    /// The [`stable_hash`] of the key: the candidate id, and the index shard.
     pub(crate) id: u64,
 }
+
+/// The endpoints by position: a paged copy-on-write vector, so an edit copies one page.
+pub(crate) type Entries<K, S> = Pages<Arc<Entry<K, S>>>;
+
+/// Key → position in [`Entries`], sharded by the key's id.
+pub(crate) type Index<K> = ShardedMap<K, usize>;
 
 pub(crate) struct Snapshot<K, S> {
     /// The balancer, for requests that must wait or re-pick; weak, to avoid a cycle.
@@ -66,13 +73,210 @@ pub(crate) struct Snapshot<K, S> {
     /// The strategy, so a request can re-pick from its snapshot even if the balancer is
     /// gone (the last clone was consumed by `oneshot`).
     pub(crate) strategy: Arc<dyn Strategy>,
-    pub(crate) entries: Vec<Arc<Entry<K, S>>>,
-    pub(crate) index: HashMap<K, usize>,
+    /// Every endpoint, in insertion order until a removal moves the last one into the
+    /// removed one's place.
+    pub(crate) entries: Entries<K, S>,
+    pub(crate) index: Index<K>,
     pub(crate) candidates: CandidateList,
     pub(crate) epoch: u64,
     /// The earliest time the candidate list may change by itself (an ejection ends).
     pub(crate) deadline: Option<Instant>,
     pub(crate) tier: Tier,
+    /// How many endpoints of each class are live and available, so one change can update
+    /// the candidate list without looking at every endpoint.
+    counts: Counts,
+    /// How the candidate list was derived from the previous snapshot's, when it was
+    /// updated rather than rebuilt.
+    delta: Option<Delta>,
+}
+
+/// The changes that turned one candidate list into the next: once readers release the
+/// older snapshot, the writer replays them on its list (now unshared) instead of copying
+/// the current list, so a steady stream of single changes copies no list at all.
+struct Delta {
+    /// The generation of the list the changes apply to.
+    base: u64,
+    /// Per endpoint id, its candidate, or `None` to drop it.
+    ops: Vec<(u64, Option<Candidate>)>,
+}
+
+fn apply(list: &mut CandidateList, ops: &[(u64, Option<Candidate>)]) {
+    for (id, wanted) in ops {
+        match (list.view().position(*id), wanted) {
+            (Some(i), Some(c)) => list.replace(i, c.clone()),
+            (Some(i), None) => list.swap_remove(i),
+            (None, Some(c)) => list.push(c.clone()),
+            (None, None) => {}
+        }
+    }
+}
+
+/// Endpoint counts by class (`[primaries, backups]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    /// Not draining.
+    live: [usize; 2],
+    /// Healthy or on probation.
+    available: [usize; 2],
+}
+
+impl Counts {
+    /// Adds (`sign` true) or subtracts one endpoint of `class` with `status`.
+    fn apply(&mut self, class: usize, status: Status, add: bool) {
+        let step = |n: &mut usize| {
+            if add {
+                *n += 1
+            } else {
+                *n -= 1
+            }
+        };
+        if status != Status::Draining {
+            step(&mut self.live[class]);
+        }
+        if matches!(status, Status::Healthy | Status::Probation) {
+            step(&mut self.available[class]);
+        }
+    }
+
+    /// Which tier serves, given the panic threshold.
+    fn tier(&self, threshold: f64) -> Tier {
+        let [live_primaries, live_backups] = self.live;
+        let [primaries, backups] = self.available;
+        let share = if live_primaries == 0 {
+            0.0
+        } else {
+            primaries as f64 / live_primaries as f64
+        };
+        if primaries > 0 && share >= threshold {
+            Tier::Primary
+        } else if primaries == 0 && backups > 0 {
+            Tier::Backup
+        } else if threshold > 0.0 && live_primaries > 0 {
+            Tier::Panic
+        } else if primaries > 0 {
+            Tier::Primary
+        } else if threshold > 0.0 && live_backups > 0 {
+            Tier::Panic
+        } else {
+            Tier::None
+        }
+    }
+}
+
+fn class_of<K, S>(e: &Entry<K, S>) -> usize {
+    usize::from(e.backend.is_backup())
+}
+
+/// What the writer keeps between edits, under the writer lock.
+struct Writer<K, S> {
+    /// Snapshots replaced while a reader still held them (a clone's cache, a request in
+    /// flight): they are dropped here, off the request path, once readers let go, since
+    /// dropping a snapshot releases every candidate (O(n)).
+    retired: Vec<Arc<Snapshot<K, S>>>,
+    /// The candidate list of the snapshot before the current one, once readers released
+    /// it: the next edit replays the current snapshot's [`Delta`] on it and then its own
+    /// changes, instead of copying the current list.
+    spare: Option<CandidateList>,
+}
+
+impl<K, S> Writer<K, S> {
+    /// Drops the retired snapshots no reader holds any more, keeping as the spare the
+    /// candidate list of generation `base` (the one the current snapshot derives from).
+    fn reap(&mut self, base: Option<u64>) {
+        let mut i = 0;
+        while i < self.retired.len() {
+            // `ArcSwap::swap` settled readers' borrowed references into counts, and no
+            // new reference can be taken from a retired snapshot: one means only us.
+            if Arc::strong_count(&self.retired[i]) > 1 {
+                i += 1;
+                continue;
+            }
+            let snap = self.retired.swap_remove(i);
+            if base.is_some_and(|b| b == snap.candidates.view().generation()) {
+                if let Ok(snap) = Arc::try_unwrap(snap) {
+                    self.spare = Some(snap.candidates);
+                }
+            }
+        }
+        if base != self.spare.as_ref().map(|l| l.view().generation()) {
+            self.spare = None;
+        }
+    }
+}
+
+/// An edit of the endpoint set in progress, under the writer lock: the entries and index
+/// being changed (copy-on-write), and which endpoints changed, so the candidate list can
+/// be updated instead of rebuilt.
+pub(crate) struct Edit<K, S> {
+    entries: Entries<K, S>,
+    index: Index<K>,
+    /// Every endpoint touched, with its entry before the edit (`None`: new).
+    touched: Vec<(K, Option<Arc<Entry<K, S>>>)>,
+    /// Too many changes to track: rebuild the candidate list.
+    full: bool,
+}
+
+/// Above this many changed endpoints in one edit, the candidate list is rebuilt.
+const MAX_TRACKED: usize = 32;
+
+impl<K: Key, S> Edit<K, S> {
+    fn position(&self, key: &K) -> Option<usize> {
+        self.index.get(stable_hash(key), key).copied()
+    }
+
+    fn get(&self, key: &K) -> Option<&Arc<Entry<K, S>>> {
+        self.position(key).map(|i| &self.entries[i])
+    }
+
+    fn touch(&mut self, key: &K, before: Option<&Arc<Entry<K, S>>>) {
+        if self.full || self.touched.iter().any(|(k, _)| k == key) {
+            return;
+        }
+        if self.touched.len() == MAX_TRACKED {
+            self.full = true;
+            self.touched = Vec::new();
+            return;
+        }
+        self.touched.push((key.clone(), before.cloned()));
+    }
+
+    /// Replaces the entry at `i`, keeping its key.
+    fn set(&mut self, i: usize, entry: Entry<K, S>) {
+        let old = self.entries[i].clone();
+        self.touch(old.backend.key(), Some(&old));
+        self.entries.set(i, Arc::new(entry));
+    }
+
+    /// Appends a new endpoint.
+    fn push(&mut self, entry: Entry<K, S>) {
+        self.touch(entry.backend.key(), None);
+        self.index
+            .insert(entry.id, entry.backend.key().clone(), self.entries.len());
+        self.entries.push(Arc::new(entry));
+    }
+
+    /// Removes an endpoint: the last one takes its place, so one index entry changes.
+    fn remove(&mut self, pool: &Pool, key: &K) -> bool {
+        let Some(i) = self.index.remove(stable_hash(key), key) else {
+            return false;
+        };
+        let gone = self.entries[i].clone();
+        self.touch(key, Some(&gone));
+        let last = self.entries.len() - 1;
+        if i != last {
+            let moved = self.entries[last].clone();
+            self.touch(moved.backend.key(), Some(&moved));
+            if let Some(pos) = self.index.get_mut(moved.id, moved.backend.key()) {
+                *pos = i;
+            }
+        }
+        self.entries.swap_remove(i);
+        if gone.state.on_probation_or_ejected() {
+            pool.ejected.fetch_sub(1, Relaxed);
+        }
+        tracing::debug!(backend = %key, "tower_lb: endpoint removed");
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +333,8 @@ pub(crate) struct Core<K, S> {
     published: AtomicU64,
     pub(crate) maker: Option<Maker<K, S>>,
     snap: ArcSwap<Snapshot<K, S>>,
-    write: Mutex<()>,
+    /// The writer lock, and what only the writer touches.
+    write: Mutex<Writer<K, S>>,
     pub(crate) pool: Arc<Pool>,
     version: watch::Sender<u64>,
     pub(crate) strategy: Arc<dyn Strategy>,
@@ -157,19 +362,24 @@ impl<K: Key, S: Clone> Core<K, S> {
             let empty = Snapshot {
                 core: me.clone(),
                 strategy: strategy.clone(),
-                entries: Vec::new(),
-                index: HashMap::new(),
+                entries: Pages::default(),
+                index: ShardedMap::new(),
                 candidates: CandidateList::default(),
                 epoch: 0,
                 deadline: None,
                 tier: Tier::None,
+                counts: Counts::default(),
+                delta: None,
             };
             Self {
                 me: me.clone(),
                 published: AtomicU64::new(0),
                 maker,
                 snap: ArcSwap::from_pointee(empty),
-                write: Mutex::new(()),
+                write: Mutex::new(Writer {
+                    retired: Vec::new(),
+                    spare: None,
+                }),
                 pool,
                 version: watch::channel(0).0,
                 strategy,
@@ -246,37 +456,65 @@ impl<K: Key, S: Clone> Core<K, S> {
 
     /// Rebuilds the candidate list from the same entries (health changed).
     pub(crate) fn refresh(&self) {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
         let epoch = self.pool.changed.load(Acquire);
         if cur.epoch == epoch && cur.deadline.is_none_or(|d| Instant::now() < d) {
             return; // another thread already did it
         }
         let next = self.build(cur.entries.clone(), cur.index.clone(), epoch);
-        self.publish(next, false);
+        drop(cur);
+        self.publish(&mut writer, next, false);
     }
 
     /// Applies an edit to the entry list under the writer lock and publishes the result.
-    pub(crate) fn edit<R>(
-        &self,
-        f: impl FnOnce(&mut Vec<Arc<Entry<K, S>>>, &mut HashMap<K, usize>) -> R,
-    ) -> R {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    ///
+    /// The entries and index are copied on write (a page and a shard per change), and
+    /// when few endpoints changed and health did not, the candidate list is updated from
+    /// the previous one instead of rebuilt from every endpoint.
+    pub(crate) fn edit<R>(&self, f: impl FnOnce(&mut Edit<K, S>) -> R) -> R {
+        let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
-        let mut entries = cur.entries.clone();
-        let mut index = cur.index.clone();
-        let out = f(&mut entries, &mut index);
+        let mut edit = Edit {
+            entries: cur.entries.clone(),
+            index: cur.index.clone(),
+            touched: Vec::new(),
+            full: false,
+        };
+        let out = f(&mut edit);
+        if !edit.full && edit.touched.is_empty() {
+            return out; // nothing changed (a failed insert, an unknown key)
+        }
         let epoch = self.pool.changed.load(Acquire);
-        let next = self.build(entries, index, epoch);
-        self.publish(next, true);
+        let next = match self.update(&mut writer, &cur, &mut edit, epoch) {
+            Some((candidates, tier, counts, delta)) => {
+                self.pool.members.store(edit.entries.len(), Relaxed);
+                Snapshot {
+                    core: self.me.clone(),
+                    strategy: self.strategy.clone(),
+                    entries: edit.entries,
+                    index: edit.index,
+                    candidates,
+                    epoch,
+                    deadline: None,
+                    tier,
+                    counts,
+                    delta: Some(delta),
+                }
+            }
+            None => self.build(edit.entries, edit.index, epoch),
+        };
+        drop(cur);
+        self.publish(&mut writer, next, true);
         out
     }
 
-    fn publish(&self, next: Snapshot<K, S>, set_changed: bool) {
+    fn publish(&self, writer: &mut Writer<K, S>, next: Snapshot<K, S>, set_changed: bool) {
         let tier = next.tier;
         let available = next.candidates.view().len();
         let total = next.entries.len();
-        let prev = self.snap.swap(Arc::new(next));
+        let next = Arc::new(next);
+        let prev = self.snap.swap(next.clone());
         self.published.fetch_add(1, Release);
         if prev.tier != tier {
             match tier {
@@ -294,10 +532,13 @@ impl<K: Key, S: Clone> Core<K, S> {
                 _ => tracing::info!(?tier, available, total, "tower_lb: candidate tier changed"),
             }
         }
-        if set_changed {
-            let all = self.snap.load();
+        // Readers still holding the previous snapshot release it later: keep it, so that
+        // the last release, which frees every candidate, happens in the writer.
+        writer.retired.push(prev);
+        writer.reap(next.delta.as_ref().map(|d| d.base));
+        if set_changed && self.strategy.wants_rebuild() {
             let everything = CandidateList::new(
-                all.entries
+                next.entries
                     .iter()
                     .enumerate()
                     .map(|(pos, e)| candidate(e, pos))
@@ -306,6 +547,80 @@ impl<K: Key, S: Clone> Core<K, S> {
             self.strategy.rebuild(&everything.view());
         }
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Updates the candidate list of `cur` for the few endpoints `edit` touched, or
+    /// `None` when it must be rebuilt: health changed since, an ejection is pending, slow
+    /// start is on, the tier changes, or too many endpoints changed.
+    fn update(
+        &self,
+        writer: &mut Writer<K, S>,
+        cur: &Snapshot<K, S>,
+        edit: &mut Edit<K, S>,
+        epoch: u64,
+    ) -> Option<(CandidateList, Tier, Counts, Delta)> {
+        if edit.full
+            || self.cfg.slow_start.is_some()
+            || cur.epoch != epoch
+            || cur.deadline.is_some()
+            || !matches!(cur.tier, Tier::Primary | Tier::Backup)
+        {
+            return None;
+        }
+        let now = Instant::now();
+        let status = |e: &Entry<K, S>| match e.state.status_at(now) {
+            Status::Ejected { .. } => None,
+            s => Some(s),
+        };
+        let mut counts = cur.counts;
+        for (key, before) in &edit.touched {
+            if let Some(old) = before {
+                counts.apply(class_of(old), status(old)?, false);
+            }
+            if let Some(new) = edit.get(key) {
+                counts.apply(class_of(new), status(new)?, true);
+            }
+        }
+        let tier = counts.tier(self.cfg.panic_threshold);
+        if tier != cur.tier {
+            return None;
+        }
+        let class = usize::from(tier == Tier::Backup);
+        let ops: Vec<_> = std::mem::take(&mut edit.touched)
+            .into_iter()
+            .map(|(key, _)| {
+                let wanted = edit.position(&key).and_then(|pos| {
+                    let e = &edit.entries[pos];
+                    (class_of(e) == class
+                        && matches!(status(e), Some(Status::Healthy | Status::Probation)))
+                    .then(|| candidate(e, pos))
+                });
+                (stable_hash(&key), wanted)
+            })
+            .collect();
+        let mut list = Self::reuse(writer, cur).unwrap_or_else(|| cur.candidates.clone());
+        apply(&mut list, &ops);
+        list.finish(self.next_generation());
+        let delta = Delta {
+            base: cur.candidates.view().generation(),
+            ops,
+        };
+        Some((list, tier, counts, delta))
+    }
+
+    /// The candidate list of the snapshot before `cur`, brought up to `cur`'s, if readers
+    /// released that snapshot and `cur`'s list was derived from it.
+    fn reuse(writer: &mut Writer<K, S>, cur: &Snapshot<K, S>) -> Option<CandidateList> {
+        let delta = cur.delta.as_ref()?;
+        writer.reap(Some(delta.base));
+        let mut list = writer.spare.take()?;
+        apply(&mut list, &delta.ops);
+        Some(list)
+    }
+
+    /// A new candidate-list generation: the publication count, unique per list.
+    fn next_generation(&self) -> u64 {
+        self.published.load(Relaxed).wrapping_add(1)
     }
 
     /// Every endpoint's key and live state (for the active prober).
@@ -318,12 +633,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             .collect()
     }
 
-    fn build(
-        &self,
-        entries: Vec<Arc<Entry<K, S>>>,
-        index: HashMap<K, usize>,
-        epoch: u64,
-    ) -> Snapshot<K, S> {
+    fn build(&self, entries: Entries<K, S>, index: Index<K>, epoch: u64) -> Snapshot<K, S> {
         let now = Instant::now();
         let mut deadline: Option<Instant> = None;
         // Slow start: weights in hundredths, ramping after join or recovery; the snapshot
@@ -342,37 +652,23 @@ impl<K: Key, S: Clone> Core<K, S> {
         };
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
-        let mut live_primaries = 0usize;
-        let mut live_backups = 0usize;
+        let mut counts = Counts::default();
         for (pos, e) in entries.iter().enumerate() {
             let status = e.state.status_at(now);
             if let Status::Ejected { remaining } = status {
                 let end = now + remaining;
                 deadline = Some(deadline.map_or(end, |d| d.min(end)));
             }
-            if status == Status::Draining {
-                continue;
-            }
-            let available = matches!(status, Status::Healthy | Status::Probation);
-            if e.backend.is_backup() {
-                live_backups += 1;
-                if available {
+            counts.apply(class_of(e), status, true);
+            if matches!(status, Status::Healthy | Status::Probation) {
+                if e.backend.is_backup() {
                     backups.push(candidate(e, pos));
-                }
-            } else {
-                live_primaries += 1;
-                if available {
+                } else {
                     primaries.push(candidate(e, pos));
                 }
             }
         }
         self.pool.members.store(entries.len(), Relaxed);
-        let threshold = self.cfg.panic_threshold;
-        let share = if live_primaries == 0 {
-            0.0
-        } else {
-            primaries.len() as f64 / live_primaries as f64
-        };
         let all_live = |backup: bool| -> Vec<Candidate> {
             entries
                 .iter()
@@ -381,18 +677,13 @@ impl<K: Key, S: Clone> Core<K, S> {
                 .map(|(pos, e)| candidate(e, pos))
                 .collect()
         };
-        let (tier, list) = if !primaries.is_empty() && share >= threshold {
-            (Tier::Primary, primaries)
-        } else if primaries.is_empty() && !backups.is_empty() {
-            (Tier::Backup, backups)
-        } else if threshold > 0.0 && live_primaries > 0 {
-            (Tier::Panic, all_live(false))
-        } else if !primaries.is_empty() {
-            (Tier::Primary, primaries)
-        } else if threshold > 0.0 && live_backups > 0 {
-            (Tier::Panic, all_live(true))
-        } else {
-            (Tier::None, Vec::new())
+        let tier = counts.tier(self.cfg.panic_threshold);
+        let list = match tier {
+            Tier::Primary => primaries,
+            Tier::Backup => backups,
+            // Panic mode: the primaries if any is live, else the backups.
+            Tier::Panic => all_live(counts.live[0] == 0),
+            Tier::None => Vec::new(),
         };
         if let Some(next) = ramp.and_then(|r| r.next.get()) {
             deadline = Some(deadline.map_or(next, |d| d.min(next)));
@@ -402,10 +693,12 @@ impl<K: Key, S: Clone> Core<K, S> {
             strategy: self.strategy.clone(),
             entries,
             index,
-            candidates: CandidateList::with_generation(list, epoch.wrapping_add(1)),
+            candidates: CandidateList::with_generation(list, self.next_generation()),
             epoch,
             deadline,
             tier,
+            counts,
+            delta: None,
         }
     }
 
@@ -419,26 +712,21 @@ impl<K: Key, S: Clone> Core<K, S> {
         make: impl FnOnce(&Target<'_, K>) -> Result<S, BoxError>,
     ) -> Result<(), ConfigError> {
         check_weight(&backend)?;
-        self.edit(|entries, index| {
-            let state = self.state_for(entries, index, &backend);
+        self.edit(|edit| {
+            let state = self.state_for(edit, &backend);
             let service = make(&Target {
                 backend: &backend,
                 state: &state,
             })
             .map_err(|e| make_error(&backend, &*e))?;
-            upsert(entries, index, backend, service, state);
+            upsert(edit, backend, service, state);
             Ok(())
         })
     }
 
-    fn state_for(
-        &self,
-        entries: &[Arc<Entry<K, S>>],
-        index: &HashMap<K, usize>,
-        backend: &Backend<K>,
-    ) -> Arc<EndpointState> {
-        match index.get(backend.key()) {
-            Some(&i) => entries[i].state.clone(),
+    fn state_for(&self, edit: &Edit<K, S>, backend: &Backend<K>) -> Arc<EndpointState> {
+        match edit.get(backend.key()) {
+            Some(e) => e.state.clone(),
             None => Arc::new(EndpointState::new(
                 self.pool.clone(),
                 backend.get_max_conns(),
@@ -447,7 +735,7 @@ impl<K: Key, S: Clone> Core<K, S> {
     }
 
     pub(crate) fn remove(&self, key: &K) -> bool {
-        self.edit(|entries, index| remove(&self.pool, entries, index, key))
+        self.edit(|edit| edit.remove(&self.pool, key))
     }
 
     /// Replaces the whole set: keys not in `backends` are removed, the others inserted or
@@ -464,11 +752,11 @@ impl<K: Key, S: Clone> Core<K, S> {
             tracing::warn!("tower_lb: discovery sent an empty set; keeping the last one");
             return Ok(());
         }
-        self.edit(|entries, index| {
+        self.edit(|edit| {
             // Make every service first, so a failure leaves the set untouched.
             let mut made = Vec::with_capacity(backends.len());
             for b in backends {
-                let state = self.state_for(entries, index, &b);
+                let state = self.state_for(edit, &b);
                 let service = make(&Target {
                     backend: &b,
                     state: &state,
@@ -478,16 +766,17 @@ impl<K: Key, S: Clone> Core<K, S> {
             }
             let keep: std::collections::HashSet<&K> =
                 made.iter().map(|(b, _, _)| b.key()).collect();
-            let gone: Vec<K> = index
+            let gone: Vec<K> = edit
+                .index
                 .keys()
                 .filter(|k| !keep.contains(k))
                 .cloned()
                 .collect();
             for k in &gone {
-                remove(&self.pool, entries, index, k);
+                edit.remove(&self.pool, k);
             }
             for (b, s, st) in made {
-                upsert(entries, index, b, s, st);
+                upsert(edit, b, s, st);
             }
             Ok(())
         })
@@ -495,7 +784,9 @@ impl<K: Key, S: Clone> Core<K, S> {
 
     pub(crate) fn with_entry<R>(&self, key: &K, f: impl FnOnce(&Entry<K, S>) -> R) -> Option<R> {
         let snap = self.peek();
-        snap.index.get(key).map(|&i| f(&snap.entries[i]))
+        snap.index
+            .get(stable_hash(key), key)
+            .map(|&i| f(&snap.entries[i]))
     }
 
     pub(crate) fn set_weight(&self, key: &K, weight: u32) -> Result<(), ConfigError> {
@@ -504,15 +795,16 @@ impl<K: Key, S: Clone> Core<K, S> {
                 backend: key.to_string(),
             });
         }
-        self.edit(|entries, index| match index.get(key) {
-            Some(&i) => {
-                let old = &entries[i];
-                entries[i] = Arc::new(Entry {
+        self.edit(|edit| match edit.position(key) {
+            Some(i) => {
+                let old = &edit.entries[i];
+                let entry = Entry {
                     backend: old.backend.clone().weight(weight),
                     service: old.service.clone(),
                     state: old.state.clone(),
                     id: old.id,
-                });
+                };
+                edit.set(i, entry);
                 Ok(())
             }
             None => Err(ConfigError::UnknownBackend {
@@ -585,56 +877,253 @@ fn make_error<K: Key>(
 }
 
 fn upsert<K: Key, S>(
-    entries: &mut Vec<Arc<Entry<K, S>>>,
-    index: &mut HashMap<K, usize>,
+    edit: &mut Edit<K, S>,
     backend: Backend<K>,
     service: S,
     state: Arc<EndpointState>,
 ) {
-    match index.get(backend.key()) {
-        Some(&i) => {
+    match edit.position(backend.key()) {
+        Some(i) => {
             // Same key: new service and settings, same state.
             state.set_max_conns(backend.get_max_conns());
-            let id = entries[i].id;
-            entries[i] = Arc::new(Entry {
+            let id = edit.entries[i].id;
+            edit.set(
+                i,
+                Entry {
+                    backend,
+                    service,
+                    state,
+                    id,
+                },
+            );
+        }
+        None => {
+            let id = stable_hash(backend.key());
+            tracing::debug!(backend = %backend.key(), "tower_lb: endpoint added");
+            edit.push(Entry {
                 backend,
                 service,
                 state,
                 id,
             });
         }
-        None => {
-            let id = stable_hash(backend.key());
-            index.insert(backend.key().clone(), entries.len());
-            tracing::debug!(backend = %backend.key(), "tower_lb: endpoint added");
-            entries.push(Arc::new(Entry {
-                backend,
-                service,
-                state,
-                id,
-            }));
-        }
     }
 }
 
-fn remove<K: Key, S>(
-    pool: &Arc<Pool>,
-    entries: &mut Vec<Arc<Entry<K, S>>>,
-    index: &mut HashMap<K, usize>,
-    key: &K,
-) -> bool {
-    let Some(i) = index.remove(key) else {
-        return false;
-    };
-    let gone = entries.remove(i);
-    if gone.state.on_probation_or_ejected() {
-        pool.ejected.fetch_sub(1, Relaxed);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::strategy::RoundRobin;
+
+    type TestCore = Core<&'static str, u32>;
+
+    fn core(cfg: Config) -> Arc<TestCore> {
+        Core::new(Arc::new(RoundRobin::new()), cfg, None)
     }
-    for v in index.values_mut() {
-        if *v > i {
-            *v -= 1;
+
+    fn insert(core: &TestCore, backend: Backend<&'static str>) {
+        core.insert_with(backend, |_| Ok(0)).unwrap();
+    }
+
+    fn keys(core: &TestCore) -> Vec<&'static str> {
+        core.peek()
+            .entries
+            .iter()
+            .map(|e| *e.backend.key())
+            .collect()
+    }
+
+    fn state(core: &TestCore, key: &'static str) -> Arc<EndpointState> {
+        core.with_entry(&key, |e| e.state.clone()).unwrap()
+    }
+
+    /// The snapshot is self-consistent, and its candidate list (updated in place or
+    /// not) holds what a full rebuild would.
+    fn check(core: &TestCore) {
+        let snap = core.peek();
+        assert_eq!(snap.index.len(), snap.entries.len());
+        for (pos, e) in snap.entries.iter().enumerate() {
+            assert_eq!(snap.index.get(e.id, e.backend.key()), Some(&pos), "index");
+        }
+        let view = snap.candidates.view();
+        let mut total = 0;
+        for (i, c) in view.iter().enumerate() {
+            let e = &snap.entries[c.pos];
+            assert_eq!(e.id, c.id, "candidate position");
+            assert_eq!(view.position(c.id), Some(i), "candidate id index");
+            assert_eq!(c.weight, e.backend.get_weight());
+            total += u64::from(c.weight);
+            assert_eq!(view.cumulative()[i], total, "weight sums");
+        }
+        assert_eq!(view.cumulative().len(), view.len());
+        assert_eq!(view.total_weight(), total);
+        assert_eq!(
+            view.uniform(),
+            view.windows(2).all(|w| w[0].weight == w[1].weight)
+        );
+        let full = core.build(snap.entries.clone(), snap.index.clone(), snap.epoch);
+        let sorted = |l: &CandidateList| {
+            let mut v: Vec<_> = l.view().iter().map(|c| (c.id, c.pos, c.weight)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(&full.candidates), sorted(&snap.candidates));
+        assert_eq!(full.tier, snap.tier);
+        assert_eq!(full.counts, snap.counts);
+    }
+
+    #[test]
+    fn remove_in_the_middle_moves_the_last_into_place() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c", "d", "e"] {
+            insert(&core, Backend::new(k));
+        }
+        assert_eq!(keys(&core), ["a", "b", "c", "d", "e"]);
+        let d = state(&core, "d");
+        assert!(core.remove(&"b"));
+        assert_eq!(keys(&core), ["a", "e", "c", "d"]);
+        check(&core);
+        assert!(!core.remove(&"b"));
+        // Removing the last one moves nothing.
+        assert!(core.remove(&"d"));
+        assert_eq!(keys(&core), ["a", "e", "c"]);
+        check(&core);
+        // Re-inserted keys go to the end, with a fresh state.
+        insert(&core, Backend::new("d"));
+        assert_eq!(keys(&core), ["a", "e", "c", "d"]);
+        assert!(!Arc::ptr_eq(&d, &state(&core, "d")));
+        check(&core);
+        // Removing the first.
+        assert!(core.remove(&"a"));
+        assert_eq!(keys(&core), ["d", "e", "c"]);
+        check(&core);
+    }
+
+    #[test]
+    fn updates_keep_position_and_state() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c"] {
+            insert(&core, Backend::new(k));
+        }
+        let b = state(&core, "b");
+        insert(&core, Backend::new("b").weight(3));
+        core.set_weight(&"a", 2).unwrap();
+        assert_eq!(keys(&core), ["a", "b", "c"]);
+        assert!(Arc::ptr_eq(&b, &state(&core, "b")));
+        check(&core);
+        assert!(!core.peek().candidates.view().uniform());
+        core.set_weight(&"a", 1).unwrap();
+        core.set_weight(&"b", 1).unwrap();
+        check(&core);
+        assert!(core.peek().candidates.view().uniform());
+    }
+
+    #[test]
+    fn replace_keeps_states_of_kept_keys() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c", "d"] {
+            insert(&core, Backend::new(k));
+        }
+        let (a, c) = (state(&core, "a"), state(&core, "c"));
+        core.replace_with(
+            vec![Backend::new("c"), Backend::new("e"), Backend::new("a")],
+            |_| Ok(1),
+        )
+        .unwrap();
+        let mut now = keys(&core);
+        now.sort_unstable();
+        assert_eq!(now, ["a", "c", "e"]);
+        assert!(Arc::ptr_eq(&a, &state(&core, "a")));
+        assert!(Arc::ptr_eq(&c, &state(&core, "c")));
+        check(&core);
+        // A failing maker leaves the set as it was.
+        let err = core.replace_with(vec![Backend::new("x")], |_| Err("no".into()));
+        assert!(err.is_err());
+        assert_eq!(core.peek().entries.len(), 3);
+    }
+
+    #[test]
+    fn an_edit_that_changes_nothing_publishes_nothing() {
+        let core = core(Config::default());
+        insert(&core, Backend::new("a"));
+        let before = core.published.load(Acquire);
+        assert!(!core.remove(&"zz"));
+        assert!(core.set_weight(&"zz", 2).is_err());
+        assert_eq!(core.published.load(Acquire), before);
+    }
+
+    /// Many random single changes, with readers holding some snapshots (so the list is
+    /// sometimes copied, sometimes replayed in place), backups, drains and tier changes:
+    /// every snapshot matches a full rebuild.
+    #[test]
+    fn random_changes_match_a_full_rebuild() {
+        const KEYS: [&str; 12] = [
+            "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10", "k11",
+        ];
+        for threshold in [0.0, 0.5] {
+            let core = core(Config {
+                panic_threshold: threshold,
+                ..Config::default()
+            });
+            let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+            let mut next = move |n: u64| {
+                rng = crate::backend::mix64(rng);
+                rng % n
+            };
+            let mut held = Vec::new();
+            for step in 0..3000 {
+                let key = KEYS[next(KEYS.len() as u64) as usize];
+                match next(10) {
+                    0..=3 => {
+                        let b = Backend::new(key).weight(1 + next(2) as u32);
+                        let b = b.backup(next(6) == 0);
+                        insert(&core, b);
+                    }
+                    4..=6 => {
+                        core.remove(&key);
+                    }
+                    7 => {
+                        let _ = core.set_weight(&key, 1 + next(3) as u32);
+                    }
+                    8 => {
+                        if let Some(st) = core.with_entry(&key, |e| e.state.clone()) {
+                            st.set_draining(!st.is_draining());
+                        }
+                    }
+                    _ => {
+                        if next(2) == 0 {
+                            held.push(core.peek());
+                        } else {
+                            held.clear();
+                        }
+                    }
+                }
+                // Health changes are picked up the way requests pick them up.
+                drop(core.current());
+                check(&core);
+                if step % 500 == 0 {
+                    core.replace_with(vec![Backend::new("k1"), Backend::new("k2")], |_| Ok(2))
+                        .unwrap();
+                    check(&core);
+                }
+            }
         }
     }
-    tracing::debug!(backend = %key, "tower_lb: endpoint removed");
-    true
+
+    #[test]
+    fn released_snapshots_are_freed_by_the_writer() {
+        let core = core(Config::default());
+        for k in ["a", "b", "c"] {
+            insert(&core, Backend::new(k));
+        }
+        let held = core.peek();
+        insert(&core, Backend::new("d"));
+        // The reader's snapshot is retired, not dropped.
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(held);
+        // The next change frees it (or reuses its candidate list).
+        core.remove(&"d");
+        let writer = core.write.lock().unwrap();
+        assert!(writer.retired.iter().all(|s| Arc::strong_count(s) > 1));
+    }
 }

@@ -4,10 +4,15 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Handle;
-use crate::{backend::Backend, balance::Key, error::ConfigError};
+use crate::{
+    backend::Backend,
+    balance::Key,
+    error::{BoxError, ConfigError},
+};
 
-/// Above this many inserts, updates and removals, one atomic [`Handle::replace`] is cheaper
-/// than one published snapshot per change (each change copies the whole set).
+/// Above this many inserts, updates and removals, one atomic [`Handle::replace`] (one
+/// snapshot, one rebuild of the candidate list) is cheaper than one snapshot per change
+/// (each copies a page of the set and updates the candidate list in place).
 const REPLACE_ABOVE: usize = 32;
 
 /// What a source wants in the set: a backend, and whether it should get no new requests
@@ -74,6 +79,8 @@ pub(crate) struct SetSync<K> {
     /// The last application failed half-way: the next one replaces the whole set.
     dirty: bool,
     first: bool,
+    /// An error was reported to the handle and not cleared yet.
+    reported: bool,
 }
 
 impl<K: Key> SetSync<K> {
@@ -83,6 +90,17 @@ impl<K: Key> SetSync<K> {
             last: HashMap::new(),
             dirty: false,
             first: true,
+            reported: false,
+        }
+    }
+
+    /// Reports a source error to the balancer while no set was ever applied, so requests
+    /// fail with it rather than with `NoEndpoints`; once a set was applied, the last set
+    /// is kept and serves, and the error is only logged by the source.
+    pub(crate) fn report_error(&mut self, error: impl Into<BoxError>) {
+        if self.first {
+            self.handle.report_error(error);
+            self.reported = true;
         }
     }
 
@@ -107,6 +125,10 @@ impl<K: Key> SetSync<K> {
         };
         self.dirty = result.is_err();
         self.first &= result.is_err();
+        if !self.first && self.reported {
+            self.handle.clear_error();
+            self.reported = false;
+        }
         result
     }
 
@@ -311,5 +333,41 @@ mod tests {
         let c = sync.apply(set(&big)).unwrap();
         assert_eq!((c.added, c.removed, c.total), (100, 1, 100));
         assert_eq!(b.handle().keys().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn errors_before_the_first_set_fail_requests_then_clear() {
+        use tower::{Service, ServiceExt};
+        let mut b = crate::Balance::builder()
+            .fail_fast(std::time::Duration::ZERO)
+            .build(|t: &Target<'_, u32>| {
+                let k = *t.key();
+                Svc::new(service_fn(
+                    move |_: ()| async move { Ok::<_, Infallible>(k) },
+                ))
+            })
+            .unwrap();
+        let mut sync = SetSync::new(b.handle());
+        // No set yet: a plain `NoEndpoints`.
+        let err = b.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<crate::error::NoEndpoints>(), "{err}");
+        // The source fails before its first set: requests say why.
+        sync.report_error("resolver unreachable");
+        let err = b.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<crate::error::DiscoverError>(), "{err}");
+        assert!(err.to_string().contains("resolver unreachable"), "{err}");
+        assert!(b.stats().discover_error.is_some());
+        // The first good set clears it.
+        sync.apply(set(&[(1, 1)])).unwrap();
+        assert!(b.stats().discover_error.is_none());
+        assert_eq!(b.ready().await.unwrap().call(()).await.unwrap(), 1);
+        // Later errors keep the set and are not reported.
+        sync.report_error("flap");
+        assert!(b.stats().discover_error.is_none());
+        // An explicit report through the handle, and its clearing.
+        b.handle().report_error("down");
+        assert!(b.stats().discover_error.is_some());
+        b.handle().clear_error();
+        assert!(b.stats().discover_error.is_none());
     }
 }

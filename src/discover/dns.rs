@@ -20,7 +20,9 @@
 //!   retries after an exponential backoff with jitter: the `n`th consecutive failure
 //!   waits a random duration in `[d/2, d]` where `d = base × 2^(n-1)` capped at `max`
 //!   ([`backoff`](DnsSource::backoff), default 1 s and 60 s). While no set was ever
-//!   resolved, requests fail fast with [`NoEndpoints`](crate::error::NoEndpoints).
+//!   resolved, the error is reported through [`Handle::report_error`], so requests fail
+//!   fast with [`DiscoverError`](crate::error::DiscoverError) (and it shows in the
+//!   stats); the first good set clears it.
 //! - **Only differences are applied**: unchanged backends keep their service and state
 //!   (in-flight, latency, health); a re-weight keeps the service too. Large changes are
 //!   applied as one atomic [`Handle::replace`], which also keeps the state of unchanged
@@ -523,6 +525,7 @@ impl Driver {
                         let retry_in = self.backoff(failures);
                         tracing::warn!(name = %self.query, error = %e, ?retry_in,
                             "tower_lb::dns: could not apply the resolved set; retrying");
+                        self.sync.report_error(e);
                         retry_in
                     }
                 },
@@ -531,6 +534,8 @@ impl Driver {
                     let retry_in = self.backoff(failures);
                     tracing::warn!(name = %self.query, kept = self.sync.len(), ?retry_in,
                         "tower_lb::dns: empty answer; keeping the last set");
+                    self.sync
+                        .report_error(format!("{}: no address resolved", self.query));
                     retry_in
                 }
                 Err(e) => {
@@ -538,6 +543,7 @@ impl Driver {
                     let retry_in = self.backoff(failures);
                     tracing::warn!(name = %self.query, error = %e, kept = self.sync.len(),
                         ?retry_in, "tower_lb::dns: resolution failed; keeping the last set");
+                    self.sync.report_error(e);
                     retry_in
                 }
             };

@@ -34,7 +34,9 @@
 //!   [`watch(false)`](FileSource::watch) polls only. Unchanged content is skipped.
 //! - **A bad file keeps the previous set**: a file that does not parse (a partial write, a
 //!   typo), is missing or unreadable changes nothing, and a `warn` event says why. The next
-//!   change is read again.
+//!   change is read again. Before the first good file, the error is also reported through
+//!   [`Handle::report_error`](crate::discover::Handle::report_error), so requests fail with
+//!   [`DiscoverError`](crate::error::DiscoverError) rather than `NoEndpoints`.
 //! - **Only differences are applied**: unchanged backends keep their service and state; each
 //!   change is an `info` event. The source owns the balancer's set.
 //!
@@ -382,6 +384,8 @@ where
             if last.as_ref().and_then(|l| l.as_ref().err()) != Some(&reason) {
                 tracing::warn!(%path, error = %reason, kept = sync.len(),
                     "tower_lb::file: cannot read the backend file; keeping the last set");
+                // Before the first good file, requests fail with this error.
+                sync.report_error(format!("{path}: {reason}"));
             }
             *last = Some(Err(reason));
             return;
@@ -399,6 +403,7 @@ where
         Err(reason) => {
             tracing::warn!(%path, error = %reason, kept = sync.len(),
                 "tower_lb::file: invalid backend file; keeping the last set");
+            sync.report_error(format!("{path}: {reason}"));
             return;
         }
     };
@@ -410,6 +415,7 @@ where
             // Read it again next time.
             *last = None;
             tracing::warn!(%path, error = %e, "tower_lb::file: could not apply the backend file");
+            sync.report_error(e);
         }
     }
 }

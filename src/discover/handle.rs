@@ -3,7 +3,7 @@ use std::{fmt, sync::Arc};
 use crate::{
     backend::Backend,
     balance::{Key, Stats},
-    error::ConfigError,
+    error::{BoxError, ConfigError, DiscoverError},
 };
 
 use crate::balance::set::Core;
@@ -17,6 +17,7 @@ pub(crate) trait Apply<K>: Send + Sync {
     fn replace(&self, backends: Vec<Backend<K>>) -> Result<(), ConfigError>;
     fn keys(&self) -> Vec<K>;
     fn stats(&self) -> Stats<K>;
+    fn set_error(&self, error: Option<DiscoverError>);
 }
 
 impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
@@ -55,6 +56,10 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
 
     fn stats(&self) -> Stats<K> {
         Self::stats(self)
+    }
+
+    fn set_error(&self, error: Option<DiscoverError>) {
+        self.set_discover_error(error);
     }
 }
 
@@ -150,9 +155,52 @@ impl<K: Key> Handle<K> {
         self.apply.replace(backends.into_iter().collect())
     }
 
-    /// The keys in the set, in insertion order.
+    /// The keys in the set: in insertion order until a backend is removed, which moves
+    /// the last backend into the removed one's place (removal is O(1)).
     pub fn keys(&self) -> Vec<K> {
         self.apply.keys()
+    }
+
+    /// Reports that the discovery source feeding this handle is failing (a resolver or
+    /// API error, an unreadable file).
+    ///
+    /// The error shows in [`Stats::discover_error`], and a request that finds no endpoint
+    /// to use after the fail-fast wait fails with this
+    /// [`DiscoverError`] instead of [`NoEndpoints`](crate::error::NoEndpoints) or
+    /// [`AllUnavailable`](crate::error::AllUnavailable), so callers see why. Waiting
+    /// requests are woken. The set itself does not change: a source that already produced
+    /// a set should keep it (and need not report transient errors at all). The error
+    /// stays until [`clear_error`](Self::clear_error) or the next report.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower::{service_fn, Service, ServiceExt};
+    /// use tower_lb::{balance::Target, error::DiscoverError, Balance};
+    /// use std::{convert::Infallible, time::Duration};
+    ///
+    /// let mut balance = Balance::builder()
+    ///     .fail_fast(Duration::ZERO)
+    ///     .build(|_: &Target<'_, &'static str>| {
+    ///         service_fn(|_: ()| async { Ok::<_, Infallible>(()) })
+    ///     })
+    ///     .unwrap();
+    /// let handle = balance.handle();
+    /// handle.report_error("name server unreachable");
+    /// let err = balance.ready().await.unwrap().call(()).await.unwrap_err();
+    /// assert!(err.is::<DiscoverError>());
+    /// assert!(handle.stats().discover_error.is_some());
+    /// handle.clear_error();
+    /// assert!(handle.stats().discover_error.is_none());
+    /// # }
+    /// ```
+    pub fn report_error(&self, error: impl Into<BoxError>) {
+        self.apply.set_error(Some(DiscoverError::new(error.into())));
+    }
+
+    /// Clears an error set by [`report_error`](Self::report_error): the source recovered.
+    pub fn clear_error(&self) {
+        self.apply.set_error(None);
     }
 
     /// Every backend's counters and health.

@@ -27,6 +27,9 @@
 //!   until the new list is complete.
 //! - **Errors keep the last good set**: a watch or list error changes nothing; the watcher
 //!   retries with kube-runtime's default backoff (800 ms doubling to 30 s, jittered).
+//!   Before the first complete list, the error is reported through
+//!   [`Handle::report_error`](crate::discover::Handle::report_error), so requests fail
+//!   with [`DiscoverError`](crate::error::DiscoverError) rather than `NoEndpoints`.
 //! - **Only differences are applied**: unchanged backends keep their service and state.
 //!   Each change is an `info` event, each error a `warn` event. A complete list that is
 //!   empty (the Service scaled to zero) empties the set, unless the balancer
@@ -164,8 +167,12 @@ impl EndpointSlices {
                         state.apply(&service, port.as_deref());
                     }
                 }
-                Err(e) => tracing::warn!(%service, error = %e, kept = state.sync.len(),
-                    "tower_lb::kube: watch failed; keeping the last set and retrying"),
+                Err(e) => {
+                    tracing::warn!(%service, error = %e, kept = state.sync.len(),
+                        "tower_lb::kube: watch failed; keeping the last set and retrying");
+                    // Before the first list, requests fail with this error.
+                    state.sync.report_error(e);
+                }
             }
         }
         tracing::warn!(%service, "tower_lb::kube: the watch ended");
@@ -220,8 +227,11 @@ impl Watch {
                 removed = c.removed, drained = c.drained, undrained = c.undrained,
                 total = c.total, "tower_lb::kube: endpoint set changed"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(%service, error = %e,
-                "tower_lb::kube: could not apply the endpoint set"),
+            Err(e) => {
+                tracing::warn!(%service, error = %e,
+                    "tower_lb::kube: could not apply the endpoint set");
+                self.sync.report_error(e);
+            }
         }
     }
 }

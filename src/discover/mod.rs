@@ -5,7 +5,8 @@
 //!   insert, remove, re-weight, drain and replace backends at runtime. Registries (DNS,
 //!   Kubernetes, files) feed the balancer through it.
 //! - **Registries**, each a background task owned by a [`Guard`] that applies only
-//!   differences and keeps the last good set on error: [`dns`] (feature `dns`: A/AAAA and
+//!   differences and keeps the last good set on error (before the first good set, the
+//!   error is reported with [`Handle::report_error`]): [`dns`] (feature `dns`: A/AAAA and
 //!   SRV, re-resolved at TTL), [`kube`] (feature `kube`: EndpointSlices through the
 //!   kube-runtime watcher), [`file`](mod@file) (feature `file`: a watched TOML or JSON list).
 //! - **Any [`tower::discover::Discover`]**:

@@ -53,6 +53,10 @@ impl Strategy for LeastConn {
         Some(best)
     }
 
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "least-conn"
     }

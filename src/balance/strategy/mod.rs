@@ -104,9 +104,20 @@ pub trait Strategy: Send + Sync + 'static {
     }
 
     /// Called off the request path whenever the endpoint set changes, with every endpoint
-    /// (available or not): where hash strategies rebuild their tables.
+    /// (available or not): where hash strategies rebuild their tables. Only called when
+    /// [`wants_rebuild`](Self::wants_rebuild) is true.
     fn rebuild(&self, all: &Candidates<'_>) {
         let _ = all;
+    }
+
+    /// Whether [`rebuild`](Self::rebuild) must be called when the endpoint set changes.
+    ///
+    /// Listing every endpoint for `rebuild` costs O(n) per discovery change, so strategies
+    /// that keep no table return `false` (every built-in strategy without a table does,
+    /// and so do closures). The default is `true`, so that a custom strategy that
+    /// overrides `rebuild` keeps being called; wrappers forward to what they wrap.
+    fn wants_rebuild(&self) -> bool {
+        true
     }
 
     /// A short name for logs and stats.
@@ -122,6 +133,11 @@ where
     fn pick(&self, candidates: &Candidates<'_>, key: Option<&RequestKey>) -> Option<usize> {
         self(candidates, key)
     }
+
+    /// A closure keeps no table.
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Strategy + ?Sized> Strategy for Arc<T> {
@@ -133,6 +149,9 @@ impl<T: Strategy + ?Sized> Strategy for Arc<T> {
     }
     fn rebuild(&self, all: &Candidates<'_>) {
         (**self).rebuild(all)
+    }
+    fn wants_rebuild(&self) -> bool {
+        (**self).wants_rebuild()
     }
     fn name(&self) -> &'static str {
         (**self).name()
@@ -218,6 +237,8 @@ pub struct CandidateList {
     uniform: bool,
     by_id: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     generation: u64,
+    /// After in-place edits, the first position whose weight sums must be recomputed.
+    stale_from: Option<usize>,
 }
 
 impl CandidateList {
@@ -244,7 +265,73 @@ impl CandidateList {
             uniform,
             by_id,
             generation,
+            stale_from: None,
         }
+    }
+
+    /// Replaces the candidate at `i` (an endpoint's weight or position changed). Call
+    /// [`finish`](Self::finish) after the last edit.
+    pub(crate) fn replace(&mut self, i: usize, c: Candidate) {
+        let old = std::mem::replace(&mut self.items[i], c);
+        if old.id != self.items[i].id {
+            self.by_id.remove(&old.id);
+            self.by_id.insert(self.items[i].id, i);
+        }
+        if old.weight != self.items[i].weight {
+            self.mark(i);
+        }
+    }
+
+    /// Removes the candidate at `i`, moving the last one into its place.
+    pub(crate) fn swap_remove(&mut self, i: usize) {
+        let gone = self.items.swap_remove(i);
+        self.by_id.remove(&gone.id);
+        // Sums below `i` stand; from `i` on they stand too if the moved candidate weighs
+        // what the removed one did.
+        self.cumulative.pop();
+        if let Some(moved) = self.items.get(i) {
+            self.by_id.insert(moved.id, i);
+            if moved.weight != gone.weight {
+                self.mark(i);
+            }
+        }
+        if !self.uniform {
+            self.mark(self.items.len()); // may have become uniform
+        }
+    }
+
+    /// Appends a candidate.
+    pub(crate) fn push(&mut self, c: Candidate) {
+        let i = self.items.len();
+        if self.items.first().is_some_and(|f| f.weight != c.weight) {
+            self.mark(i);
+        }
+        let before = self.cumulative.last().copied().unwrap_or(0);
+        self.cumulative.push(before + u64::from(c.weight.max(1)));
+        self.by_id.insert(c.id, i);
+        self.items.push(c);
+    }
+
+    fn mark(&mut self, i: usize) {
+        self.stale_from = Some(self.stale_from.map_or(i, |s| s.min(i)));
+    }
+
+    /// Recomputes the weight sums from the first position whose weight changed, and sets
+    /// the generation.
+    pub(crate) fn finish(&mut self, generation: u64) {
+        self.generation = generation;
+        if let Some(from) = self.stale_from.take() {
+            let from = from.min(self.items.len());
+            self.cumulative.truncate(from);
+            let mut total = self.cumulative.last().copied().unwrap_or(0);
+            let items = &self.items[from..];
+            self.cumulative.extend(items.iter().map(|c| {
+                total += u64::from(c.weight.max(1));
+                total
+            }));
+            self.uniform = self.items.windows(2).all(|w| w[0].weight == w[1].weight);
+        }
+        self.total = self.cumulative.last().copied().unwrap_or(0);
     }
 
     /// Borrows the list as strategies see it.

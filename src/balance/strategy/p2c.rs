@@ -110,6 +110,10 @@ impl Strategy for P2c {
         self.ewma
     }
 
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         if self.ewma {
             "p2c-peak-ewma"

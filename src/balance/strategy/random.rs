@@ -52,6 +52,10 @@ impl Strategy for Random {
         }
     }
 
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         if self.weighted {
             "weighted-random"

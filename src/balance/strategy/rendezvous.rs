@@ -101,6 +101,10 @@ impl<F: Strategy> Strategy for Rendezvous<F> {
         self.fallback.rebuild(all);
     }
 
+    fn wants_rebuild(&self) -> bool {
+        self.fallback.wants_rebuild()
+    }
+
     fn name(&self) -> &'static str {
         "rendezvous"
     }

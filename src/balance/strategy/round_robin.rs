@@ -42,6 +42,10 @@ impl Strategy for RoundRobin {
         })
     }
 
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "round-robin"
     }

@@ -61,6 +61,10 @@ impl Strategy for WeightedRoundRobin {
         Some(best)
     }
 
+    fn wants_rebuild(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "weighted-round-robin"
     }
