@@ -41,9 +41,9 @@
 //! |---|---|
 //! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
 //! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
-//! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover` |
+//! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
-//! | `health` | (features `health-passive`, `health-active`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
+//! | [`health`] | (features `health-passive`, `health-active`, default; `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
 //! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
 //! | [`error`] | the typed errors behind `BoxError` |
@@ -53,11 +53,11 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `http` | yes | [`http`]: hyper-util endpoint maker and HTTP helpers |
-//! | `health-passive` | no | `health::passive`: per-endpoint ejection layer (tower-http `classify`) |
-//! | `health-active` | no | `health::active`: spawned prober with HTTP and TCP probes (implies `http`) |
-//! | `health` | no | both of the above |
+//! | `health-passive` | yes | `health::passive`: per-endpoint ejection layer (tower-http `classify`) |
+//! | `health-active` | yes | `health::active`: spawned prober with HTTP and TCP probes (implies `http`) |
+//! | `health` | yes | both of the above |
 //! | `grpc` | no | the gRPC `grpc.health.v1` probe (tonic-health; needs Rust 1.88) |
-//! | `sticky` | no | [`sticky`]: session affinity keys and the sticky cookie |
+//! | `sticky` | yes | [`sticky`]: session affinity keys and the sticky cookie |
 //! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
 //! | `dns` | no | `discover::dns`: DNS discovery (A/AAAA, SRV) through hickory-resolver |
