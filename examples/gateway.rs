@@ -31,11 +31,12 @@ use axum::{
     Router,
 };
 use clap::{Parser, ValueEnum};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, time::Instant};
 use tower::{
     retry::budget::{Budget, TpsBudget},
-    util::BoxCloneSyncService,
+    util::{BoxCloneSyncService, Either},
     ServiceBuilder, ServiceExt,
 };
 use tower_lb::{
@@ -44,7 +45,7 @@ use tower_lb::{
             BoundedLoad, IpHash, LeastConn, Maglev, P2c, Random, Rendezvous, RequestKey, RingHash,
             Strategy, WeightedRoundRobin,
         },
-        RequestPolicy, Target,
+        MakeEndpoint, RequestPolicy, Target,
     },
     error::{find, is_connect_error},
     health::{
@@ -54,7 +55,7 @@ use tower_lb::{
     http::{
         is_idempotent, parse_base,
         proxy::{forward_request_headers, forward_response_headers, upgrade_protocol},
-        status_for, HttpEndpoints, ReplayBody,
+        status_for, HttpEndpoints, PooledBody, PooledEndpoints, ReplayBody,
     },
     sticky::{
         Cidr, ClientAddr, ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie,
@@ -470,11 +471,11 @@ fn build_pool(
         None => strategy,
     };
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 3, 0.2));
-    let client = if args.http2 {
-        HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout)
-    } else {
-        HttpEndpoints::<UpstreamBody>::with_connect_timeout(args.connect_timeout)
-    };
+    // HTTP/1.1: a lean keep-alive pool per backend; HTTP/2: hyper-util's client.
+    let pooled = PooledEndpoints::<UpstreamBody>::new().connect_timeout(args.connect_timeout);
+    let h2 = args
+        .http2
+        .then(|| HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout));
     let histograms = histograms.clone();
     let pool_name = name.to_string();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
@@ -485,9 +486,28 @@ fn build_pool(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(format!("{pool_name}\u{0}{}", t.key()), hist.clone());
-        let http = tower_lb::balance::MakeEndpoint::make_endpoint(&client, t)
-            .expect("backend URLs are validated when parsed");
-        // Outermost first: latency histogram, passive health, then the HTTP client.
+        let http = match &h2 {
+            Some(client) => Either::Right(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<Incoming>| r.map(Body::new))
+                    .map_err(BoxError::from)
+                    .service(
+                        client
+                            .make_endpoint(t)
+                            .expect("backend URLs are validated when parsed"),
+                    ),
+            ),
+            None => Either::Left(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<PooledBody<UpstreamBody>>| r.map(Body::new))
+                    .map_err(BoxError::from)
+                    .service(
+                        pooled
+                            .make_endpoint(t)
+                            .expect("backend URLs are validated when parsed"),
+                    ),
+            ),
+        };
         // Passive health (`max_fails(0)` classifies but never ejects, as nginx).
         let passive = PassiveHealthLayer::new(t).policy(
             Window::new()
@@ -509,7 +529,6 @@ fn build_pool(
                 })
                 .option_layer(stamp.as_ref().map(|c| c.layer(t)))
                 .map_response(|r: Response<_>| r.map(Body::new))
-                .map_err(BoxError::from)
                 .layer(passive)
                 .service(http),
         )

@@ -168,3 +168,109 @@ async fn a_dead_only_backend_maps_to_502() {
         .unwrap();
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
 }
+
+mod pooled {
+    use super::*;
+    use tower_lb::http::PooledEndpoints;
+
+    #[tokio::test]
+    async fn distributes_and_routes_around_a_stopped_server() {
+        let mut servers = Vec::new();
+        for n in ["one", "two", "three"] {
+            servers.push(TestServer::start(named(n)).await);
+        }
+        let balance = Balance::builder()
+            .strategy(RoundRobin::new())
+            .backends(servers.iter().map(|s| Backend::new(s.addr)))
+            .policy(HttpPolicy::new().replay_clone())
+            .build(PooledEndpoints::new())
+            .unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for _ in 0..300 {
+            let rsp = balance.clone().oneshot(get("/p")).await.unwrap();
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            *seen
+                .entry(String::from_utf8(body.to_vec()).unwrap())
+                .or_default() += 1;
+        }
+        assert_eq!(seen.values().copied().collect::<Vec<_>>(), [100; 3]);
+        servers.remove(1).stop().await;
+        for _ in 0..60 {
+            let rsp = balance.clone().oneshot(get("/p")).await.unwrap();
+            assert_eq!(rsp.status(), StatusCode::OK);
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            assert_ne!(body, "two");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_is_replaced() {
+        let server = TestServer::start(named("first")).await;
+        let addr = server.addr;
+        // No replay policy: the pool itself must not hand out a dead connection.
+        let balance = Balance::builder()
+            .backends([Backend::new(addr)])
+            .build(PooledEndpoints::<Empty<Bytes>>::new())
+            .unwrap();
+        let rsp = balance.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "first");
+        // The idle pooled connection dies with the server; a new server takes the port.
+        server.stop().await;
+        let _again = TestServer::restart(addr, named("second")).await;
+        let rsp = balance.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(
+            rsp.into_body().collect().await.unwrap().to_bytes(),
+            "second"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_bodies_stream() {
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let app = named("counted");
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        let balance = Balance::builder()
+            .backends([Backend::new(addr)])
+            .build(PooledEndpoints::<Empty<Bytes>>::new())
+            .unwrap();
+        for _ in 0..50 {
+            let rsp = balance.clone().oneshot(get("/")).await.unwrap();
+            assert_eq!(
+                rsp.into_body().collect().await.unwrap().to_bytes(),
+                "counted"
+            );
+        }
+        // Sequential requests whose bodies were read to the end share one connection.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unreachable_backends_fail_as_connect_errors() {
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let balance = Balance::builder()
+            .backends([Backend::new(addr)])
+            .build(PooledEndpoints::<Empty<Bytes>>::new())
+            .unwrap();
+        let err = balance.oneshot(get("/")).await.unwrap_err();
+        assert!(tower_lb::error::is_connect_error(&*err), "{err}");
+    }
+}

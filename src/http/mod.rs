@@ -4,6 +4,8 @@
 //!   the same pooled `hyper_util` client (one connection pool, keep-alive, HTTP/1.1 and
 //!   HTTP/2), rewriting each request's URI to its backend's scheme and authority. A `Host`
 //!   header already on the request is kept.
+//! - [`PooledEndpoints`] is a leaner HTTP/1.1 maker: one small keep-alive pool per
+//!   backend over hyper's connection-level client, for proxies where every request counts.
 //! - [`HttpPolicy`] reads a request's affinity key from its extensions and, with
 //!   [`HttpPolicy::replay_clone`], copies requests whose body is `Clone` so that a
 //!   connection refused by one backend is retried on another.
@@ -55,9 +57,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod pool;
 pub mod proxy;
 mod replay;
 
+pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};
 pub use replay::{NotReplayable, ReplayBody};
 
 use crate::{

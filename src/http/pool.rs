@@ -1,0 +1,352 @@
+//! A lean HTTP/1.1 connection pool per endpoint, over hyper's connection-level client.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, uri, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, time::Instant};
+use tower_service::Service;
+
+use super::parse_base;
+use crate::{
+    balance::{MakeEndpoint, Target},
+    error::{BoxError, ConnectFailed},
+};
+
+/// Makes one [`PooledEndpoint`] per backend, each with its own pool of HTTP/1.1 keep-alive
+/// connections, driven through hyper's connection-level client.
+///
+/// Compared with [`HttpEndpoints`](super::HttpEndpoints) (hyper-util's pooled client,
+/// shared by all endpoints), it does less per request: the balancer has already chosen the
+/// backend, so there is no pool lookup by host, no racing of a new connection against a
+/// pooled one, and a connection returns to its pool when its response body ends. It speaks
+/// HTTP/1.1 only, over plain TCP. Connections that cannot be established fail with
+/// [`ConnectFailed`], so the balancer retries them on another backend; a request that met a
+/// pooled connection the server had just closed, before any byte of it was written, is sent
+/// again on another connection of the same pool.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use tower_lb::{http::PooledEndpoints, Backend, Balance};
+///
+/// let balance = Balance::builder()
+///     .backends([Backend::new("127.0.0.1:3001".to_string())])
+///     .build(PooledEndpoints::<Empty<Bytes>>::new())
+///     .unwrap();
+/// # let _ = balance;
+/// ```
+pub struct PooledEndpoints<B> {
+    connect_timeout: Duration,
+    max_idle: usize,
+    idle_timeout: Duration,
+    _body: std::marker::PhantomData<fn(B)>,
+}
+
+impl<B> Clone for PooledEndpoints<B> {
+    fn clone(&self) -> Self {
+        Self {
+            connect_timeout: self.connect_timeout,
+            max_idle: self.max_idle,
+            idle_timeout: self.idle_timeout,
+            _body: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B> fmt::Debug for PooledEndpoints<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledEndpoints")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_idle", &self.max_idle)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl<B> Default for PooledEndpoints<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> PooledEndpoints<B> {
+    /// Connect timeout 5 s, up to 64 idle connections per backend, kept for 90 s.
+    pub fn new() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            max_idle: 64,
+            idle_timeout: Duration::from_secs(90),
+            _body: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how many idle connections each backend keeps (nginx `keepalive`).
+    #[must_use]
+    pub fn max_idle(mut self, max: usize) -> Self {
+        self.max_idle = max;
+        self
+    }
+
+    /// Sets how long an idle connection is kept (nginx `keepalive_timeout`).
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+}
+
+impl<K: fmt::Display, B> MakeEndpoint<K> for PooledEndpoints<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Service = PooledEndpoint<B>;
+
+    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<PooledEndpoint<B>, BoxError> {
+        let (scheme, authority) = parse_base(&target.key().to_string())?;
+        if scheme != uri::Scheme::HTTP {
+            return Err("PooledEndpoints speaks plain HTTP only".into());
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(PooledEndpoint {
+            pool: Arc::new(Pool {
+                host: host.to_string(),
+                port,
+                host_header: HeaderValue::from_str(authority.as_str())?,
+                idle: Mutex::new(Vec::new()),
+                connect_timeout: self.connect_timeout,
+                max_idle: self.max_idle,
+                idle_timeout: self.idle_timeout,
+            }),
+        })
+    }
+}
+
+struct Pool<B> {
+    host: String,
+    port: u16,
+    host_header: HeaderValue,
+    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
+    connect_timeout: Duration,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl<B> Pool<B> {
+    fn take(&self) -> Option<http1::SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Most recently used first: its connection is the least likely to have timed out.
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    async fn connect(&self) -> Result<http1::SendRequest<B>, BoxError> {
+        let addr = (self.host.as_str(), self.port);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                ConnectFailed::new(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(ConnectFailed::new)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectFailed::new)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tower_lb: upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// One backend's HTTP/1.1 service over its own connection pool. Made by
+/// [`PooledEndpoints`].
+pub struct PooledEndpoint<B> {
+    pool: Arc<Pool<B>>,
+}
+
+impl<B> Clone for PooledEndpoint<B> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for PooledEndpoint<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledEndpoint")
+            .field("host", &self.pool.host)
+            .field("port", &self.pool.port)
+            .finish()
+    }
+}
+
+impl<B> Service<Request<B>> for PooledEndpoint<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<PooledBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            // Origin-form request target, and a Host header if the caller set none.
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+            if !req.headers().contains_key(header::HOST) {
+                req.headers_mut()
+                    .insert(header::HOST, pool.host_header.clone());
+            }
+            let mut req = Some(req);
+            loop {
+                let (mut sender, reused) = match pool.take() {
+                    Some(s) => (s, true),
+                    None => (pool.connect().await?, false),
+                };
+                if sender.ready().await.is_err() {
+                    continue; // closed meanwhile: take another
+                }
+                let request = req.take().expect("request is kept until sent");
+                match sender.try_send_request(request).await {
+                    Ok(rsp) => {
+                        let (parts, body) = rsp.into_parts();
+                        let body = PooledBody {
+                            inner: body,
+                            slot: Some((sender, pool)),
+                        };
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not a byte was written on a reused connection (the server had
+                        // closed it): safe to send again on another connection.
+                        Some(back) if reused => req = Some(back),
+                        _ => return Err(e.into_error().into()),
+                    },
+                }
+            }
+        })
+    }
+}
+
+/// A response body that returns its connection to the pool when it ends.
+pub struct PooledBody<B> {
+    inner: Incoming,
+    slot: Option<(http1::SendRequest<B>, Arc<Pool<B>>)>,
+}
+
+impl<B> fmt::Debug for PooledBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> PooledBody<B> {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.slot.take() {
+            pool.put(sender);
+        }
+    }
+}
+
+impl<B> Body for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            // The response is complete: the connection can carry the next request.
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || self.inner.is_end_stream() => {
+                self.release();
+            }
+            Poll::Ready(Some(Err(_))) => drop(self.slot.take()),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for PooledBody<B> {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response: it is not
+        // reused (dropping the sender lets hyper close it). An empty body ends at once.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
