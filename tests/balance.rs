@@ -579,3 +579,14 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met within 10 s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn huge_durations_do_not_overflow() {
+    // `Duration::MAX` means "wait as long as possible", not an overflow panic.
+    let balance = test_util::echo(Balance::builder::<&str>().fail_fast(Duration::MAX));
+    let waiting = tokio::spawn(balance.clone().oneshot(()));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!waiting.is_finished());
+    balance.handle().insert(Backend::new("late")).unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), "late");
+}

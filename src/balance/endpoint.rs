@@ -17,6 +17,14 @@ pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Peak-EWMA decay time constant.
 pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
+/// `t + d`, or about a century later when `d` is too large to add (a configured
+/// `Duration::MAX` means "as long as possible", not a panic).
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(t)
+}
+
 const IN_FLIGHT_MASK: u64 = (1 << 24) - 1;
 const ONE_REQUEST: u64 = 1 << 24;
 

@@ -210,7 +210,7 @@ where
     S: Service<Req> + Clone + Send + Sync + 'static,
 {
     let now = Instant::now();
-    let until = *deadline.get_or_insert(now + core.cfg.fail_fast);
+    let until = *deadline.get_or_insert(super::endpoint::later(now, core.cfg.fail_fast));
     // Subscribe before the last look, so a change in between is not missed.
     let mut changed = core.subscribe();
     let snap = arc_swap::Guard::into_inner(core.current());

@@ -88,6 +88,7 @@ mod service;
 pub(crate) mod set;
 pub mod strategy;
 
+pub(crate) use endpoint::later;
 pub use endpoint::{EndpointState, Status};
 pub use future::ResponseFuture;
 pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};

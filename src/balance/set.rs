@@ -16,7 +16,7 @@ use tokio::{sync::watch, time::Instant};
 use super::Target;
 use super::{
     cow::{Pages, ShardedMap},
-    endpoint::{EndpointState, Pool, Status},
+    endpoint::{later, EndpointState, Pool, Status},
     strategy::{Candidate, CandidateList, Strategy},
 };
 use crate::{
@@ -841,7 +841,7 @@ impl Ramp {
         let share = (elapsed.as_secs_f64() / self.window.as_secs_f64()).max(RAMP_FLOOR);
         // Rebuild at the next step of the ramp, or when it ends.
         let step = (self.window / RAMP_STEPS).max(Duration::from_millis(1));
-        let next = (self.now + step).min(start + self.window);
+        let next = later(self.now, step).min(later(start, self.window));
         self.next
             .set(Some(self.next.get().map_or(next, |n| n.min(next))));
         ((f64::from(full) * share).round() as u32).max(1)

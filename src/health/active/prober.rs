@@ -355,7 +355,7 @@ impl<K: Key> Book<K> {
         } else {
             cfg.interval
         };
-        t.next = Instant::now() + jittered(base, cfg.jitter, rng);
+        t.next = crate::balance::later(Instant::now(), jittered(base, cfg.jitter, rng));
     }
 }
 

@@ -227,7 +227,9 @@ fn backoff(state: &EndpointState, now: Instant, base: Duration, max: Duration) -
         .checked_mul(u32::try_from(level).unwrap_or(u32::MAX))
         .map_or(max, |t| t.min(max));
     state.eject_level.store(level, Relaxed);
-    state.eject_level_at.store(state.nanos(now + time), Relaxed);
+    state
+        .eject_level_at
+        .store(state.nanos(crate::balance::later(now, time)), Relaxed);
     time
 }
 

@@ -203,7 +203,7 @@ impl Shared {
             }
             Phase::Probation if self.probation => {
                 let time = self.policy.ejection_time(&self.state, now);
-                self.state.eject_until(now + time);
+                self.state.eject_until(crate::balance::later(now, time));
                 tracing::warn!(backend = %self.backend, %reason, ejected_for = ?time,
                     times_ejected = self.state.ejections(),
                     "tower_lb: ejected again: the probation trial request failed");
@@ -239,7 +239,7 @@ impl Shared {
             return;
         }
         let time = self.policy.ejection_time(&self.state, now);
-        self.state.eject_until(now + time);
+        self.state.eject_until(crate::balance::later(now, time));
         tracing::warn!(backend = %self.backend, %why, last_failure = %reason,
             ejected_for = ?time, times_ejected = self.state.ejections(),
             "tower_lb: ejected by passive health");
