@@ -398,9 +398,7 @@ impl<K: Key, S: Clone> Core<K, S> {
     #[inline]
     pub(crate) fn current(&self) -> Guard<Arc<Snapshot<K, S>>> {
         let snap = self.snap.load();
-        let stale = snap.epoch != self.pool.changed.load(Acquire)
-            || snap.deadline.is_some_and(|d| Instant::now() >= d);
-        if stale {
+        if !self.is_current(&snap) {
             drop(snap);
             self.refresh();
             return self.snap.load();
@@ -412,8 +410,14 @@ impl<K: Key, S: Clone> Core<K, S> {
     /// published since, health did not change, and no ejection ended.
     #[inline]
     pub(crate) fn is_fresh(&self, published: u64, snap: &Snapshot<K, S>) -> bool {
-        published == self.published.load(Acquire)
-            && snap.epoch == self.pool.changed.load(Acquire)
+        published == self.published.load(Acquire) && self.is_current(snap)
+    }
+
+    /// Whether `snap`'s candidate list still holds: no health change since it was built,
+    /// and no ejection it knows of has ended (the clock is read only while one is pending).
+    #[inline]
+    fn is_current(&self, snap: &Snapshot<K, S>) -> bool {
+        snap.epoch == self.pool.changed.load(Acquire)
             && snap.deadline.is_none_or(|d| Instant::now() < d)
     }
 
@@ -459,7 +463,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
         let epoch = self.pool.changed.load(Acquire);
-        if cur.epoch == epoch && cur.deadline.is_none_or(|d| Instant::now() < d) {
+        if self.is_current(&cur) {
             return; // another thread already did it
         }
         let next = self.build(cur.entries.clone(), cur.index.clone(), epoch);
