@@ -1,9 +1,8 @@
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use arc_swap::ArcSwap;
 
 use super::{
-    hashing::{fingerprint, sorted_members},
     ring_hash::{Ring, DEFAULT_POINTS},
     Candidates, RequestKey, RoundRobin, Strategy,
 };
@@ -159,12 +158,7 @@ impl<F: Strategy> Strategy for BoundedLoad<F> {
     }
 
     fn rebuild(&self, all: &Candidates<'_>) {
-        let members = sorted_members(all);
-        let print = fingerprint(&members) ^ u64::from(self.points);
-        if self.ring.load().fingerprint != print || members.is_empty() {
-            self.ring
-                .store(Arc::new(Ring::build(&members, self.points, print)));
-        }
+        Ring::refresh(&self.ring, all, self.points);
         self.fallback.rebuild(all);
     }
 

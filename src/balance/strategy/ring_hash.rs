@@ -123,12 +123,7 @@ impl<F: Strategy> Strategy for RingHash<F> {
     }
 
     fn rebuild(&self, all: &Candidates<'_>) {
-        let members = sorted_members(all);
-        let print = fingerprint(&members) ^ u64::from(self.points);
-        if self.ring.load().fingerprint != print || members.is_empty() {
-            self.ring
-                .store(Arc::new(Ring::build(&members, self.points, print)));
-        }
+        Ring::refresh(&self.ring, all, self.points);
         self.fallback.rebuild(all);
     }
 
@@ -165,6 +160,17 @@ fn point(id: u64, i: u64) -> u64 {
 }
 
 impl Ring {
+    /// Rebuilds the ring in `cell` for the endpoints in `all`, unless the (id, weight) set
+    /// and the points per weight are those it was built for. Shared by [`RingHash`] and
+    /// [`BoundedLoad`](super::BoundedLoad), which walks the same ring.
+    pub(super) fn refresh(cell: &ArcSwap<Self>, all: &Candidates<'_>, per_weight: u32) {
+        let members = sorted_members(all);
+        let print = fingerprint(&members) ^ u64::from(per_weight);
+        if cell.load().fingerprint != print || members.is_empty() {
+            cell.store(Arc::new(Self::build(&members, per_weight, print)));
+        }
+    }
+
     pub(super) fn build(members: &[(u64, u32)], per_weight: u32, fingerprint: u64) -> Self {
         let total: usize = members
             .iter()
