@@ -1,5 +1,7 @@
 //! Behaviour of the `Balance` service over in-memory and mock endpoints.
 
+mod support;
+
 use std::{
     convert::Infallible,
     sync::{
@@ -10,6 +12,7 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
+use support::wait_for;
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
 use tower::{discover::Change, service_fn, Service, ServiceExt};
@@ -567,17 +570,6 @@ async fn concurrent_clones_share_one_set() {
         assert_eq!(b.requests, 200);
         assert_eq!(b.in_flight, 0);
     }
-}
-
-async fn wait_for(mut cond: impl FnMut() -> bool) {
-    // Generous bound; polls instead of sleeping a fixed time.
-    for _ in 0..1000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not met within 10 s");
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,22 +1,18 @@
 //! File discovery against real files in a temporary directory.
 #![cfg(feature = "file")]
 
-use std::{convert::Infallible, fs, net::SocketAddr, path::Path, time::Duration};
+mod support;
 
-use tower::{service_fn, util::BoxCloneSyncService};
-use tower_lb::{balance::Target, discover::file::FileSource, Balance};
+use std::{fs, net::SocketAddr, path::Path, time::Duration};
 
-type Svc = BoxCloneSyncService<(), SocketAddr, Infallible>;
+use support::{addr_balance, eventually, AddrSvc};
+
+use tower_lb::{discover::file::FileSource, Balance};
+
+type Svc = AddrSvc;
 
 fn balance() -> Balance<SocketAddr, Svc> {
-    Balance::builder()
-        .build(|t: &Target<'_, SocketAddr>| {
-            let addr = *t.key();
-            Svc::new(service_fn(
-                move |_: ()| async move { Ok::<_, Infallible>(addr) },
-            ))
-        })
-        .unwrap()
+    addr_balance()
 }
 
 fn table(b: &Balance<SocketAddr, Svc>) -> Vec<(String, u32, bool)> {
@@ -46,17 +42,6 @@ fn save_by_rename(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     fs::write(&tmp, text).unwrap();
     fs::rename(&tmp, path).unwrap();
-}
-
-async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 /// A source that relies on events: polling is too slow to pass these tests.

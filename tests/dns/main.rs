@@ -2,29 +2,24 @@
 #![cfg(feature = "dns")]
 
 mod server;
+#[path = "../support/mod.rs"]
+mod support;
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
+
+use support::{addr_balance, eventually, AddrSvc};
 
 use hickory_resolver::config::{ResolveHosts, ResolverOpts};
 use server::{DnsServer, Mode};
-use tower::{service_fn, util::BoxCloneSyncService};
 use tower_lb::{
-    balance::Target,
     discover::dns::{DnsSource, HickoryResolver},
     Balance,
 };
 
-type Svc = BoxCloneSyncService<(), SocketAddr, Infallible>;
+type Svc = AddrSvc;
 
 fn balance() -> Balance<SocketAddr, Svc> {
-    Balance::builder()
-        .build(|t: &Target<'_, SocketAddr>| {
-            let addr = *t.key();
-            Svc::new(service_fn(
-                move |_: ()| async move { Ok::<_, Infallible>(addr) },
-            ))
-        })
-        .unwrap()
+    addr_balance()
 }
 
 fn resolver(server: &DnsServer) -> HickoryResolver {
@@ -41,18 +36,6 @@ fn keys(b: &Balance<SocketAddr, Svc>) -> Vec<String> {
     let mut keys: Vec<String> = b.handle().keys().iter().map(ToString::to_string).collect();
     keys.sort();
     keys
-}
-
-/// Polls `cond` every 20 ms for up to `secs` seconds.
-async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 #[tokio::test]

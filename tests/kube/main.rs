@@ -4,29 +4,21 @@
 #![allow(clippy::needless_pass_by_value)]
 
 mod api;
+#[path = "../support/mod.rs"]
+mod support;
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
+
+use support::{addr_balance, eventually, AddrSvc};
 
 use api::FakeApi;
 use serde_json::{json, Value};
-use tower::{service_fn, util::BoxCloneSyncService};
-use tower_lb::{
-    balance::{Status, Target},
-    discover::kube::EndpointSlices,
-    Balance,
-};
+use tower_lb::{balance::Status, discover::kube::EndpointSlices, Balance};
 
-type Svc = BoxCloneSyncService<(), SocketAddr, Infallible>;
+type Svc = AddrSvc;
 
 fn balance() -> Balance<SocketAddr, Svc> {
-    Balance::builder()
-        .build(|t: &Target<'_, SocketAddr>| {
-            let addr = *t.key();
-            Svc::new(service_fn(
-                move |_: ()| async move { Ok::<_, Infallible>(addr) },
-            ))
-        })
-        .unwrap()
+    addr_balance()
 }
 
 fn slice(name: &str, family: &str, endpoints: Vec<Value>) -> Value {
@@ -61,17 +53,6 @@ fn status(b: &Balance<SocketAddr, Svc>, key: &str) -> Option<Status> {
         .iter()
         .find(|s| s.key.to_string() == key)
         .map(|s| s.status)
-}
-
-async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 #[tokio::test]

@@ -71,15 +71,36 @@ pub fn named(name: &'static str) -> Router {
         .fallback(move || async move { name })
 }
 
-/// Polls `cond` every 10 ms for up to 10 s.
-pub async fn wait_for(mut cond: impl FnMut() -> bool) {
-    for _ in 0..1000 {
+/// Polls `cond` every 10 ms for up to 10 s, and fails the test if it never holds.
+pub async fn wait_for(cond: impl FnMut() -> bool) {
+    assert!(eventually(10, cond).await, "condition not met within 10 s");
+}
+
+/// Polls `cond` every 10 ms for up to `secs` seconds; whether it came to hold.
+pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
         if cond() {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("condition not met within 10 s");
+    cond()
+}
+
+/// An endpoint that answers with its own backend address.
+pub type AddrSvc = tower::util::BoxCloneSyncService<(), SocketAddr, std::convert::Infallible>;
+
+/// A balancer over [`AddrSvc`] endpoints, for discovery tests that read its set.
+pub fn addr_balance() -> tower_lb::Balance<SocketAddr, AddrSvc> {
+    tower_lb::Balance::builder()
+        .build(|t: &tower_lb::balance::Target<'_, SocketAddr>| {
+            let addr = *t.key();
+            AddrSvc::new(tower::service_fn(move |_: ()| async move {
+                Ok::<_, std::convert::Infallible>(addr)
+            }))
+        })
+        .unwrap()
 }
 
 /// The cargo features this test binary was built with.
