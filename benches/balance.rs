@@ -38,62 +38,51 @@ fn ours(strategy: impl Strategy, n: usize) -> Balance<u32, Echo<u32>> {
     )
 }
 
+/// Times `iters` requests (`ready` + `call` + await) through `svc`, one after another.
+fn time_requests<S>(rt: &Runtime, svc: &mut S, iters: u64) -> Duration
+where
+    S: Service<()>,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let rsp = ServiceExt::<()>::ready(&mut *svc)
+                .await
+                .unwrap()
+                .call(())
+                .await
+                .unwrap();
+            black_box(rsp);
+        }
+        start.elapsed()
+    })
+}
+
 fn bench_strategies(c: &mut Criterion) {
     let rt = rt();
     let mut g = c.benchmark_group("request");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    let strategies: Vec<(&str, fn() -> Box<dyn Fn(usize) -> Balance<u32, Echo<u32>>>)> = vec![
-        ("round-robin", || Box::new(|n| ours(RoundRobin::new(), n))),
-        ("weighted-rr", || {
-            Box::new(|n| ours(WeightedRoundRobin::new(), n))
-        }),
-        ("least-conn", || Box::new(|n| ours(LeastConn::new(), n))),
-        ("random", || Box::new(|n| ours(Random::with_seed(1), n))),
-        ("p2c", || Box::new(|n| ours(P2c::with_seed(1), n))),
-        ("p2c-ewma", || {
-            Box::new(|n| ours(P2c::with_seed(1).peak_ewma(), n))
-        }),
+    let strategies: [(&str, fn(usize) -> Balance<u32, Echo<u32>>); 6] = [
+        ("round-robin", |n| ours(RoundRobin::new(), n)),
+        ("weighted-rr", |n| ours(WeightedRoundRobin::new(), n)),
+        ("least-conn", |n| ours(LeastConn::new(), n)),
+        ("random", |n| ours(Random::with_seed(1), n)),
+        ("p2c", |n| ours(P2c::with_seed(1), n)),
+        ("p2c-ewma", |n| ours(P2c::with_seed(1).peak_ewma(), n)),
     ];
     for n in SIZES {
-        for (name, make) in &strategies {
-            let mut svc = make()(n);
-            g.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let rsp = ServiceExt::<()>::ready(&mut svc)
-                                .await
-                                .unwrap()
-                                .call(())
-                                .await
-                                .unwrap();
-                            black_box(rsp);
-                        }
-                        start.elapsed()
-                    })
-                })
+        for (name, make) in strategies {
+            let mut svc = make(n);
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter_custom(|iters| time_requests(&rt, &mut svc, iters))
             });
         }
         // The harness alone: one in-memory service called directly, no balancer.
         let mut direct = test_util::echo_service(0u32);
         g.bench_with_input(BenchmarkId::new("no-balancer", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let rsp = ServiceExt::<()>::ready(&mut direct)
-                            .await
-                            .unwrap()
-                            .call(())
-                            .await
-                            .unwrap();
-                        black_box(rsp);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| time_requests(&rt, &mut direct, iters))
         });
         // tower's p2c over the same services, tracking pending requests.
         let services: Vec<_> = (0..n as u32)
@@ -104,21 +93,7 @@ fn bench_strategies(c: &mut Criterion) {
         let mut tower_p2c: p2c::Balance<_, ()> =
             p2c::Balance::new(ServiceList::new::<()>(services));
         g.bench_with_input(BenchmarkId::new("tower-p2c", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let rsp = ServiceExt::<()>::ready(&mut tower_p2c)
-                            .await
-                            .unwrap()
-                            .call(())
-                            .await
-                            .unwrap();
-                        black_box(rsp);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| time_requests(&rt, &mut tower_p2c, iters))
         });
     }
     g.finish();
