@@ -88,6 +88,7 @@ mod service;
 pub(crate) mod set;
 pub mod strategy;
 
+#[cfg(any(feature = "health-passive", feature = "health-active"))]
 pub(crate) use endpoint::later;
 pub use endpoint::{EndpointState, Status};
 pub use future::ResponseFuture;
