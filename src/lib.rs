@@ -67,6 +67,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
 pub mod backend;
 pub mod balance;
 pub mod discover;

@@ -417,20 +417,7 @@ impl<S> ErrorResponse<S> {
         Self { inner, error: None }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 fn error_response<B: Default>(err: &BoxError) -> Response<B> {
