@@ -212,3 +212,41 @@ fn custom_candidates_work() {
     assert_eq!(list.view().position(9), Some(1));
     assert_eq!(list.view().total_weight(), 3);
 }
+
+/// The gateway's slow-backend case: two busy fast endpoints (0.5 ms, 15 requests in flight)
+/// and one idle endpoint that answers in 20 ms. One local stall makes the in-flight answers
+/// of the busy endpoints arrive late (8 ms); the many fast answers that follow must wash
+/// that peak out, or the slow endpoint looks cheaper than the busy ones for seconds.
+#[test]
+fn peak_ewma_forgets_a_stall_after_fast_answers() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let list = with_loads(&[1, 1, 1], &[15, 15, 0]);
+    let view = list.view();
+    let now = Instant::now();
+    let ms = Duration::from_millis;
+    let (fast, slow) = (&view[0..2], &view[2]);
+    slow.state().observe_rtt(ms(20), now);
+    for c in fast {
+        c.state().observe_rtt(Duration::from_micros(500), now);
+        // The stall: every in-flight answer comes back late at once.
+        for _ in 0..15 {
+            c.state().observe_rtt(ms(8), now);
+        }
+    }
+    let p = P2c::with_seed(3).peak_ewma();
+    let picks_of_slow = |p: &P2c| (0..1000).filter(|_| p.pick(&view, None) == Some(2)).count();
+    // Right after the stall the busy endpoints cost 8 ms × 16: the slow one is preferred
+    // whenever it is drawn, as peak EWMA intends.
+    assert!(picks_of_slow(&p) > 500);
+    // A few hundred fast answers later (well under a second at this rate) the peak is gone.
+    for c in fast {
+        for _ in 0..500 {
+            c.state().observe_rtt(Duration::from_micros(500), now);
+        }
+    }
+    assert_eq!(picks_of_slow(&p), 0);
+    // An endpoint that stays slow keeps its peak.
+    assert!(slow.state().ewma().unwrap() >= ms(20));
+}

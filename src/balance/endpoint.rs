@@ -16,6 +16,9 @@ use tokio::time::Instant;
 pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Peak-EWMA decay time constant.
 pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+/// Peak-EWMA decay in samples: each sample weighs at least `1 / DECAY_SAMPLES`, so a peak
+/// is also forgotten after about this many faster answers, however close together.
+pub(crate) const DECAY_SAMPLES: f64 = 100.0;
 
 /// `t + d`, or about a century later when `d` is too large to add (a configured
 /// `Duration::MAX` means "as long as possible", not a panic).
@@ -240,7 +243,29 @@ impl EndpointState {
     /// Feeds one observed round-trip time into the peak-EWMA estimate.
     ///
     /// Peak EWMA (Finagle, linkerd): a sample above the estimate replaces it at once; a
-    /// lower one is blended in with weight `1 - e^(-Δt/τ)`, τ = 10 s.
+    /// lower one is blended in with weight `1 - e^(-Δt/τ)`, τ = 10 s, but never less than
+    /// 1/100. That floor is this crate's addition: with time alone, one stalled answer
+    /// (the balancer's own thread descheduled for a few milliseconds) sets a busy
+    /// endpoint's estimate for seconds, however many fast answers follow, and makes a
+    /// really slow endpoint look comparatively cheap. With it a peak fades after about
+    /// 100 faster answers or 10 s, whichever comes first; an endpoint that stays slow
+    /// keeps its peak, since each slow answer sets it again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use tower_lb::balance::EndpointState;
+    ///
+    /// let state = EndpointState::detached();
+    /// let now = Instant::now();
+    /// state.observe_rtt(Duration::from_millis(1), now);
+    /// state.observe_rtt(Duration::from_millis(20), now); // a peak replaces the estimate
+    /// assert_eq!(state.ewma(), Some(Duration::from_millis(20)));
+    /// for _ in 0..500 {
+    ///     state.observe_rtt(Duration::from_millis(1), now); // ... and fades by count
+    /// }
+    /// assert!(state.ewma().unwrap() < Duration::from_millis(2));
+    /// ```
     pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         let now_ns = self.nanos(now);
@@ -253,7 +278,9 @@ impl EndpointState {
                 sample
             } else {
                 let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let w = (-elapsed / DEFAULT_DECAY.as_nanos() as f64).exp();
+                let w = (-elapsed / DEFAULT_DECAY.as_nanos() as f64)
+                    .exp()
+                    .min(1.0 - 1.0 / DECAY_SAMPLES);
                 prev * w + sample * (1.0 - w)
             }
         };
