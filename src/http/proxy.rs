@@ -42,6 +42,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// assert!(h.contains_key("accept"));
 /// ```
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One scan of the keys first: most messages carry no hop-by-hop header at all, and
+    // the removals below hash every name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -65,6 +70,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in proxy {
         headers.remove(name);
     }
+}
+
+/// Whether a header name is removed by [`remove_hop_by_hop`] whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`),
@@ -106,28 +116,35 @@ pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    let client_text = client.to_string();
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<String> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    let value = if prior.is_empty() {
-        client_text.clone()
-    } else {
-        format!("{}, {client_text}", prior.join(", "))
+    // An IP address is always a valid header value.
+    let Ok(client_value) = HeaderValue::try_from(client.to_string()) else {
+        return;
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(proto) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let mut prior = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok());
+    let value = match prior.next() {
+        None => client_value.clone(),
+        Some(first) => {
+            let mut joined = first.to_owned();
+            for v in prior {
+                joined.push_str(", ");
+                joined.push_str(v);
+            }
+            joined.push_str(", ");
+            joined.push_str(client_value.to_str().unwrap_or_default());
+            HeaderValue::try_from(joined).unwrap_or_else(|_| client_value.clone())
+        }
+    };
+    headers.insert(xff, value);
+    let proto = match proto {
+        "http" => Some(HeaderValue::from_static("http")),
+        "https" => Some(HeaderValue::from_static("https")),
+        other => HeaderValue::from_str(other).ok(),
+    };
+    if let Some(v) = proto {
         headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&client_text) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    headers.insert(HeaderName::from_static("x-real-ip"), client_value);
 }
 
 /// Prepares a response's headers for the client: removes hop-by-hop headers, except the
