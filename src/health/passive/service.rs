@@ -142,7 +142,11 @@ impl Shared {
     /// Called as a request is sent: claims the probation trial when the endpoint's
     /// ejection has just ended.
     pub(crate) fn begin(&self) -> Option<Trial> {
-        if !self.probation || phase(&self.state, Instant::now()) != Phase::Probation {
+        // Never ejected (the usual case): no trial to claim, no need to read the clock.
+        if !self.probation
+            || (self.state.ejected_until().is_none() && !self.state.on_probation_or_ejected())
+            || phase(&self.state, Instant::now()) != Phase::Probation
+        {
             return None;
         }
         if !self.state.claim_trial() {
