@@ -47,13 +47,13 @@ use tower_lb::{
         },
         MakeEndpoint, RequestPolicy, Target,
     },
-    error::{find, is_connect_error},
+    error::is_connect_error,
     health::{
         active::{HttpProbe, Prober, ProberHandle},
         passive::{PassiveHealthLayer, Window},
     },
     http::{
-        is_idempotent, parse_base,
+        is_idempotent, is_transport_error, parse_base,
         proxy::{forward_request_headers, forward_response_headers, upgrade_protocol},
         status_for, HttpEndpoints, PooledBody, PooledEndpoints, ReplayBody,
     },
@@ -384,10 +384,8 @@ impl RequestPolicy<Request<UpstreamBody>> for GatewayPolicy {
         if is_connect_error(e) {
             return true;
         }
-        let transport = find::<tower::timeout::error::Elapsed>(e).is_none()
-            && (find::<hyper::Error>(e).is_some()
-                || find::<hyper_util::client::legacy::Error>(e).is_some());
-        is_idempotent(replay.method()) && transport && self.budget.withdraw()
+        // After bytes may have left: idempotent methods only, within the budget.
+        is_idempotent(replay.method()) && is_transport_error(e) && self.budget.withdraw()
     }
 }
 

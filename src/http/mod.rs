@@ -312,12 +312,27 @@ impl<B: Clone + Send + Sync + 'static> RequestPolicy<Request<B>> for HttpPolicy<
     /// connection reset or closed mid-exchange), as nginx `proxy_next_upstream error`.
     fn retry_on(&self, replay: &Request<B>, error: &BoxError) -> bool {
         let e: &(dyn std::error::Error + 'static) = &**error;
-        is_connect_error(e)
-            || (is_idempotent(replay.method())
-                && (find::<hyper::Error>(e).is_some()
-                    || find::<hyper_util::client::legacy::Error>(e).is_some()
-                    || find::<std::io::Error>(e).is_some()))
+        is_connect_error(e) || (is_idempotent(replay.method()) && is_transport_error(e))
     }
+}
+
+/// Whether an error came from the connection to the backend (a hyper, hyper-util client
+/// or I/O error anywhere in its chain): the exchange broke, possibly after the request
+/// went out, as opposed to an answer or an error of a middleware such as a timeout.
+/// Such a request may be sent again only if its method is idempotent.
+///
+/// ```
+/// use tower_lb::http::is_transport_error;
+///
+/// let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+/// assert!(is_transport_error(&reset));
+/// let elapsed = tower::timeout::error::Elapsed::new();
+/// assert!(!is_transport_error(&elapsed));
+/// ```
+pub fn is_transport_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    find::<hyper::Error>(err).is_some()
+        || find::<hyper_util::client::legacy::Error>(err).is_some()
+        || find::<std::io::Error>(err).is_some()
 }
 
 /// Whether a method is idempotent (RFC 9110 §9.2.2), so a request may be sent twice.
