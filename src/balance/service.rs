@@ -147,7 +147,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             backends: snap
                 .entries
                 .iter()
-                .map(|e| BackendStats::read(&e.backend, &e.state, now))
+                .map(|e| BackendStats::read(&e.backend, &e.state, now, self.cfg.slow_start))
                 .collect(),
             discover_error: self.discover_error().map(|e| e.to_string()),
         }
@@ -187,6 +187,9 @@ pub struct BackendStats<K> {
     pub key: K,
     /// Its weight.
     pub weight: u32,
+    /// The weight strategies use now: `weight`, or a share of it while slow start ramps
+    /// the backend up after it joined or recovered (see [`Builder::slow_start`]).
+    pub effective_weight: f64,
     /// Whether it is a backup.
     pub backup: bool,
     /// Health status.
@@ -204,10 +207,20 @@ pub struct BackendStats<K> {
 }
 
 impl<K: Clone> BackendStats<K> {
-    fn read(backend: &Backend<K>, state: &EndpointState, now: tokio::time::Instant) -> Self {
+    fn read(
+        backend: &Backend<K>,
+        state: &EndpointState,
+        now: tokio::time::Instant,
+        slow_start: Option<Duration>,
+    ) -> Self {
+        let weight = backend.get_weight();
+        let share = slow_start
+            .and_then(|window| super::set::ramp_share(window, state.ramp_start(), now))
+            .unwrap_or(1.0);
         Self {
             key: backend.key().clone(),
-            weight: backend.get_weight(),
+            weight,
+            effective_weight: f64::from(weight) * share,
             backup: backend.is_backup(),
             status: state.status_at(now),
             requests: state.requests(),

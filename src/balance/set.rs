@@ -834,15 +834,23 @@ const RAMP_FLOOR: f64 = 0.1;
 /// Rebuilds per window while an endpoint ramps.
 const RAMP_STEPS: u32 = 20;
 
+/// The share of its weight an endpoint that started ramping at `start` gets at `now`, or
+/// `None` once the ramp is over.
+pub(crate) fn ramp_share(window: Duration, start: Instant, now: Instant) -> Option<f64> {
+    let elapsed = now.saturating_duration_since(start);
+    if elapsed >= window || window.is_zero() {
+        return None;
+    }
+    Some((elapsed.as_secs_f64() / window.as_secs_f64()).max(RAMP_FLOOR))
+}
+
 impl Ramp {
     fn weight(&self, weight: u32, state: &EndpointState) -> u32 {
         let full = weight.saturating_mul(RAMP_SCALE);
         let start = state.ramp_start();
-        let elapsed = self.now.saturating_duration_since(start);
-        if elapsed >= self.window || self.window.is_zero() {
+        let Some(share) = ramp_share(self.window, start, self.now) else {
             return full;
-        }
-        let share = (elapsed.as_secs_f64() / self.window.as_secs_f64()).max(RAMP_FLOOR);
+        };
         // Rebuild at the next step of the ramp, or when it ends.
         let step = (self.window / RAMP_STEPS).max(Duration::from_millis(1));
         let next = later(self.now, step).min(later(start, self.window));

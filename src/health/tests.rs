@@ -142,6 +142,15 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
     assert_eq!(weights(&rig, &keys), HashMap::from([("a", 20), ("b", 10)]));
     advance(Duration::from_secs(5)).await;
     assert_eq!(weights(&rig, &keys), HashMap::from([("a", 100), ("b", 50)]));
+    // The stats show the same ramp, in units of the configured weight.
+    let effective: HashMap<_, _> = rig
+        .balance
+        .stats()
+        .backends
+        .iter()
+        .map(|b| (b.key, b.effective_weight))
+        .collect();
+    assert_eq!(effective, HashMap::from([("a", 1.0), ("b", 0.5)]));
     advance(Duration::from_secs(5)).await;
     assert_eq!(
         weights(&rig, &keys),
@@ -175,6 +184,13 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
     assert_eq!(weights(&rig, &keys)["a"], 20);
     advance(Duration::from_secs(10)).await;
     assert_eq!(weights(&rig, &keys)["a"], 200);
+    let a = rig
+        .balance
+        .stats()
+        .backends
+        .into_iter()
+        .find(|b| b.key == "a");
+    assert_eq!(a.map(|b| (b.weight, b.effective_weight)), Some((2, 2.0)));
 }
 
 #[tokio::test(start_paused = true)]
