@@ -278,9 +278,14 @@ impl EndpointState {
                 sample
             } else {
                 let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let w = (-elapsed / DEFAULT_DECAY.as_nanos() as f64)
-                    .exp()
-                    .min(1.0 - 1.0 / DECAY_SAMPLES);
+                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                // e^-x > 1 - 1/N while x < 1/N: the sample-count floor decides, no `exp`
+                // needed (the usual case for a busy endpoint).
+                let w = if x < 1.0 / DECAY_SAMPLES {
+                    1.0 - 1.0 / DECAY_SAMPLES
+                } else {
+                    (-x).exp().min(1.0 - 1.0 / DECAY_SAMPLES)
+                };
                 prev * w + sample * (1.0 - w)
             }
         };
@@ -307,7 +312,10 @@ impl EndpointState {
                 let elapsed =
                     self.nanos(now)
                         .saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                f64::from_bits(bits) * (-elapsed / DEFAULT_DECAY.as_nanos() as f64).exp()
+                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
+                let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };
+                f64::from_bits(bits) * w
             }
         }
     }
