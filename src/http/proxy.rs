@@ -190,6 +190,8 @@ pub fn forward_response_headers(status: http::StatusCode, headers: &mut HeaderMa
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn ip_values_match_display() {
         for ip in [
@@ -203,11 +205,9 @@ mod tests {
             "::ffff:192.0.2.1",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(super::ip_header_value(ip).to_str().unwrap(), ip.to_string());
+            assert_eq!(ip_header_value(ip).to_str().unwrap(), ip.to_string());
         }
     }
-
-    use super::*;
 
     #[test]
     fn connection_cannot_hide_forwarded_headers_or_leak_hop_by_hop() {
