@@ -170,6 +170,11 @@ struct Args {
     /// Active health: probe interval (jittered ±10 %; 1 s while a backend is down).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     health_interval: Duration,
+
+    /// Slow start (nginx Plus `slow_start`): a backend that joins or recovers gets a
+    /// share of its weight rising from 10 % to 100 % over this time. Off unless given.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -541,6 +546,7 @@ fn build_pool(
         .strategy(strategy)
         .retries(args.retries)
         .fail_fast(args.fail_fast)
+        .slow_start(args.slow_start.unwrap_or(Duration::ZERO))
         .track_latency(true)
         .backends(specs.iter().map(|s| {
             Backend::new(s.url.clone())
@@ -763,6 +769,7 @@ fn status_json(gw: &Gateway) -> serde_json::Value {
                     serde_json::json!({
                         "backend": b.key,
                         "weight": b.weight,
+                        "effective_weight": b.effective_weight,
                         "backup": b.backup,
                         "state": b.status.to_string(),
                         "requests": b.requests,

@@ -146,6 +146,7 @@ async fn cli_rejects_bad_input_with_status_2() {
         &["--max-fails=-1"],
         &["--fail-timeout", "soon"],
         &["--health-interval", "1x"],
+        &["--slow-start", "gradually"],
         &["--pool", "api"],
         &["--route", "api=x"],
         &["--backend", "127.0.0.1:1", "--route", "/api/=nopool"],
@@ -530,6 +531,32 @@ async fn health_metrics_and_status_endpoints() {
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["pools"]["default"]["backends"][0]["requests"], 5);
+}
+
+#[tokio::test]
+async fn slow_start_shows_in_status() {
+    let backend = TestServer::start(named("only")).await;
+    let plain = Gateway::start(&["--backend", &format!("http://{},weight=3", backend.addr)]).await;
+    let ramping = Gateway::start(&[
+        "--slow-start",
+        "1h",
+        "--backend",
+        &format!("http://{},weight=3", backend.addr),
+    ])
+    .await;
+    let c = client();
+    let effective = |body: Bytes| {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["pools"]["default"]["backends"][0]["effective_weight"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(effective(get(&c, &plain.url("/status")).await.1), 3.0);
+    // Just joined, an hour-long ramp: the 10 % floor.
+    let w = effective(get(&c, &ramping.url("/status")).await.1);
+    assert!((0.3..0.31).contains(&w), "{w}");
+    // The ramping backend still serves: the weight shapes shares, not availability.
+    assert_eq!(get(&c, &ramping.url("/x")).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
