@@ -21,7 +21,7 @@ use axum::{
 };
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
-use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+use tower::{util::BoxCloneSyncService, ServiceBuilder};
 use tower_lb::{
     balance::{strategy::P2c, MakeEndpoint, Target},
     health::passive::{PassiveHealthLayer, Window},
@@ -76,28 +76,21 @@ async fn user(State(pool): State<Pool>) -> impl IntoResponse {
     let req = Request::get("/users/42")
         .body(Body::empty())
         .expect("valid request");
-    match fetch(&pool, req).await {
+    match fetch(pool, req).await {
         Ok((status, body)) => (status, body),
         Err(e) => (status_for(&e), format!("upstream error: {e}")),
     }
 }
 
 /// Sends `req` through the pool and reads the whole answer.
-fn fetch(
-    pool: &Pool,
-    req: Request<Body>,
-) -> futures_util::future::BoxFuture<'static, Result<(StatusCode, String), BoxError>> {
-    // Boxed before the `async` block awaits it: with `BoxError` endpoints, rustc cannot
-    // prove the balancer's own future `Send` inside a block that must be `Send`, as axum
-    // handlers are ("implementation of `From` is not general enough").
-    let call: futures_util::future::BoxFuture<'static, Result<http::Response<Body>, BoxError>> =
-        Box::pin(pool.clone().oneshot(req));
-    Box::pin(async move {
-        let rsp = call.await?;
-        let status = rsp.status();
-        let body = rsp.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    })
+async fn fetch(pool: Pool, req: Request<Body>) -> Result<(StatusCode, String), BoxError> {
+    // `send` returns a boxed `Send` future: with `BoxError` endpoints, rustc cannot prove
+    // `pool.oneshot(req)` `Send` inside an axum handler ("implementation of `From` is not
+    // general enough").
+    let rsp = pool.send(req).await?;
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::main]

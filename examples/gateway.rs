@@ -37,7 +37,7 @@ use tokio::{net::TcpListener, time::Instant};
 use tower::{
     retry::budget::{Budget, TpsBudget},
     util::{BoxCloneSyncService, Either},
-    ServiceBuilder, ServiceExt,
+    ServiceBuilder,
 };
 use tower_lb::{
     balance::{
@@ -589,18 +589,6 @@ fn text_response(status: StatusCode, body: impl Into<String>) -> Response<Body> 
     rsp
 }
 
-/// Sends a request through the pool's balancer.
-///
-/// The future is boxed here, outside any `async` block: the compiler cannot prove the
-/// balancer's `S::Error: Into<BoxError>` bound for the lifetimes it erases inside a
-/// `Send` async block when `S::Error` is itself a `BoxError`.
-fn send(
-    pool: &Pool,
-    req: Request<UpstreamBody>,
-) -> futures_util::future::BoxFuture<'static, Result<Response<Body>, BoxError>> {
-    Box::pin(pool.balance.clone().oneshot(req))
-}
-
 async fn proxy(
     pool: Arc<Pool>,
     gw: Arc<Gateway>,
@@ -620,7 +608,8 @@ async fn proxy(
     }
     let req = req.map(|b| ReplayBody::new(b, gw.args.replay_buffer));
     pool.budget.deposit();
-    let call = send(&pool, req);
+    // Boxed and `Send`, whatever the endpoint's error type (see `Balance::send`).
+    let call = pool.balance.send(req);
     let mut rsp = match tokio::time::timeout(gw.args.timeout, call).await {
         Ok(Ok(rsp)) => rsp,
         Ok(Err(e)) => {

@@ -36,22 +36,23 @@
 //!
 //! When the endpoint's error type is itself a `BoxError` (a `BoxCloneSyncService<_, _,
 //! BoxError>` stack, say), or the backend key borrows (`&'static str`), rustc cannot prove
-//! the balancer's bounds inside a `Send` async block (`tokio::spawn`, an axum handler) and
-//! reports "implementation of `From` is not general enough". Box the future where you make
-//! it, outside the block, and await the box:
+//! the balancer's bounds for `balance.clone().oneshot(req)` held inside a `Send` async
+//! block (`tokio::spawn`, an axum handler) and reports "implementation of `From` is not
+//! general enough". [`Balance::send`] returns the same call as a boxed `Send + 'static`
+//! future, which such blocks can await:
 //!
 //! ```
-//! # use tower::{util::BoxCloneSyncService, ServiceExt};
+//! # use tower::util::BoxCloneSyncService;
 //! # use tower_lb::{Balance, BoxError};
 //! type Endpoint = BoxCloneSyncService<String, String, BoxError>;
 //!
-//! fn send(
-//!     balance: &Balance<String, Endpoint>,
-//!     req: String,
-//! ) -> futures_util::future::BoxFuture<'static, Result<String, BoxError>> {
-//!     Box::pin(balance.clone().oneshot(req))
+//! async fn handler(balance: Balance<String, Endpoint>, req: String) -> Result<String, BoxError> {
+//!     balance.send(req).await
 //! }
-//! # let _ = send;
+//! fn spawn_it(balance: Balance<String, Endpoint>) {
+//!     tokio::spawn(handler(balance, "hi".to_string()));
+//! }
+//! # let _ = spawn_it;
 //! ```
 //!
 //! # Example

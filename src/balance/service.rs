@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::BoxFuture;
 use tower::discover::Discover;
 use tower_service::Service;
 
@@ -97,6 +98,51 @@ where
     /// The policy that reads request keys and replays failed requests.
     pub fn policy(&self) -> &P {
         &self.policy
+    }
+
+    /// Sends one request from a shared reference and returns its response as a boxed
+    /// `Send + 'static` future: a clone of the balancer makes the call (no `poll_ready`
+    /// needed, the balancer is always ready), so handlers and spawned tasks can write
+    /// `balance.send(req).await`.
+    ///
+    /// Prefer it to `balance.clone().oneshot(req)` inside `async` blocks that must be
+    /// `Send` when the backend key borrows (`&'static str`) or the endpoint's error is
+    /// `BoxError`: rustc then cannot prove the balancer's bounds for the unboxed future
+    /// ("implementation of `From` is not general enough"), while this future's type
+    /// carries no such bound. The box costs one allocation per request.
+    ///
+    /// ```
+    /// use tower::util::BoxCloneSyncService;
+    /// use tower_lb::{Backend, Balance, BoxError};
+    ///
+    /// type Endpoint = BoxCloneSyncService<String, String, BoxError>;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let balance: Balance<&'static str, Endpoint> = Balance::builder()
+    ///     .backends([Backend::new("a"), Backend::new("b")])
+    ///     .build(|t: &tower_lb::balance::Target<'_, &'static str>| -> Endpoint {
+    ///         let key = *t.key();
+    ///         BoxCloneSyncService::new(tower::service_fn(move |req: String| async move {
+    ///             Ok::<_, BoxError>(format!("{key}: {req}"))
+    ///         }))
+    ///     })
+    ///     .unwrap();
+    /// let answer = tokio::spawn(async move { balance.send("hi".to_string()).await.unwrap() })
+    ///     .await
+    ///     .unwrap();
+    /// assert!(answer.ends_with(": hi"));
+    /// # }
+    /// ```
+    pub fn send<Req>(&self, req: Req) -> BoxFuture<'static, Result<S::Response, BoxError>>
+    where
+        Self: Service<Req, Response = S::Response, Error = BoxError>,
+        <Self as Service<Req>>::Future: Send + 'static,
+        P: Clone,
+        S: Service<Req>,
+    {
+        let mut svc = self.clone();
+        Box::pin(svc.call(req))
     }
 
     /// The endpoint set, for background tasks that must not keep the balancer alive.

@@ -30,10 +30,10 @@ use crate::{
 /// Implemented for every type with those traits: `SocketAddr`, `String`, `http::Uri`,
 /// `http::uri::Authority`, integers, `&'static str`…
 ///
-/// Prefer owned keys in applications: a balancer keyed by `&'static str` works, but its
-/// futures cannot be awaited inside `tokio::spawn`ed blocks, because the compiler cannot
-/// prove the key's traits for the lifetime it erases there ("implementation of `Hash` is
-/// not general enough").
+/// A balancer keyed by `&'static str` works, but its unboxed futures cannot be held
+/// inside `tokio::spawn`ed blocks, because the compiler cannot prove the key's traits for
+/// the lifetime it erases there ("implementation of `Hash` is not general enough"): await
+/// [`Balance::send`](crate::Balance::send) there, or use owned keys.
 pub trait Key: std::hash::Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
 
 impl<T> Key for T where T: std::hash::Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
