@@ -233,8 +233,9 @@ pub struct BackendStats<K> {
     pub key: K,
     /// Its weight.
     pub weight: u32,
-    /// The weight strategies use now: `weight`, or a share of it while slow start ramps
-    /// the backend up after it joined or recovered (see [`Builder::slow_start`]).
+    /// The weight strategies give it now when it is available: `weight`, or a share of it
+    /// while slow start ramps the backend up after it joined or recovered (see
+    /// [`Builder::slow_start`]).
     pub effective_weight: f64,
     /// Whether it is a backup.
     pub backup: bool,
