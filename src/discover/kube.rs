@@ -35,7 +35,7 @@
 //!   empty (the Service scaled to zero) empties the set, unless the balancer
 //!   [keeps its last non-empty set](crate::balance::Builder::keep_last_on_empty).
 //!
-//! Weights are 1. The task lives as long as the [`Guard`] from [`EndpointSlices::spawn`].
+//! Weights are 1; each backend carries its zone and node as a [`Topology`]. The task lives as long as the [`Guard`] from [`EndpointSlices::spawn`].
 //! The client needs `list` and `watch` on `endpointslices.discovery.k8s.io` in the
 //! namespace.
 //!
@@ -236,6 +236,29 @@ impl Watch {
     }
 }
 
+/// Where a Kubernetes endpoint runs, as its EndpointSlice reports it: attached to every
+/// backend this source makes, for endpoint makers and custom strategies to read with
+/// [`Backend::meta`] (to prefer the local zone, say). Taken when the backend is added.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tower_lb::{balance::Target, discover::kube::Topology};
+///
+/// fn zone_of(t: &Target<'_, SocketAddr>) -> Option<String> {
+///     t.backend().meta::<Topology>()?.zone.clone()
+/// }
+/// # let _ = zone_of;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Topology {
+    /// The endpoint's zone (`zone` in the slice: its node's
+    /// `topology.kubernetes.io/zone`), when the slice gives one.
+    pub zone: Option<String>,
+    /// The node it runs on (`nodeName`), when the slice gives one.
+    pub node: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Condition {
     /// Terminating but still serving.
@@ -250,7 +273,7 @@ fn backends<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: Option<&str>,
 ) -> Vec<Desired<SocketAddr>> {
-    let mut best: HashMap<SocketAddr, Condition> = HashMap::new();
+    let mut best: HashMap<SocketAddr, (Condition, Topology)> = HashMap::new();
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
@@ -279,15 +302,24 @@ fn backends<'a>(
                 continue;
             };
             let addr = SocketAddr::new(ip, number);
-            let slot = best.entry(addr).or_insert(condition);
-            *slot = (*slot).max(condition);
+            let topology = Topology {
+                zone: ep.zone.clone(),
+                node: ep.node_name.clone(),
+            };
+            let slot = best
+                .entry(addr)
+                .or_insert_with(|| (condition, topology.clone()));
+            // The best condition wins, with the topology its slice reports.
+            if condition > slot.0 {
+                *slot = (condition, topology);
+            }
         }
     }
-    let any_ready = best.values().any(|c| *c == Condition::Ready);
+    let any_ready = best.values().any(|(c, _)| *c == Condition::Ready);
     let mut out: Vec<Desired<SocketAddr>> = best
         .into_iter()
-        .map(|(addr, c)| Desired {
-            backend: Backend::new(addr),
+        .map(|(addr, (c, topology))| Desired {
+            backend: Backend::new(addr).with_meta(topology),
             draining: any_ready && c == Condition::Terminating,
         })
         .collect();

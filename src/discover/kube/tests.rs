@@ -240,3 +240,39 @@ fn a_list_is_buffered_until_it_is_complete() {
     assert!(w.on_event(Event::Delete(b.clone())));
     assert!(!w.on_event(Event::Delete(b)));
 }
+
+#[test]
+fn backends_carry_zone_and_node() {
+    let s = slice(
+        "a",
+        "IPv4",
+        http(8080),
+        json!([
+            { "addresses": ["10.0.0.1"], "zone": "eu-west-1a", "nodeName": "node-7" },
+            { "addresses": ["10.0.0.2"] },
+        ]),
+    );
+    // The same address, terminating, in another slice reporting another zone: the ready
+    // endpoint's topology stays.
+    let t = slice(
+        "b",
+        "IPv4",
+        http(8080),
+        json!([{ "addresses": ["10.0.0.1"], "zone": "old", "conditions": { "ready": false, "serving": true, "terminating": true } }]),
+    );
+    let set = backends([&s, &t], Some("http"));
+    let topo: Vec<_> = set
+        .iter()
+        .map(|d| d.backend.meta::<Topology>().cloned().unwrap())
+        .collect();
+    assert_eq!(
+        topo,
+        [
+            Topology {
+                zone: Some("eu-west-1a".into()),
+                node: Some("node-7".into())
+            },
+            Topology::default(),
+        ]
+    );
+}
