@@ -83,8 +83,9 @@ struct Args {
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// A backend of the default pool: URL[,weight=N][,backup]. Repeatable; with none (and no
-    /// --pool), three demo backends are started in-process.
+    /// A backend of the default pool: URL[,weight=N][,backup][,priority=N]. `backup` is
+    /// priority 1; a priority level serves only while no lower level can. Repeatable; with
+    /// none (and no --pool), three demo backends are started in-process.
     #[arg(long = "backend", value_name = "URL[,weight=N][,backup]", value_parser = parse_backend)]
     backends: Vec<BackendSpec>,
 
@@ -222,7 +223,8 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
 struct BackendSpec {
     url: String,
     weight: u32,
-    backup: bool,
+    /// Priority level: 0 primary, 1 for `backup`, or `priority=N`.
+    priority: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +245,7 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
     let mut spec = BackendSpec {
         url: format!("{scheme}://{authority}"),
         weight: 1,
-        backup: false,
+        priority: 0,
     };
     for opt in parts {
         match opt.trim().split_once('=') {
@@ -254,7 +256,12 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
                     .filter(|&w| w > 0)
                     .ok_or_else(|| format!("weight must be a whole number ≥ 1, got {w:?}"))?;
             }
-            None if opt.trim() == "backup" => spec.backup = true,
+            Some(("priority", p)) => {
+                spec.priority = p
+                    .parse::<u8>()
+                    .map_err(|_| format!("priority must be a whole number 0-255, got {p:?}"))?;
+            }
+            None if opt.trim() == "backup" => spec.priority = spec.priority.max(1),
             _ => return Err(format!("unknown backend option {opt:?}")),
         }
     }
@@ -551,7 +558,7 @@ fn build_pool(
         .backends(specs.iter().map(|s| {
             Backend::new(s.url.clone())
                 .weight(s.weight)
-                .backup(s.backup)
+                .priority(s.priority)
         }))
         .policy(GatewayPolicy {
             budget: budget.clone(),
@@ -760,6 +767,7 @@ fn status_json(gw: &Gateway) -> serde_json::Value {
                         "weight": b.weight,
                         "effective_weight": b.effective_weight,
                         "backup": b.backup,
+                        "priority": b.priority,
                         "state": b.status.to_string(),
                         "requests": b.requests,
                         "failures": b.failures,
@@ -811,7 +819,7 @@ async fn demo_backends() -> Vec<BackendSpec> {
         specs.push(BackendSpec {
             url: format!("http://127.0.0.1:{port}"),
             weight: 1,
-            backup: false,
+            priority: 0,
         });
     }
     specs

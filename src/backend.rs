@@ -6,7 +6,7 @@ use std::{
 };
 
 /// One backend the balancer may send requests to: a key (usually its address), a weight,
-/// a backup flag and free-form metadata.
+/// a priority level (primary or backup) and free-form metadata.
 ///
 /// The key identifies the backend everywhere: per-endpoint state (in-flight count, latency,
 /// health, ejection history) is keyed by it, so it survives changes to other backends.
@@ -16,14 +16,16 @@ use std::{
 ///
 /// let primary = Backend::new("10.0.0.1:8080").weight(5);
 /// let spare = Backend::new("10.0.0.9:8080").backup(true);
+/// let last_resort = Backend::new("10.0.9.9:8080").priority(2);
 /// assert_eq!(primary.get_weight(), 5);
-/// assert!(spare.is_backup());
+/// assert!(spare.is_backup() && last_resort.is_backup());
+/// assert_eq!((primary.get_priority(), spare.get_priority(), last_resort.get_priority()), (0, 1, 2));
 /// ```
 #[derive(Clone)]
 pub struct Backend<K> {
     key: K,
     weight: u32,
-    backup: bool,
+    priority: u8,
     max_conns: usize,
     meta: http::Extensions,
 }
@@ -34,7 +36,7 @@ impl<K> Backend<K> {
         Self {
             key,
             weight: 1,
-            backup: false,
+            priority: 0,
             max_conns: 0,
             meta: http::Extensions::new(),
         }
@@ -49,10 +51,21 @@ impl<K> Backend<K> {
     }
 
     /// Marks the backend as a backup (nginx `backup`): it gets traffic only while no
-    /// primary is available.
+    /// primary is available. The same as [`priority(1)`](Self::priority); `false` makes
+    /// it a primary again.
     #[must_use]
     pub fn backup(mut self, backup: bool) -> Self {
-        self.backup = backup;
+        self.priority = u8::from(backup);
+        self
+    }
+
+    /// Sets the priority level: 0 (the default) for primaries, higher for backups. The
+    /// lowest level with an available backend serves, so level 2 gets traffic only while
+    /// no backend of levels 0 and 1 is available (DNS SRV priorities, RFC 2782; Envoy
+    /// priority levels without overprovisioning spill-over).
+    #[must_use]
+    pub fn priority(mut self, level: u8) -> Self {
+        self.priority = level;
         self
     }
 
@@ -82,9 +95,14 @@ impl<K> Backend<K> {
         self.weight
     }
 
-    /// Whether this is a backup backend.
+    /// Whether this is a backup backend (priority level above 0).
     pub fn is_backup(&self) -> bool {
-        self.backup
+        self.priority > 0
+    }
+
+    /// The priority level (0: primary).
+    pub fn get_priority(&self) -> u8 {
+        self.priority
     }
 
     /// The concurrency cap (`0`: none).
@@ -103,7 +121,7 @@ impl<K: fmt::Debug> fmt::Debug for Backend<K> {
         f.debug_struct("Backend")
             .field("key", &self.key)
             .field("weight", &self.weight)
-            .field("backup", &self.backup)
+            .field("priority", &self.priority)
             .field("max_conns", &self.max_conns)
             .finish_non_exhaustive()
     }

@@ -139,6 +139,7 @@ async fn cli_rejects_bad_input_with_status_2() {
         &["--backend", "127.0.0.1:1,weight=0"],
         &["--backend", "127.0.0.1:1,weight=-3"],
         &["--backend", "127.0.0.1:1,heavy"],
+        &["--backend", "127.0.0.1:1,priority=300"],
         &["--strategy", "fastest"],
         &["--timeout", "5parsecs"],
         &["--connect-timeout=-1s"],
@@ -453,6 +454,41 @@ async fn all_backends_down_answer_503_or_502_quickly() {
     );
     // Generous bound: well under the 30 s request timeout, whatever the machine.
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn priority_levels_serve_in_order() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let one = TestServer::start(named("one")).await;
+    let two = TestServer::start(named("two")).await;
+    let gw = Gateway::start(&[
+        "--backend",
+        &dead,
+        "--backend",
+        &format!("{},priority=1", one.addr),
+        "--backend",
+        &format!("{},priority=2", two.addr),
+    ])
+    .await;
+    let c = client();
+    // The refused primary is ejected at its first failure; level 1 serves, never level 2.
+    for _ in 0..10 {
+        let (s, body) = get(&c, &gw.url("/x")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.starts_with(b"one"), "{body:?}");
+    }
+    let (_, body) = get(&c, &gw.url("/status")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let levels: Vec<_> = v["pools"]["default"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["priority"].as_u64().unwrap())
+        .collect();
+    assert_eq!(levels, [0, 1, 2]);
 }
 
 fn check_prometheus_text(text: &str) -> usize {

@@ -5,8 +5,10 @@
 //! 1. `call` reads the request's affinity key through the [`RequestPolicy`] (none by
 //!    default) and returns a future; nothing is chosen yet in `poll_ready`.
 //! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list:
-//!    available primaries; if none, backups; if too few are available, every
-//!    non-draining endpoint (panic mode, Envoy's panic threshold, default 50 %).
+//!    available primaries; if none, the available backups of the lowest
+//!    [priority level](crate::Backend::priority) that has any; if too few are available,
+//!    every non-draining endpoint of the lowest live level (panic mode, Envoy's panic
+//!    threshold, default 50 %).
 //! 3. The [`strategy`] picks one. An endpoint at its concurrency cap is skipped.
 //! 4. The endpoint's own `poll_ready` is driven inside the future. If it fails, the request
 //!    never left, so it goes to another endpoint; if the call fails before reaching the

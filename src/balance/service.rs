@@ -189,6 +189,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         Stats {
             strategy: self.strategy.name(),
             tier: snap.tier,
+            level: snap.level,
             available: snap.candidates.view().len(),
             backends: snap
                 .entries
@@ -209,6 +210,9 @@ pub struct Stats<K> {
     pub strategy: &'static str,
     /// Which tier serves: primaries, backups, or everything in panic mode.
     pub tier: Tier,
+    /// The priority level the tier's endpoints belong to: 0 for primaries, the lowest
+    /// level with an available backend while backups serve.
+    pub level: u8,
     /// How many endpoints currently take new requests.
     pub available: usize,
     /// One entry per backend: in insertion order until a backend is removed, which moves
@@ -239,6 +243,8 @@ pub struct BackendStats<K> {
     pub effective_weight: f64,
     /// Whether it is a backup.
     pub backup: bool,
+    /// Its priority level (0: primary).
+    pub priority: u8,
     /// Health status.
     pub status: Status,
     /// Requests sent in total.
@@ -269,6 +275,7 @@ impl<K: Clone> BackendStats<K> {
             weight,
             effective_weight: f64::from(weight) * share,
             backup: backend.is_backup(),
+            priority: backend.get_priority(),
             status: state.status_at(now),
             requests: state.requests(),
             failures: state.failures(),

@@ -44,7 +44,8 @@ impl<T> Key for T where T: std::hash::Hash + Eq + Clone + fmt::Display + Send + 
 pub enum Tier {
     /// Available primaries.
     Primary,
-    /// No primary is available: backups serve.
+    /// No primary is available: backups serve, those of the lowest priority level with
+    /// an available backend ([`Stats::level`](crate::balance::Stats::level)).
     Backup,
     /// Panic mode: too few endpoints are available, so health is ignored and every
     /// non-draining endpoint is used (Envoy's panic threshold).
@@ -82,8 +83,10 @@ pub(crate) struct Snapshot<K, S> {
     /// The earliest time the candidate list may change by itself (an ejection ends).
     pub(crate) deadline: Option<Instant>,
     pub(crate) tier: Tier,
-    /// How many endpoints of each class are live and available, so one change can update
-    /// the candidate list without looking at every endpoint.
+    /// The priority level the candidates come from (0 for primaries).
+    pub(crate) level: u8,
+    /// How many endpoints of each priority level are live and available, so one change
+    /// can update the candidate list without looking at every endpoint.
     counts: Counts,
     /// How the candidate list was derived from the previous snapshot's, when it was
     /// updated rather than rebuilt.
@@ -111,18 +114,23 @@ fn apply(list: &mut CandidateList, ops: &[(u64, Option<Candidate>)]) {
     }
 }
 
-/// Endpoint counts by class (`[primaries, backups]`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Endpoint counts by priority level (index 0: primaries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Counts {
-    /// Not draining.
-    live: [usize; 2],
-    /// Healthy or on probation.
-    available: [usize; 2],
+    /// Per level: not draining.
+    live: Vec<usize>,
+    /// Per level: healthy or on probation.
+    available: Vec<usize>,
 }
 
 impl Counts {
-    /// Adds (`sign` true) or subtracts one endpoint of `class` with `status`.
-    fn apply(&mut self, class: usize, status: Status, add: bool) {
+    /// Adds (`add` true) or subtracts one endpoint of priority `level` with `status`.
+    fn apply(&mut self, level: u8, status: Status, add: bool) {
+        let level = usize::from(level);
+        if self.live.len() <= level {
+            self.live.resize(level + 1, 0);
+            self.available.resize(level + 1, 0);
+        }
         let step = |n: &mut usize| {
             if add {
                 *n += 1
@@ -131,40 +139,56 @@ impl Counts {
             }
         };
         if status != Status::Draining {
-            step(&mut self.live[class]);
+            step(&mut self.live[level]);
         }
         if matches!(status, Status::Healthy | Status::Probation) {
-            step(&mut self.available[class]);
+            step(&mut self.available[level]);
+        }
+        // No trailing empty levels, so equal counts compare equal however they were made.
+        while self.live.last() == Some(&0) && self.available.last() == Some(&0) {
+            self.live.pop();
+            self.available.pop();
         }
     }
 
-    /// Which tier serves, given the panic threshold.
-    fn tier(&self, threshold: f64) -> Tier {
-        let [live_primaries, live_backups] = self.live;
-        let [primaries, backups] = self.available;
+    /// The lowest backup level (above 0) whose count in `of` is not zero.
+    fn lowest_backup(of: &[usize]) -> Option<u8> {
+        (1..of.len())
+            .find(|&l| of[l] > 0)
+            .map(|l| u8::try_from(l).unwrap_or(u8::MAX))
+    }
+
+    /// Which tier serves, and from which priority level, given the panic threshold.
+    fn tier(&self, threshold: f64) -> (Tier, u8) {
+        let live_primaries = self.live.first().copied().unwrap_or(0);
+        let primaries = self.available.first().copied().unwrap_or(0);
         let share = if live_primaries == 0 {
             0.0
         } else {
             primaries as f64 / live_primaries as f64
         };
         if primaries > 0 && share >= threshold {
-            Tier::Primary
-        } else if primaries == 0 && backups > 0 {
-            Tier::Backup
-        } else if threshold > 0.0 && live_primaries > 0 {
-            Tier::Panic
+            return (Tier::Primary, 0);
+        }
+        if primaries == 0 {
+            if let Some(level) = Self::lowest_backup(&self.available) {
+                return (Tier::Backup, level);
+            }
+        }
+        if threshold > 0.0 && live_primaries > 0 {
+            (Tier::Panic, 0)
         } else if primaries > 0 {
-            Tier::Primary
-        } else if threshold > 0.0 && live_backups > 0 {
-            Tier::Panic
+            (Tier::Primary, 0)
+        } else if let Some(level) = Self::lowest_backup(&self.live).filter(|_| threshold > 0.0) {
+            (Tier::Panic, level)
         } else {
-            Tier::None
+            (Tier::None, 0)
         }
     }
 }
 
-fn class_of<K, S>(e: &Entry<K, S>) -> usize {
-    usize::from(e.backend.is_backup())
+fn level_of<K, S>(e: &Entry<K, S>) -> u8 {
+    e.backend.get_priority()
 }
 
 /// What the writer keeps between edits, under the writer lock.
@@ -368,6 +392,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                 epoch: 0,
                 deadline: None,
                 tier: Tier::None,
+                level: 0,
                 counts: Counts::default(),
                 delta: None,
             };
@@ -491,7 +516,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         }
         let epoch = self.pool.changed.load(Acquire);
         let next = match self.update(&mut writer, &cur, &mut edit, epoch) {
-            Some((candidates, tier, counts, delta)) => {
+            Some((candidates, (tier, level), counts, delta)) => {
                 self.pool.members.store(edit.entries.len(), Relaxed);
                 Snapshot {
                     core: self.me.clone(),
@@ -502,6 +527,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                     epoch,
                     deadline: None,
                     tier,
+                    level,
                     counts,
                     delta: Some(delta),
                 }
@@ -514,22 +540,24 @@ impl<K: Key, S: Clone> Core<K, S> {
     }
 
     fn publish(&self, writer: &mut Writer<K, S>, next: Snapshot<K, S>, set_changed: bool) {
-        let tier = next.tier;
+        let (tier, level) = (next.tier, next.level);
         let available = next.candidates.view().len();
         let total = next.entries.len();
         let next = Arc::new(next);
         let prev = self.snap.swap(next.clone());
         self.published.fetch_add(1, Release);
-        if prev.tier != tier {
+        if (prev.tier, prev.level) != (tier, level) {
             match tier {
                 Tier::Panic => tracing::warn!(
                     available,
                     total,
                     "tower_lb: panic mode: too few endpoints available, ignoring health"
                 ),
-                Tier::Backup => {
-                    tracing::warn!(total, "tower_lb: no primary available, using backups")
-                }
+                Tier::Backup => tracing::warn!(
+                    total,
+                    level = next.level,
+                    "tower_lb: no primary available, using backups"
+                ),
                 Tier::None if total > 0 => {
                     tracing::warn!(total, "tower_lb: no endpoint available")
                 }
@@ -562,7 +590,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         cur: &Snapshot<K, S>,
         edit: &mut Edit<K, S>,
         epoch: u64,
-    ) -> Option<(CandidateList, Tier, Counts, Delta)> {
+    ) -> Option<(CandidateList, (Tier, u8), Counts, Delta)> {
         if edit.full
             || self.cfg.slow_start.is_some()
             || cur.epoch != epoch
@@ -576,26 +604,26 @@ impl<K: Key, S: Clone> Core<K, S> {
             Status::Ejected { .. } => None,
             s => Some(s),
         };
-        let mut counts = cur.counts;
+        let mut counts = cur.counts.clone();
         for (key, before) in &edit.touched {
             if let Some(old) = before {
-                counts.apply(class_of(old), status(old)?, false);
+                counts.apply(level_of(old), status(old)?, false);
             }
             if let Some(new) = edit.get(key) {
-                counts.apply(class_of(new), status(new)?, true);
+                counts.apply(level_of(new), status(new)?, true);
             }
         }
         let tier = counts.tier(self.cfg.panic_threshold);
-        if tier != cur.tier {
+        if tier != (cur.tier, cur.level) {
             return None;
         }
-        let class = usize::from(tier == Tier::Backup);
+        let level = cur.level;
         let ops: Vec<_> = std::mem::take(&mut edit.touched)
             .into_iter()
             .map(|(key, _)| {
                 let wanted = edit.position(&key).and_then(|pos| {
                     let e = &edit.entries[pos];
-                    (class_of(e) == class
+                    (level_of(e) == level
                         && matches!(status(e), Some(Status::Healthy | Status::Probation)))
                     .then(|| candidate(e, pos))
                 });
@@ -654,8 +682,8 @@ impl<K: Key, S: Clone> Core<K, S> {
             }
             c
         };
-        let mut primaries = Vec::new();
-        let mut backups = Vec::new();
+        // Available candidates by priority level.
+        let mut by_level: Vec<Vec<Candidate>> = vec![Vec::new()];
         let mut counts = Counts::default();
         for (pos, e) in entries.iter().enumerate() {
             let status = e.state.status_at(now);
@@ -663,30 +691,27 @@ impl<K: Key, S: Clone> Core<K, S> {
                 let end = now + remaining;
                 deadline = Some(deadline.map_or(end, |d| d.min(end)));
             }
-            counts.apply(class_of(e), status, true);
+            counts.apply(level_of(e), status, true);
             if matches!(status, Status::Healthy | Status::Probation) {
-                if e.backend.is_backup() {
-                    backups.push(candidate(e, pos));
-                } else {
-                    primaries.push(candidate(e, pos));
+                let level = usize::from(level_of(e));
+                if by_level.len() <= level {
+                    by_level.resize_with(level + 1, Vec::new);
                 }
+                by_level[level].push(candidate(e, pos));
             }
         }
         self.pool.members.store(entries.len(), Relaxed);
-        let all_live = |backup: bool| -> Vec<Candidate> {
-            entries
+        let (tier, level) = counts.tier(self.cfg.panic_threshold);
+        let list = match tier {
+            Tier::Primary | Tier::Backup => std::mem::take(&mut by_level[usize::from(level)]),
+            // Panic mode: every live endpoint of the level (the primaries if any is live,
+            // else the lowest live backup level), whatever its health.
+            Tier::Panic => entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.backend.is_backup() == backup && !e.state.is_draining())
+                .filter(|(_, e)| level_of(e) == level && !e.state.is_draining())
                 .map(|(pos, e)| candidate(e, pos))
-                .collect()
-        };
-        let tier = counts.tier(self.cfg.panic_threshold);
-        let list = match tier {
-            Tier::Primary => primaries,
-            Tier::Backup => backups,
-            // Panic mode: the primaries if any is live, else the backups.
-            Tier::Panic => all_live(counts.live[0] == 0),
+                .collect(),
             Tier::None => Vec::new(),
         };
         if let Some(next) = ramp.and_then(|r| r.next.get()) {
@@ -701,6 +726,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             epoch,
             deadline,
             tier,
+            level,
             counts,
             delta: None,
         }
@@ -981,6 +1007,7 @@ mod tests {
         };
         assert_eq!(sorted(&full.candidates), sorted(&snap.candidates));
         assert_eq!(full.tier, snap.tier);
+        assert_eq!(full.level, snap.level);
         assert_eq!(full.counts, snap.counts);
     }
 
@@ -1065,7 +1092,8 @@ mod tests {
     }
 
     /// Many random single changes, with readers holding some snapshots (so the list is
-    /// sometimes copied, sometimes replayed in place), backups, drains and tier changes:
+    /// sometimes copied, sometimes replayed in place), two backup levels, drains and tier
+    /// changes:
     /// every snapshot matches a full rebuild.
     #[test]
     fn random_changes_match_a_full_rebuild() {
@@ -1088,7 +1116,11 @@ mod tests {
                 match next(10) {
                     0..=3 => {
                         let b = Backend::new(key).weight(1 + next(2) as u32);
-                        let b = b.backup(next(6) == 0);
+                        let b = b.priority(match next(8) {
+                            0 => 1,
+                            1 => 2,
+                            _ => 0,
+                        });
                         insert(&core, b);
                     }
                     4..=6 => {

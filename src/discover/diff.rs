@@ -37,7 +37,7 @@ impl<K> Desired<K> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Applied {
     weight: u32,
-    backup: bool,
+    priority: u8,
     max_conns: usize,
     draining: bool,
 }
@@ -46,7 +46,7 @@ impl Applied {
     fn of<K>(d: &Desired<K>) -> Self {
         Self {
             weight: d.backend.get_weight().max(1),
-            backup: d.backend.is_backup(),
+            priority: d.backend.get_priority(),
             max_conns: d.backend.get_max_conns(),
             draining: d.draining,
         }
@@ -196,7 +196,7 @@ impl<K: Key> SetSync<K> {
             match self.last.get(key) {
                 None => upserts.push(d.clone()),
                 Some(old) => {
-                    if (old.backup, old.max_conns) != (a.backup, a.max_conns) {
+                    if (old.priority, old.max_conns) != (a.priority, a.max_conns) {
                         upserts.push(d.clone());
                     } else if old.weight != a.weight {
                         reweights.push((key.clone(), a.weight));

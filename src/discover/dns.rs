@@ -6,11 +6,12 @@
 //! - **`host:port`** ([`DnsSource::host`]): every A and AAAA address becomes a primary
 //!   backend `SocketAddr(ip, port)` of weight 1.
 //! - **SRV** ([`DnsSource::srv`]): each record's target is resolved to its addresses and
-//!   paired with the record's port. The lowest priority present is the primary tier;
-//!   every higher priority becomes a [`backup`](crate::Backend::backup) (the balancer has
-//!   two tiers, so priorities 20 and 30 both serve only when no priority-10 backend is
-//!   available). SRV weights become weights, with `0` mapped to `1`. An address listed
-//!   twice keeps its lowest priority.
+//!   paired with the record's port. SRV priorities become [priority
+//!   levels](crate::Backend::priority) in order (RFC 2782): the lowest priority present
+//!   is the primary level 0, the next level 1, and so on, so with priorities 10, 20 and
+//!   30, priority 20 serves only while no priority-10 backend is available and 30 only
+//!   while neither is. SRV weights become weights, with `0` mapped to `1`. An address
+//!   listed twice keeps its lowest priority.
 //! - **Refresh at TTL**: the next resolution happens when the answer expires: the lowest
 //!   TTL among the records used (SRV and target addresses), clamped to
 //!   [`min_ttl`](DnsSource::min_ttl), default 1 s, and [`max_ttl`](DnsSource::max_ttl),
@@ -613,14 +614,19 @@ impl Driver {
     }
 }
 
-/// SRV records and their targets' addresses → backends: the lowest priority is primary,
-/// the others backups; weight 0 counts as 1; an address keeps its lowest priority.
+/// SRV records and their targets' addresses → backends: the distinct SRV priorities, in
+/// order, become priority levels 0, 1, 2… (beyond 255 they share the last); weight 0
+/// counts as 1; an address keeps its lowest priority.
 fn srv_backends(
     records: &[SrvRecord],
     addrs: &HashMap<&str, Vec<IpAddr>>,
 ) -> Vec<Desired<SocketAddr>> {
-    let Some(primary) = records.iter().map(|r| r.priority).min() else {
-        return Vec::new();
+    let mut priorities: Vec<u16> = records.iter().map(|r| r.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let level = |priority: u16| {
+        let rank = priorities.binary_search(&priority).unwrap_or(0);
+        u8::try_from(rank).unwrap_or(u8::MAX)
     };
     let mut sorted: Vec<&SrvRecord> = records.iter().collect();
     sorted.sort_by_key(|r| (r.priority, std::cmp::Reverse(r.weight)));
@@ -633,7 +639,7 @@ fn srv_backends(
                 out.push(Desired::new(
                     Backend::new(addr)
                         .weight(u32::from(r.weight.max(1)))
-                        .backup(r.priority != primary),
+                        .priority(level(r.priority)),
                 ));
             }
         }

@@ -12,7 +12,11 @@
 //!
 //! [[backend]]
 //! address = "10.0.0.9:8080"
-//! backup = true         # optional, default false
+//! backup = true         # optional, default false (the same as priority = 1)
+//!
+//! [[backend]]
+//! address = "10.0.9.9:8080"
+//! priority = 2          # optional, default 0: serves only while levels 0 and 1 can't
 //! ```
 //!
 //! JSON (`.json`): the same objects, as an array or under `"backend"`:
@@ -153,6 +157,8 @@ struct Entry {
     weight: u32,
     #[serde(default)]
     backup: bool,
+    #[serde(default)]
+    priority: Option<u8>,
 }
 
 fn one() -> u32 {
@@ -221,7 +227,18 @@ where
                     e.address
                 ));
             }
-            Ok(Backend::new(key).weight(e.weight).backup(e.backup))
+            let priority = match (e.priority, e.backup) {
+                (Some(0), true) => {
+                    return Err(format!(
+                        "backend #{} ({}): backup = true contradicts priority = 0",
+                        i + 1,
+                        e.address
+                    ))
+                }
+                (Some(level), _) => level,
+                (None, backup) => u8::from(backup),
+            };
+            Ok(Backend::new(key).weight(e.weight).priority(priority))
         })
         .collect()
 }
@@ -438,7 +455,21 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!((b[0].get_weight(), b[0].is_backup()), (3, false));
         assert_eq!((b[1].get_weight(), b[1].is_backup()), (1, true));
+        assert_eq!(b[1].get_priority(), 1);
         assert_eq!(toml("").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn parses_priority_levels() {
+        let b = toml(
+            "[[backend]]\naddress = \"10.0.0.1:80\"\npriority = 2\n\n[[backend]]\naddress = \"10.0.0.2:80\"\nbackup = true\npriority = 3\n",
+        )
+        .unwrap();
+        assert_eq!((b[0].get_priority(), b[1].get_priority()), (2, 3));
+        let err = toml("[[backend]]\naddress = \"10.0.0.1:80\"\nbackup = true\npriority = 0\n")
+            .unwrap_err();
+        assert!(err.contains("contradicts"), "{err}");
+        assert!(toml("[[backend]]\naddress = \"10.0.0.1:80\"\npriority = 256\n").is_err());
     }
 
     #[test]

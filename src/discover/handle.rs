@@ -116,7 +116,8 @@ impl<K: Key> Handle<K> {
         Self { apply: core }
     }
 
-    /// Inserts a backend, or updates it (weight, backup flag, service) if its key is known.
+    /// Inserts a backend, or updates it (weight, priority level, service) if its key is
+    /// known.
     ///
     /// Fails on a zero weight, a maker error, or a balancer built from a `Discover` source
     /// (which has no maker).

@@ -10,7 +10,8 @@
 //! - [`active`] (feature `health-active`): a spawned prober sends HTTP, TCP or gRPC probes
 //!   on an interval and marks endpoints down and up (HAProxy `check`, `rise`, `fall`).
 //!
-//! The balancer itself adds the rest: backups (used only while no primary is available),
+//! The balancer itself adds the rest: backups and priority levels (a level is used only
+//! while no lower level is available),
 //! draining, per-backend concurrency caps, panic mode and slow start (see
 //! [`Builder`](crate::balance::Builder)).
 //!
@@ -27,7 +28,7 @@
 //! | [`passive::PassiveHealthLayer::max_ejection_share`] | 50 % | — | `max_ejection_percent` | — |
 //! | [`passive::FailureStatuses`] | errors, 502–504 | `proxy_next_upstream` classes | `consecutive_gateway_failure` / `consecutive_5xx` | `observe layer7` |
 //! | [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold) | 50 % | — | `healthy_panic_threshold` | — |
-//! | [`Backend::backup`](crate::Backend::backup) | off | `backup` | priority levels | `backup` |
+//! | [`Backend::backup`](crate::Backend::backup) / [`priority`](crate::Backend::priority) | off / 0 | `backup` | priority levels | `backup` |
 //! | [`Handle::drain`](crate::discover::Handle::drain) | — | `down` | `DRAINING` health status | `drain` state |
 //! | [`Builder::slow_start`](crate::balance::Builder::slow_start) | off | `slow_start` (Plus) | `slow_start_window` | `slowstart` |
 //! | [`Backend::max_conns`](crate::Backend::max_conns) | off | `max_conns` | `per_host_thresholds` (circuit breaker) | `maxconn` |

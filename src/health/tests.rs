@@ -72,6 +72,88 @@ async fn backups_serve_only_while_every_primary_is_unavailable() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn priority_levels_serve_in_order() {
+    // SRV-style levels: 0 (a), 1 (m), 2 (z).
+    let rig = Rig::new(
+        Balance::builder().backends([
+            Backend::new("a"),
+            Backend::new("m").priority(1),
+            Backend::new("z").priority(2),
+        ]),
+        PassiveHealthLayer::new,
+    );
+    let level = |rig: &Rig| {
+        let s = rig.balance.stats();
+        (s.tier, s.level)
+    };
+    assert_eq!(level(&rig), (Tier::Primary, 0));
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "a");
+    }
+    rig.state("a").set_down(true);
+    assert_eq!(level(&rig), (Tier::Backup, 1));
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "m");
+    }
+    // Level 2 only when level 1 is down too.
+    rig.state("m").set_down(true);
+    assert_eq!(level(&rig), (Tier::Backup, 2));
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "z");
+    }
+    // Level 1 back: it takes over from level 2 at once.
+    rig.state("m").set_down(false);
+    assert_eq!(level(&rig), (Tier::Backup, 1));
+    assert_eq!(rig.send().await.unwrap().0, "m");
+    // A change within the serving level (a new level-1 backend) keeps the level.
+    rig.balance
+        .handle()
+        .insert(Backend::new("n").priority(1))
+        .unwrap();
+    assert_eq!(level(&rig), (Tier::Backup, 1));
+    let mut seen: Vec<_> = Vec::new();
+    for _ in 0..6 {
+        seen.push(rig.send().await.unwrap().0);
+    }
+    assert!(seen.iter().all(|k| *k == "m" || *k == "n"), "{seen:?}");
+    assert!(seen.iter().any(|k| k == "n"), "{seen:?}");
+    // Everything down: panic mode over the primaries, the lowest live level.
+    for k in ["m", "n", "z"] {
+        rig.state(k).set_down(true);
+    }
+    assert_eq!(level(&rig), (Tier::Panic, 0));
+    // The primary back: level 0 again.
+    rig.state("a").set_down(false);
+    assert_eq!(level(&rig), (Tier::Primary, 0));
+    assert_eq!(rig.send().await.unwrap().0, "a");
+    let priorities: HashMap<_, _> = rig
+        .balance
+        .stats()
+        .backends
+        .iter()
+        .map(|b| (b.key, (b.priority, b.backup)))
+        .collect();
+    assert_eq!(priorities["z"], (2, true));
+    assert_eq!(priorities["a"], (0, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_without_primaries_uses_the_lowest_live_backup_level() {
+    let rig = Rig::new(
+        Balance::builder().backends([Backend::new("m").priority(1), Backend::new("z").priority(3)]),
+        PassiveHealthLayer::new,
+    );
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Backup, 1));
+    rig.state("m").set_down(true);
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Backup, 3));
+    rig.state("z").set_down(true);
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Panic, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn draining_takes_no_new_requests_and_lets_in_flight_ones_finish() {
     let rig = Rig::new(
         Balance::builder().backends(["a", "b"].map(Backend::new)),

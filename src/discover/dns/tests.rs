@@ -245,7 +245,7 @@ async fn unchanged_backends_keep_their_service_and_state() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn srv_priorities_become_backups_and_weights_map() {
+async fn srv_priorities_become_levels_and_weights_map() {
     let script = Script::default()
         .srv(Ok(Answer::new(
             vec![
@@ -267,21 +267,22 @@ async fn srv_priorities_become_backups_and_weights_map() {
         .spawn(b.handle())
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let mut got: Vec<(String, u32, bool)> = b
+    let mut got: Vec<(String, u32, u8)> = b
         .stats()
         .backends
         .iter()
-        .map(|s| (s.key.to_string(), s.weight, s.backup))
+        .map(|s| (s.key.to_string(), s.weight, s.priority))
         .collect();
     got.sort();
+    // Priorities 10, 20, 30 → levels 0, 1, 2.
     assert_eq!(
         got,
         [
-            ("10.0.0.1:8080".to_owned(), 5, false),
-            ("10.0.0.2:8081".to_owned(), 1, false),
-            ("10.0.0.3:9090".to_owned(), 3, true),
-            ("10.0.0.9:9091".to_owned(), 1, true),
-            ("[fd00::1]:8080".to_owned(), 5, false),
+            ("10.0.0.1:8080".to_owned(), 5, 0),
+            ("10.0.0.2:8081".to_owned(), 1, 0),
+            ("10.0.0.3:9090".to_owned(), 3, 1),
+            ("10.0.0.9:9091".to_owned(), 1, 2),
+            ("[fd00::1]:8080".to_owned(), 5, 0),
         ]
     );
     // The TTL is the lowest of the SRV answer and its targets (a.svc: 5 s).
