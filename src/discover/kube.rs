@@ -35,7 +35,9 @@
 //!   empty (the Service scaled to zero) empties the set, unless the balancer
 //!   [keeps its last non-empty set](crate::balance::Builder::keep_last_on_empty).
 //!
-//! Weights are 1; each backend carries its zone and node as a [`Topology`]. The task lives as long as the [`Guard`] from [`EndpointSlices::spawn`].
+//! Weights are 1; each backend carries its zone and node as a [`Topology`];
+//! [`prefer_zone`](EndpointSlices::prefer_zone) keeps traffic in one zone while it can
+//! serve. The task lives as long as the [`Guard`] from [`EndpointSlices::spawn`].
 //! The client needs `list` and `watch` on `endpointslices.discovery.k8s.io` in the
 //! namespace.
 //!
@@ -97,6 +99,7 @@ pub struct EndpointSlices {
     service: String,
     port: Option<String>,
     page_size: Option<u32>,
+    local_zone: Option<String>,
 }
 
 impl fmt::Debug for EndpointSlices {
@@ -118,7 +121,18 @@ impl EndpointSlices {
             service: service.into(),
             port: None,
             page_size: None,
+            local_zone: None,
         }
+    }
+
+    /// Keeps traffic in `zone` while it can serve, as Kubernetes' `trafficDistribution:
+    /// PreferClose` does: endpoints whose slice places them in `zone` are primaries, the
+    /// others [priority level](crate::Backend::priority) 1, used only while no endpoint of
+    /// `zone` is available (ejected, down or gone). Endpoints without a zone count as
+    /// elsewhere. Typically the zone of the node this process runs on.
+    pub fn prefer_zone(mut self, zone: impl Into<String>) -> Self {
+        self.local_zone = Some(zone.into());
+        self
     }
 
     /// The Service port name whose number each endpoint is reached on (default: the
@@ -154,6 +168,7 @@ impl EndpointSlices {
         }
         let service = format!("{}/{}", self.namespace, self.service);
         let port = self.port;
+        let zone = self.local_zone;
         let mut state = Watch {
             sync: SetSync::new(handle),
             slices: BTreeMap::new(),
@@ -164,7 +179,7 @@ impl EndpointSlices {
             match event {
                 Ok(event) => {
                     if state.on_event(event) {
-                        state.apply(&service, port.as_deref());
+                        state.apply(&service, port.as_deref(), zone.as_deref());
                     }
                 }
                 Err(e) => {
@@ -216,8 +231,8 @@ impl Watch {
         }
     }
 
-    fn apply(&mut self, service: &str, port: Option<&str>) {
-        let next = backends(self.slices.values(), port);
+    fn apply(&mut self, service: &str, port: Option<&str>, zone: Option<&str>) {
+        let next = backends(self.slices.values(), port, zone);
         if next.is_empty() && self.sync.len() > 0 {
             tracing::warn!(%service, slices = self.slices.len(),
                 "tower_lb::kube: the service has no serving endpoint");
@@ -272,6 +287,7 @@ enum Condition {
 fn backends<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: Option<&str>,
+    local_zone: Option<&str>,
 ) -> Vec<Desired<SocketAddr>> {
     let mut best: HashMap<SocketAddr, (Condition, Topology)> = HashMap::new();
     for slice in slices {
@@ -318,9 +334,14 @@ fn backends<'a>(
     let any_ready = best.values().any(|(c, _)| *c == Condition::Ready);
     let mut out: Vec<Desired<SocketAddr>> = best
         .into_iter()
-        .map(|(addr, (c, topology))| Desired {
-            backend: Backend::new(addr).with_meta(topology),
-            draining: any_ready && c == Condition::Terminating,
+        .map(|(addr, (c, topology))| {
+            let elsewhere = local_zone.is_some_and(|z| topology.zone.as_deref() != Some(z));
+            Desired {
+                backend: Backend::new(addr)
+                    .priority(u8::from(elsewhere))
+                    .with_meta(topology),
+                draining: any_ready && c == Condition::Terminating,
+            }
         })
         .collect();
     out.sort_by_key(|d| *d.backend.key());

@@ -156,3 +156,52 @@ async fn a_relist_keeps_the_set_through_errors_then_applies_the_new_list() {
     let after = ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.2.1:8080"];
     assert!(eventually(20, || keys(&b) == after).await, "{:?}", keys(&b));
 }
+
+#[tokio::test]
+async fn prefer_zone_serves_the_local_zone_then_falls_back() {
+    let zoned = |addr: &str, zone: &str| json!({ "addresses": [addr], "zone": zone, "conditions": { "ready": true } });
+    let api = FakeApi::start(vec![slice(
+        "checkout-a",
+        "IPv4",
+        vec![
+            zoned("10.0.0.1", "eu-west-1a"),
+            zoned("10.0.0.2", "eu-west-1b"),
+            zoned("10.0.0.3", "eu-west-1b"),
+        ],
+    )])
+    .await;
+    let b = balance();
+    let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
+        .port("http")
+        .prefer_zone("eu-west-1a")
+        .spawn(b.handle());
+    assert!(eventually(10, || keys(&b).len() == 3).await);
+    assert!(eventually(10, || api.watches() >= 1).await);
+    let picks = |b: Balance<SocketAddr, Svc>| async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(b.send(()).await.unwrap().to_string());
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(picks(b.clone()).await, ["10.0.0.1:8080"]);
+
+    // The local endpoint goes away: the other zone serves.
+    api.apply(slice(
+        "checkout-a",
+        "IPv4",
+        vec![
+            zoned("10.0.0.2", "eu-west-1b"),
+            zoned("10.0.0.3", "eu-west-1b"),
+        ],
+    ));
+    assert!(eventually(10, || keys(&b).len() == 2).await);
+    let fallback = picks(b.clone()).await;
+    assert!(
+        !fallback.is_empty()
+            && fallback
+                .iter()
+                .all(|k| k == "10.0.0.2:8080" || k == "10.0.0.3:8080"),
+        "{fallback:?}"
+    );
+}

@@ -49,7 +49,7 @@ fn unset_conditions_mean_ready() {
         ]),
     );
     assert_eq!(
-        table(&backends([&s], Some("http"))),
+        table(&backends([&s], Some("http"), None)),
         [
             row("10.0.0.1:8080", false),
             row("10.0.0.2:8080", false),
@@ -74,7 +74,7 @@ fn not_ready_endpoints_are_left_out() {
         ]),
     );
     assert_eq!(
-        table(&backends([&s], Some("http"))),
+        table(&backends([&s], Some("http"), None)),
         [row("10.0.0.3:80", false)]
     );
 }
@@ -94,7 +94,7 @@ fn terminating_endpoints_drain_while_others_are_ready() {
         ]),
     );
     assert_eq!(
-        table(&backends([&s], Some("http"))),
+        table(&backends([&s], Some("http"), None)),
         [row("10.0.0.1:80", true), row("10.0.0.2:80", false)]
     );
 }
@@ -114,7 +114,7 @@ fn terminating_endpoints_serve_when_nothing_else_does() {
         ]),
     );
     assert_eq!(
-        table(&backends([&s], Some("http"))),
+        table(&backends([&s], Some("http"), None)),
         [row("10.0.0.1:80", false)]
     );
 }
@@ -131,7 +131,7 @@ fn slices_are_unioned_across_families_and_sizes() {
     let a = slice("a", "IPv4", http(80), many("10.0.0.", 100));
     let b = slice("b", "IPv4", http(80), many("10.0.1.", 30));
     let c = slice("c", "IPv6", http(80), many("fd00::", 100));
-    let set = backends([&a, &b, &c], Some("http"));
+    let set = backends([&a, &b, &c], Some("http"), None);
     assert_eq!(set.len(), 230);
     assert!(set
         .iter()
@@ -146,16 +146,16 @@ fn the_port_is_chosen_by_name_per_slice() {
     let a = slice("a", "IPv4", http(8080), json!([ep("10.0.0.1", json!({}))]));
     let b = slice("b", "IPv4", http(9090), json!([ep("10.0.0.2", json!({}))]));
     assert_eq!(
-        table(&backends([&a, &b], Some("http"))),
+        table(&backends([&a, &b], Some("http"), None)),
         [row("10.0.0.1:8080", false), row("10.0.0.2:9090", false)]
     );
     assert_eq!(
-        table(&backends([&a], Some("admin"))),
+        table(&backends([&a], Some("admin"), None)),
         [row("10.0.0.1:9901", false)]
     );
     // No such port, or no unnamed port: nothing.
-    assert!(backends([&a], Some("grpc")).is_empty());
-    assert!(backends([&a], None).is_empty());
+    assert!(backends([&a], Some("grpc"), None).is_empty());
+    assert!(backends([&a], None, None).is_empty());
     let unnamed = slice(
         "u",
         "IPv4",
@@ -163,7 +163,7 @@ fn the_port_is_chosen_by_name_per_slice() {
         json!([ep("10.0.0.3", json!({}))]),
     );
     assert_eq!(
-        table(&backends([&unnamed], None)),
+        table(&backends([&unnamed], None, None)),
         [row("10.0.0.3:7000", false)]
     );
 }
@@ -177,7 +177,7 @@ fn fqdn_slices_and_bad_addresses_are_skipped() {
         json!([ep("db.example.com", json!({}))]),
     );
     let bad = slice("b", "IPv4", http(80), json!([ep("not-an-ip", json!({}))]));
-    assert!(backends([&f, &bad], Some("http")).is_empty());
+    assert!(backends([&f, &bad], Some("http"), None).is_empty());
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn an_address_in_two_slices_keeps_its_best_condition() {
         json!([ep("10.0.0.1", json!({ "ready": true }))]),
     );
     assert_eq!(
-        table(&backends([&old, &new], Some("http"))),
+        table(&backends([&old, &new], Some("http"), None)),
         [row("10.0.0.1:80", false)]
     );
 }
@@ -260,7 +260,7 @@ fn backends_carry_zone_and_node() {
         http(8080),
         json!([{ "addresses": ["10.0.0.1"], "zone": "old", "conditions": { "ready": false, "serving": true, "terminating": true } }]),
     );
-    let set = backends([&s, &t], Some("http"));
+    let set = backends([&s, &t], Some("http"), None);
     let topo: Vec<_> = set
         .iter()
         .map(|d| d.backend.meta::<Topology>().cloned().unwrap())
@@ -275,4 +275,33 @@ fn backends_carry_zone_and_node() {
             Topology::default(),
         ]
     );
+}
+
+#[test]
+fn prefer_zone_makes_other_zones_a_backup_level() {
+    let s = slice(
+        "a",
+        "IPv4",
+        http(8080),
+        json!([
+            { "addresses": ["10.0.0.1"], "zone": "eu-west-1a" },
+            { "addresses": ["10.0.0.2"], "zone": "eu-west-1b" },
+            { "addresses": ["10.0.0.3"] },
+        ]),
+    );
+    let levels = |zone| {
+        backends([&s], Some("http"), zone)
+            .iter()
+            .map(|d| (d.backend.key().to_string(), d.backend.get_priority()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        levels(Some("eu-west-1a")),
+        [
+            ("10.0.0.1:8080".to_owned(), 0),
+            ("10.0.0.2:8080".to_owned(), 1),
+            ("10.0.0.3:8080".to_owned(), 1),
+        ]
+    );
+    assert!(levels(None).iter().all(|(_, level)| *level == 0));
 }
