@@ -749,6 +749,30 @@ fn metrics(gw: &Gateway) -> String {
         );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
+    let pool_families: [(&str, &str, fn(&tower_lb::balance::Stats<String>) -> f64); 3] = [
+        (
+            "tower_lb_pool_available",
+            "Backends of the pool taking new requests.",
+            |s| s.available as f64,
+        ),
+        (
+            "tower_lb_pool_level",
+            "Priority level serving (0: primaries).",
+            |s| f64::from(s.level),
+        ),
+        (
+            "tower_lb_pool_panic",
+            "1 in panic mode (too few backends available: health ignored).",
+            |s| f64::from(u8::from(s.panic())),
+        ),
+    ];
+    for (name, help, value) in pool_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for pool in &pools {
+            let stats = pool.balance.stats();
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.name, value(&stats));
+        }
+    }
     out
 }
 
@@ -782,6 +806,7 @@ fn status_json(gw: &Gateway) -> serde_json::Value {
                 serde_json::json!({
                     "strategy": s.strategy,
                     "tier": format!("{:?}", s.tier),
+                    "level": s.level,
                     "panic": s.panic(),
                     "available": s.available,
                     "backends": backends,

@@ -563,6 +563,13 @@ async fn health_metrics_and_status_endpoints() {
         "{text}"
     );
     assert!(text.contains("tower_lb_response_seconds_bucket"), "{text}");
+    for line in [
+        "tower_lb_pool_available{pool=\"default\"} 1",
+        "tower_lb_pool_level{pool=\"default\"} 0",
+        "tower_lb_pool_panic{pool=\"default\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
     let (s, body) = get(&c, &gw.url("/status")).await;
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
