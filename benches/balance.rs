@@ -5,15 +5,16 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
-use std::{hint::black_box, time::Duration};
+mod common;
 
+use std::time::Duration;
+
+use common::{rt, time_requests};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tokio::{runtime::Runtime, time::Instant};
 use tower::{
     balance::p2c,
     discover::ServiceList,
     load::{CompleteOnResponse, PendingRequests},
-    Service, ServiceExt,
 };
 use tower_lb::{
     balance::strategy::{LeastConn, P2c, Random, RoundRobin, Strategy, WeightedRoundRobin},
@@ -23,40 +24,12 @@ use tower_lb::{
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 
-fn rt() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn ours(strategy: impl Strategy, n: usize) -> Balance<u32, Echo<u32>> {
     test_util::echo(
         Balance::builder()
             .strategy(strategy)
             .backends((0..n as u32).map(Backend::new)),
     )
-}
-
-/// Times `iters` requests (`ready` + `call` + await) through `svc`, one after another.
-fn time_requests<S>(rt: &Runtime, svc: &mut S, iters: u64) -> Duration
-where
-    S: Service<()>,
-    S::Error: std::fmt::Debug,
-{
-    rt.block_on(async {
-        let start = Instant::now();
-        for _ in 0..iters {
-            let rsp = ServiceExt::<()>::ready(&mut *svc)
-                .await
-                .unwrap()
-                .call(())
-                .await
-                .unwrap();
-            black_box(rsp);
-        }
-        start.elapsed()
-    })
 }
 
 fn bench_strategies(c: &mut Criterion) {
@@ -76,13 +49,13 @@ fn bench_strategies(c: &mut Criterion) {
         for (name, make) in strategies {
             let mut svc = make(n);
             g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter_custom(|iters| time_requests(&rt, &mut svc, iters))
+                b.iter_custom(|iters| time_requests(&rt, &mut svc, iters, || ()))
             });
         }
         // The harness alone: one in-memory service called directly, no balancer.
         let mut direct = test_util::echo_service(0u32);
         g.bench_with_input(BenchmarkId::new("no-balancer", n), &n, |b, _| {
-            b.iter_custom(|iters| time_requests(&rt, &mut direct, iters))
+            b.iter_custom(|iters| time_requests(&rt, &mut direct, iters, || ()))
         });
         // tower's p2c over the same services, tracking pending requests.
         let services: Vec<_> = (0..n as u32)
@@ -93,7 +66,7 @@ fn bench_strategies(c: &mut Criterion) {
         let mut tower_p2c: p2c::Balance<_, ()> =
             p2c::Balance::new(ServiceList::new::<()>(services));
         g.bench_with_input(BenchmarkId::new("tower-p2c", n), &n, |b, _| {
-            b.iter_custom(|iters| time_requests(&rt, &mut tower_p2c, iters))
+            b.iter_custom(|iters| time_requests(&rt, &mut tower_p2c, iters, || ()))
         });
     }
     g.finish();

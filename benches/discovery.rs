@@ -10,9 +10,10 @@
 // The churn runs on a plain thread, paced by the std clock; no tokio clock there.
 #![allow(clippy::disallowed_types)]
 
+mod common;
+
 use std::{
     alloc::System,
-    hint::black_box,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,10 +22,9 @@ use std::{
     time::Duration,
 };
 
+use common::{rt, time_requests};
 use criterion::{BenchmarkId, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tokio::{runtime::Runtime, time::Instant};
-use tower::{Service, ServiceExt};
 use tower_lb::{
     balance::strategy::{P2c, RoundRobin, Strategy},
     test_util::{self, Echo},
@@ -51,13 +51,6 @@ fn balance(strategy: impl Strategy) -> Balance<SocketAddr, Echo<SocketAddr>> {
             .strategy(strategy)
             .backends((0..N).map(|i| Backend::new(addr(i)))),
     )
-}
-
-fn rt() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Applies `CHANGES_PER_SEC` changes per second on another thread until stopped: removes
@@ -140,21 +133,7 @@ fn picks(c: &mut Criterion) {
             let churner = churn.then(|| Churn::start(&svc));
             let id = if churn { "churn-1000/s" } else { "static" };
             g.bench_with_input(BenchmarkId::new(name, id), &N, |b, _| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            let rsp = ServiceExt::<()>::ready(&mut svc)
-                                .await
-                                .unwrap()
-                                .call(())
-                                .await
-                                .unwrap();
-                            black_box(rsp);
-                        }
-                        start.elapsed()
-                    })
-                })
+                b.iter_custom(|iters| time_requests(&rt, &mut svc, iters, || ()))
             });
             if let Some(churner) = churner {
                 let (rate, us) = churner.finish();
