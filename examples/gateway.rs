@@ -665,6 +665,8 @@ fn metrics(gw: &Gateway) -> String {
         .clone();
     let mut pools: Vec<_> = gw.pools.values().collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
+    // One snapshot per pool for the whole scrape: every family reads the same moment.
+    let pools: Vec<_> = pools.into_iter().map(|p| (p, p.balance.stats())).collect();
     let families = [
         (
             "tower_lb_requests_total",
@@ -700,8 +702,8 @@ fn metrics(gw: &Gateway) -> String {
     ];
     for (name, kind, help) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for pool in &pools {
-            for b in pool.balance.stats().backends {
+        for (pool, stats) in &pools {
+            for b in &stats.backends {
                 let value = match name {
                     "tower_lb_requests_total" => b.requests as f64,
                     "tower_lb_failures_total" => b.failures as f64,
@@ -768,9 +770,8 @@ fn metrics(gw: &Gateway) -> String {
     ];
     for (name, help, value) in pool_families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for pool in &pools {
-            let stats = pool.balance.stats();
-            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.name, value(&stats));
+        for (pool, stats) in &pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.name, value(stats));
         }
     }
     out

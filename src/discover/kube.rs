@@ -65,7 +65,7 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -322,12 +322,16 @@ fn backends<'a>(
                 zone: ep.zone.clone(),
                 node: ep.node_name.clone(),
             };
-            let slot = best
-                .entry(addr)
-                .or_insert_with(|| (condition, topology.clone()));
             // The best condition wins, with the topology its slice reports.
-            if condition > slot.0 {
-                *slot = (condition, topology);
+            match best.entry(addr) {
+                Entry::Vacant(slot) => {
+                    slot.insert((condition, topology));
+                }
+                Entry::Occupied(mut slot) => {
+                    if condition > slot.get().0 {
+                        slot.insert((condition, topology));
+                    }
+                }
             }
         }
     }
