@@ -50,8 +50,8 @@ impl<K> Backend<K> {
         self
     }
 
-    /// Marks the backend as a backup (nginx `backup`): it gets traffic only while no
-    /// primary is available. The same as [`priority(1)`](Self::priority); `false` makes
+    /// Marks the backend as a backup (nginx `backup`): it gets traffic only while the
+    /// primaries cannot take it (ejected, down, or already failed for this request). The same as [`priority(1)`](Self::priority); `false` makes
     /// it a primary again.
     #[must_use]
     pub fn backup(mut self, backup: bool) -> Self {
@@ -60,9 +60,12 @@ impl<K> Backend<K> {
     }
 
     /// Sets the priority level: 0 (the default) for primaries, higher for backups. The
-    /// lowest level with an available backend serves, so level 2 gets traffic only while
-    /// no backend of levels 0 and 1 is available (DNS SRV priorities, RFC 2782; Envoy
-    /// priority levels without overprovisioning spill-over).
+    /// lowest level that can serve does, so level 2 gets traffic only while levels 0 and 1
+    /// cannot (DNS SRV priorities, RFC 2782; Envoy priority levels without
+    /// overprovisioning spill-over): a level serves while at least the
+    /// [panic threshold](crate::balance::Builder::panic_threshold) share of it is
+    /// available, and a request every endpoint of its level failed moves on to the next
+    /// level within its retries.
     #[must_use]
     pub fn priority(mut self, level: u8) -> Self {
         self.priority = level;

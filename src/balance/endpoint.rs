@@ -4,8 +4,8 @@
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::*},
-        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::*},
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -69,8 +69,75 @@ pub(crate) struct Pool {
     pub(crate) changed: AtomicU64,
     /// Endpoints in the set.
     pub(crate) members: AtomicUsize,
-    /// Endpoints ejected or on probation.
-    pub(crate) ejected: AtomicUsize,
+    /// Per priority level: endpoints ejected or on probation, and the live and available
+    /// counts of the last published snapshot. Read and written on failure paths only
+    /// (ejections, readmissions, publications), never per request.
+    pub(crate) levels: Mutex<Levels>,
+}
+
+/// Per-level counts of one balancer's endpoints (index: priority level).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Levels {
+    /// Ejected or on probation (live count, updated by every ejection and readmission).
+    pub(crate) ejected: Vec<usize>,
+    /// Not draining, as of the last published snapshot.
+    pub(crate) live: Vec<usize>,
+    /// Healthy or on probation, as of the last published snapshot.
+    pub(crate) available: Vec<usize>,
+}
+
+impl Levels {
+    fn ejected_mut(&mut self, level: u8) -> &mut usize {
+        let l = usize::from(level);
+        if self.ejected.len() <= l {
+            self.ejected.resize(l + 1, 0);
+        }
+        &mut self.ejected[l]
+    }
+
+    fn get(v: &[usize], level: u8) -> usize {
+        v.get(usize::from(level)).copied().unwrap_or(0)
+    }
+}
+
+impl Pool {
+    fn levels(&self) -> std::sync::MutexGuard<'_, Levels> {
+        self.levels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more (`add`) or one less endpoint of `level` as ejected.
+    pub(crate) fn count_ejected(&self, level: u8, add: bool) {
+        let mut levels = self.levels();
+        let n = levels.ejected_mut(level);
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// Endpoints ejected or on probation, over every level.
+    pub(crate) fn ejected(&self) -> usize {
+        self.levels().ejected.iter().sum()
+    }
+
+    /// Records the per-level counts of a newly published snapshot.
+    pub(crate) fn publish_counts(&self, live: &[usize], available: &[usize]) {
+        let mut levels = self.levels();
+        if levels.live != live || levels.available != available {
+            levels.live = live.to_vec();
+            levels.available = available.to_vec();
+        }
+    }
+}
+
+/// Why an ejection was refused; see [`EndpointState::may_eject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The endpoint is the only one of its set.
+    Lone,
+    /// Its level's max ejection share is reached and no other level can serve.
+    Share {
+        level: u8,
+        ejected: usize,
+        live: usize,
+    },
 }
 
 /// Live state of one endpoint, keyed by its backend key and kept across discovery
@@ -87,6 +154,10 @@ pub struct EndpointState {
     /// request path pays one read-modify-write to count both.
     load: AtomicU64,
     max_conns: AtomicUsize,
+    /// The backend's priority level (0: primary), for the per-level ejection share.
+    level: AtomicU8,
+    /// The endpoint was removed from its set: its ejections no longer count there.
+    left: AtomicBool,
     failures: AtomicU64,
     ejections: AtomicU64,
     /// Peak-EWMA RTT in nanoseconds as `f64` bits; `0` = no sample yet.
@@ -131,12 +202,14 @@ impl fmt::Debug for EndpointState {
 }
 
 impl EndpointState {
-    pub(crate) fn new(pool: Arc<Pool>, max_conns: usize) -> Self {
+    pub(crate) fn new(pool: Arc<Pool>, max_conns: usize, level: u8) -> Self {
         Self {
             base: Instant::now(),
             pool,
             load: AtomicU64::new(0),
             max_conns: AtomicUsize::new(max_conns),
+            level: AtomicU8::new(level),
+            left: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
@@ -157,7 +230,7 @@ impl EndpointState {
 
     /// A detached state, for tests and custom strategies' unit tests.
     pub fn detached() -> Self {
-        Self::new(Arc::new(Pool::default()), 0)
+        Self::new(Arc::new(Pool::default()), 0, 0)
     }
 
     pub(crate) fn nanos(&self, t: Instant) -> u64 {
@@ -212,6 +285,37 @@ impl EndpointState {
 
     pub(crate) fn set_max_conns(&self, max: usize) {
         self.max_conns.store(max, Relaxed);
+    }
+
+    /// The backend's priority level (0: primary).
+    pub fn level(&self) -> u8 {
+        self.level.load(Relaxed)
+    }
+
+    /// Moves the endpoint to another priority level (its backend was updated), carrying
+    /// its ejection count along.
+    pub(crate) fn set_level(&self, level: u8) {
+        let was = self.level.swap(level, Relaxed);
+        if was != level && self.on_probation_or_ejected() && !self.left.load(Relaxed) {
+            self.pool.count_ejected(was, false);
+            self.pool.count_ejected(level, true);
+        }
+    }
+
+    /// This endpoint leaves the set: it no longer counts as ejected in its level, even
+    /// if a request still in flight ejects or readmits it.
+    pub(crate) fn leave(&self) {
+        if !self.left.swap(true, Relaxed) && self.on_probation_or_ejected() {
+            self.pool.count_ejected(self.level(), false);
+        }
+    }
+
+    /// Counts this endpoint in (or out of) its level's ejected endpoints, while it is a
+    /// member of the set.
+    fn count_ejected(&self, add: bool) {
+        if !self.left.load(Relaxed) {
+            self.pool.count_ejected(self.level(), add);
+        }
     }
 
     /// True if the endpoint is at its concurrency cap (nginx `max_conns`), or on probation
@@ -379,7 +483,7 @@ impl EndpointState {
         self.ramp_from.store(self.nanos(until), Relaxed);
         let was = self.ejected_until.swap(self.nanos(until) + 1, AcqRel);
         if was == 0 && !self.probation.swap(true, Relaxed) {
-            self.pool.ejected.fetch_add(1, Relaxed);
+            self.count_ejected(true);
         }
         self.probation.store(true, Relaxed);
         self.ejections.fetch_add(1, Relaxed);
@@ -391,26 +495,62 @@ impl EndpointState {
         let was_ejected = self.ejected_until.swap(0, AcqRel) != 0;
         let was_probation = self.probation.swap(false, Relaxed);
         if was_ejected || was_probation {
-            self.pool.ejected.fetch_sub(1, Relaxed);
+            self.count_ejected(false);
             self.touch();
         }
         self.streak.store(0, Relaxed);
         self.window_start.store(0, Relaxed);
     }
 
-    /// Whether one more ejection keeps the ejected share of the pool within `max_share`
-    /// (Envoy `max_ejection_percent`); one ejection is always allowed (gRPC), but a lone
-    /// endpoint is never ejected (nginx).
+    /// Whether this endpoint may be ejected under the max ejection share `max_share`
+    /// (Envoy `max_ejection_percent`), decided per priority level:
+    ///
+    /// - a lone endpoint (the only one of the whole set) is never ejected (nginx);
+    /// - the first ejection of a level is always allowed (gRPC);
+    /// - another is allowed while the level's ejected share stays within `max_share`;
+    /// - beyond that share, only while another level has an available endpoint to take
+    ///   over: the share guards the last endpoints that can serve, not primaries that
+    ///   backups can replace (nginx `backup`).
+    ///
+    /// ```
+    /// use tower_lb::balance::EndpointState;
+    ///
+    /// // A detached state is alone in its set: never ejected.
+    /// assert!(!EndpointState::detached().may_eject(0.5));
+    /// ```
     pub fn may_eject(&self, max_share: f64) -> bool {
+        self.ejection_verdict(max_share).is_ok()
+    }
+
+    /// [`may_eject`](Self::may_eject), with the reason of a refusal for logs.
+    pub(crate) fn ejection_verdict(&self, max_share: f64) -> Result<(), Refusal> {
         if self.on_probation_or_ejected() {
-            return true;
+            return Ok(());
         }
-        let members = self.pool.members.load(Relaxed);
-        if members <= 1 {
-            return false;
+        if self.pool.members.load(Relaxed) <= 1 {
+            return Err(Refusal::Lone);
         }
-        let ejected = self.pool.ejected.load(Relaxed);
-        ejected == 0 || ((ejected + 1) as f64) <= max_share * members as f64
+        let level = self.level();
+        let levels = self.pool.levels();
+        let ejected = Levels::get(&levels.ejected, level);
+        let live = Levels::get(&levels.live, level);
+        if ejected == 0 || ((ejected + 1) as f64) <= max_share * live as f64 {
+            return Ok(());
+        }
+        let elsewhere = levels
+            .available
+            .iter()
+            .enumerate()
+            .any(|(l, &n)| l != usize::from(level) && n > 0);
+        if elsewhere {
+            Ok(())
+        } else {
+            Err(Refusal::Share {
+                level,
+                ejected,
+                live,
+            })
+        }
     }
 
     /// Whether the endpoint is ejected or on probation (its last ejection has not been
@@ -467,16 +607,10 @@ impl EndpointState {
         self.trial.store(false, Release);
     }
 
-    /// Endpoints in this endpoint's set.
-    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
-    pub(crate) fn pool_members(&self) -> usize {
-        self.pool.members.load(Relaxed)
-    }
-
-    /// Endpoints of this endpoint's set that are ejected or on probation.
-    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
-    pub(crate) fn pool_ejected(&self) -> usize {
-        self.pool.ejected.load(Relaxed)
+    /// Endpoints of this endpoint's set that are ejected or on probation, over every
+    /// priority level.
+    pub fn pool_ejected(&self) -> usize {
+        self.pool.ejected()
     }
 
     /// Whether a probation trial is in flight.

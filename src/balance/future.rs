@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
-    set::{Core, Key, Snapshot},
-    strategy::{CandidateList, RequestKey},
+    set::{candidate, Core, Key, Snapshot},
+    strategy::{Candidate, CandidateList, RequestKey},
     RequestPolicy,
 };
 use crate::error::{AllUnavailable, BoxError, EndpointError, NoEndpoints};
@@ -186,6 +186,11 @@ fn pick<K, S>(
         .filter(|c| !tried.contains(&c.id) && !c.state.at_capacity())
         .cloned()
         .collect();
+    let rest = if rest.is_empty() {
+        next_level(snap, tried)
+    } else {
+        rest
+    };
     let rest = CandidateList::new(rest);
     let view = rest.view();
     Some(
@@ -198,6 +203,33 @@ fn pick<K, S>(
             None => Err(AllUnavailable::new(snap.entries.len()).into()),
         },
     )
+}
+
+/// Every candidate of the serving level already failed this request or is at its cap:
+/// the available endpoints of the next priority level that has any, so backups take the
+/// request within its own retries (nginx `backup`: used when no primary can take it).
+#[cold]
+fn next_level<K, S>(snap: &Snapshot<K, S>, tried: &[u64]) -> Vec<Candidate> {
+    let now = Instant::now();
+    let mut level: Option<u8> = None;
+    let mut out = Vec::new();
+    for (pos, e) in snap.entries.iter().enumerate() {
+        let l = e.backend.get_priority();
+        if l <= snap.level
+            || level.is_some_and(|best| l > best)
+            || tried.contains(&e.id)
+            || !e.state.is_available_at(now)
+            || e.state.at_capacity()
+        {
+            continue;
+        }
+        if level != Some(l) {
+            level = Some(l);
+            out.clear();
+        }
+        out.push(candidate(e, pos));
+    }
+    out
 }
 
 /// Nothing is available: wait for a change, bounded by the fail-fast deadline, or fail.

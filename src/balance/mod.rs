@@ -4,16 +4,21 @@
 //!
 //! 1. `call` reads the request's affinity key through the [`RequestPolicy`] (none by
 //!    default) and returns a future; nothing is chosen yet in `poll_ready`.
-//! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list:
-//!    available primaries; if none, the available backups of the lowest
-//!    [priority level](crate::Backend::priority) that has any; if too few are available,
-//!    every non-draining endpoint of the lowest live level (panic mode, Envoy's panic
-//!    threshold, default 50 %).
+//! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list,
+//!    from one [priority level](crate::Backend::priority): the lowest level whose share of
+//!    available endpoints (healthy or on probation) is at least the
+//!    [panic threshold](Builder::panic_threshold) (default 50 %) serves with its available
+//!    endpoints. If no level is that healthy, panic mode: every non-draining endpoint of
+//!    the lowest level that still has an available one, whatever its health (Envoy's
+//!    panic threshold, decided per level as Envoy does).
 //! 3. The [`strategy`] picks one. An endpoint at its concurrency cap is skipped.
 //! 4. The endpoint's own `poll_ready` is driven inside the future. If it fails, the request
 //!    never left, so it goes to another endpoint; if the call fails before reaching the
 //!    backend (connection refused) and the policy can replay it, it is re-sent elsewhere,
-//!    up to [`retries`](Builder::retries) times. Nothing is lost.
+//!    up to [`retries`](Builder::retries) times. Nothing is lost. When every endpoint of
+//!    the serving level has failed this request (or is at its cap), the next level with
+//!    an available endpoint takes it, within the same retries: backups serve a request
+//!    no primary can take (nginx `backup`).
 //! 5. With no endpoint at all (empty set, everything draining), the future waits for
 //!    discovery for at most the [fail-fast](Builder::fail_fast) bound (default 1 s), then
 //!    fails with [`NoEndpoints`](crate::error::NoEndpoints) or
@@ -93,6 +98,8 @@ pub mod strategy;
 
 #[cfg(any(feature = "health-passive", feature = "health-active"))]
 pub(crate) use endpoint::later;
+#[cfg(feature = "health-passive")]
+pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, Status};
 pub use future::ResponseFuture;
 pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};

@@ -427,9 +427,12 @@ impl<K: Key, P> Builder<K, P> {
         self
     }
 
-    /// Panic threshold in `0.0..=1.0` (Envoy, default 0.5): when the share of available
-    /// primaries falls below it, health is ignored and every non-draining primary is used.
-    /// `0.0` disables panic mode.
+    /// Panic threshold in `0.0..=1.0` (Envoy, default 0.5), applied per priority level: a
+    /// level serves while the share of its endpoints that are available is at least this;
+    /// below it, the next level that is healthy enough serves instead; when no level is,
+    /// health is ignored and every non-draining endpoint of the lowest level with an
+    /// available one is used (panic mode). `0.0` disables panic mode: the lowest level
+    /// with any available endpoint serves.
     pub fn panic_threshold(mut self, share: f64) -> Self {
         if !(0.0..=1.0).contains(&share) {
             self.error = Some(ConfigError::Invalid {

@@ -44,11 +44,12 @@ impl<T> Key for T where T: std::hash::Hash + Eq + Clone + fmt::Display + Send + 
 pub enum Tier {
     /// Available primaries.
     Primary,
-    /// No primary is available: backups serve, those of the lowest priority level with
-    /// an available backend ([`Stats::level`](crate::balance::Stats::level)).
+    /// The primaries cannot serve (none available, or fewer than the panic threshold):
+    /// the available backups of the lowest priority level that can
+    /// ([`Stats::level`](crate::balance::Stats::level)).
     Backup,
-    /// Panic mode: too few endpoints are available, so health is ignored and every
-    /// non-draining endpoint is used (Envoy's panic threshold).
+    /// Panic mode: no level has enough endpoints available, so health is ignored and
+    /// every non-draining endpoint of one level is used (Envoy's panic threshold).
     Panic,
     /// Nothing can serve.
     None,
@@ -151,39 +152,35 @@ impl Counts {
         }
     }
 
-    /// The lowest backup level (above 0) whose count in `of` is not zero.
-    fn lowest_backup(of: &[usize]) -> Option<u8> {
-        (1..of.len())
-            .find(|&l| of[l] > 0)
-            .map(|l| u8::try_from(l).unwrap_or(u8::MAX))
-    }
-
-    /// Which tier serves, and from which priority level, given the panic threshold.
+    /// Which tier serves, and from which priority level, given the panic threshold;
+    /// the panic threshold applies per level (Envoy):
+    ///
+    /// 1. the lowest level whose available share (healthy or on probation, of its live
+    ///    endpoints) is at least the threshold serves: its available endpoints;
+    /// 2. if no level is that healthy, panic mode in the lowest level with an available
+    ///    endpoint: every live endpoint of it, whatever its health;
+    /// 3. if nothing is available anywhere, panic mode in the lowest live level;
+    /// 4. with the threshold at 0 (panic mode off), only step 1, where any available
+    ///    endpoint is enough.
     fn tier(&self, threshold: f64) -> (Tier, u8) {
-        let live_primaries = self.live.first().copied().unwrap_or(0);
-        let primaries = self.available.first().copied().unwrap_or(0);
-        let share = if live_primaries == 0 {
-            0.0
-        } else {
-            primaries as f64 / live_primaries as f64
-        };
-        if primaries > 0 && share >= threshold {
-            return (Tier::Primary, 0);
+        let level = |l: usize| u8::try_from(l).unwrap_or(u8::MAX);
+        let serving = (0..self.live.len()).find(|&l| {
+            let (live, available) = (self.live[l], self.available[l]);
+            available > 0 && available as f64 >= threshold * live as f64
+        });
+        if let Some(l) = serving {
+            let tier = if l == 0 { Tier::Primary } else { Tier::Backup };
+            return (tier, level(l));
         }
-        if primaries == 0 {
-            if let Some(level) = Self::lowest_backup(&self.available) {
-                return (Tier::Backup, level);
+        if threshold > 0.0 {
+            let panic = (0..self.live.len())
+                .find(|&l| self.available[l] > 0)
+                .or_else(|| (0..self.live.len()).find(|&l| self.live[l] > 0));
+            if let Some(l) = panic {
+                return (Tier::Panic, level(l));
             }
         }
-        if threshold > 0.0 && live_primaries > 0 {
-            (Tier::Panic, 0)
-        } else if primaries > 0 {
-            (Tier::Primary, 0)
-        } else if let Some(level) = Self::lowest_backup(&self.live).filter(|_| threshold > 0.0) {
-            (Tier::Panic, level)
-        } else {
-            (Tier::None, 0)
-        }
+        (Tier::None, 0)
     }
 }
 
@@ -280,7 +277,7 @@ impl<K: Key, S> Edit<K, S> {
     }
 
     /// Removes an endpoint: the last one takes its place, so one index entry changes.
-    fn remove(&mut self, pool: &Pool, key: &K) -> bool {
+    fn remove(&mut self, key: &K) -> bool {
         let Some(i) = self.index.remove(stable_hash(key), key) else {
             return false;
         };
@@ -295,9 +292,7 @@ impl<K: Key, S> Edit<K, S> {
             }
         }
         self.entries.swap_remove(i);
-        if gone.state.on_probation_or_ejected() {
-            pool.ejected.fetch_sub(1, Relaxed);
-        }
+        gone.state.leave();
         tracing::debug!(backend = %key, "tower_lb: endpoint removed");
         true
     }
@@ -543,6 +538,8 @@ impl<K: Key, S: Clone> Core<K, S> {
         let (tier, level) = (next.tier, next.level);
         let available = next.candidates.view().len();
         let total = next.entries.len();
+        self.pool
+            .publish_counts(&next.counts.live, &next.counts.available);
         let next = Arc::new(next);
         let prev = self.snap.swap(next.clone());
         self.published.fetch_add(1, Release);
@@ -760,12 +757,13 @@ impl<K: Key, S: Clone> Core<K, S> {
             None => Arc::new(EndpointState::new(
                 self.pool.clone(),
                 backend.get_max_conns(),
+                backend.get_priority(),
             )),
         }
     }
 
     pub(crate) fn remove(&self, key: &K) -> bool {
-        self.edit(|edit| edit.remove(&self.pool, key))
+        self.edit(|edit| edit.remove(key))
     }
 
     /// Replaces the whole set: keys not in `backends` are removed, the others inserted or
@@ -803,7 +801,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                 .cloned()
                 .collect();
             for k in &gone {
-                edit.remove(&self.pool, k);
+                edit.remove(k);
             }
             for (b, s, st) in made {
                 upsert(edit, b, s, st);
@@ -924,6 +922,7 @@ fn upsert<K: Key, S>(
         Some(i) => {
             // Same key: new service and settings, same state.
             state.set_max_conns(backend.get_max_conns());
+            state.set_level(backend.get_priority());
             let id = edit.entries[i].id;
             edit.set(
                 i,

@@ -19,7 +19,7 @@ use crate::{
     backend::stable_hash,
     balance::{
         strategy::{Candidates, RequestKey},
-        Builder, EndpointState, Status, Target,
+        Builder, EndpointState, RequestPolicy, Status, Target,
     },
     error::BoxError,
     health::passive::{PassiveHealth, PassiveHealthLayer},
@@ -42,8 +42,21 @@ pub(crate) enum Outcome {
     Wait,
 }
 
-pub(crate) struct Rig {
-    pub(crate) balance: Balance<&'static str, Ep>,
+/// A request policy that replays the rig's requests (their body is `()`), so connect
+/// failures are retried on another endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay;
+
+impl RequestPolicy<Request<()>> for Replay {
+    fn replay(&self, req: &Request<()>) -> Option<Request<()>> {
+        let mut copy = Request::new(());
+        *copy.headers_mut() = req.headers().clone();
+        Some(copy)
+    }
+}
+
+pub(crate) struct Rig<P = ()> {
+    pub(crate) balance: Balance<&'static str, Ep, P>,
     aim: Arc<AtomicU64>,
     script: Arc<Mutex<HashMap<&'static str, Outcome>>>,
     states: Arc<Mutex<HashMap<&'static str, Arc<EndpointState>>>>,
@@ -56,12 +69,12 @@ fn body(bytes: &'static str) -> Body {
         .boxed()
 }
 
-impl Rig {
+impl<P: RequestPolicy<Request<()>> + Clone> Rig<P> {
     /// Builds `builder` over scripted backends (all answering 200), each wrapped in the
     /// passive layer `layer` makes. The strategy is replaced by one that picks the aimed
     /// backend when it is a candidate, and rotates otherwise.
     pub(crate) fn new(
-        builder: Builder<&'static str>,
+        builder: Builder<&'static str, P>,
         layer: impl Fn(&Target<'_, &'static str>) -> PassiveHealthLayer + Send + Sync + 'static,
     ) -> Self {
         let aim = Arc::new(AtomicU64::new(0));

@@ -6,8 +6,8 @@ use tokio::time::advance;
 use tower::ServiceExt;
 
 use super::{
-    passive::PassiveHealthLayer,
-    testing::{Outcome, Rig},
+    passive::{PassiveHealthLayer, Window},
+    testing::{Outcome, Replay, Rig},
 };
 use crate::{
     backend::stable_hash,
@@ -69,6 +69,171 @@ async fn backups_serve_only_while_every_primary_is_unavailable() {
     for _ in 0..4 {
         assert_eq!(rig.send().await.unwrap().0, "a");
     }
+}
+
+/// nginx `backup` under the default passive health (max_fails 1, fail_timeout 10 s) and
+/// the default 50 % max ejection share: both primaries die at once, the backup serves
+/// every request within its own retries, and the primaries take the traffic back once
+/// their ejection ends and their trial requests succeed.
+#[tokio::test(start_paused = true)]
+async fn backups_serve_when_both_primaries_die_together() {
+    let rig = Rig::new(
+        Balance::builder().policy(Replay).backends([
+            Backend::new("a"),
+            Backend::new("b"),
+            Backend::new("z").backup(true),
+        ]),
+        PassiveHealthLayer::new,
+    );
+    rig.set("a", Outcome::Refused);
+    rig.set("b", Outcome::Refused);
+    for _ in 0..10 {
+        assert_eq!(rig.send().await.unwrap().0, "z");
+    }
+    // The second primary was ejected too: the share is per level, and the backup level
+    // can serve.
+    assert!(rig.is_ejected("a") && rig.is_ejected("b"));
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Backup, 1));
+    // Each primary saw only the request that ejected it.
+    assert_eq!(
+        (rig.state("a").requests(), rig.state("b").requests()),
+        (1, 1)
+    );
+
+    rig.set("a", Outcome::Status(200));
+    rig.set("b", Outcome::Status(200));
+    advance(Duration::from_secs(10)).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(rig.send().await.unwrap().0);
+    }
+    assert!(seen.iter().all(|k| k != "z"), "{seen:?}");
+    assert!(seen.iter().any(|k| k == "a") && seen.iter().any(|k| k == "b"));
+    assert_eq!(rig.balance.stats().tier, Tier::Primary);
+    assert_eq!(
+        (rig.status("a"), rig.status("b")),
+        (Status::Healthy, Status::Healthy)
+    );
+    let z = rig.state("z").requests();
+    for _ in 0..6 {
+        rig.send().await.unwrap();
+    }
+    assert_eq!(rig.state("z").requests(), z, "the backup was released");
+}
+
+/// A primary that is not ejected (max_fails 3) but refuses this request: the request
+/// moves on to the backup level at once.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_failed_on_every_primary_moves_on_to_the_backups() {
+    let rig = Rig::new(
+        Balance::builder()
+            .policy(Replay)
+            .backends([Backend::new("a"), Backend::new("z").backup(true)]),
+        |t| PassiveHealthLayer::new(t).policy(Window::new().max_fails(3)),
+    );
+    rig.set("a", Outcome::Refused);
+    for i in 1..=2 {
+        assert_eq!(rig.send().await.unwrap().0, "z");
+        assert_eq!(rig.status("a"), Status::Healthy, "{i} failures of 3");
+    }
+    assert_eq!(rig.send().await.unwrap().0, "z");
+    assert!(rig.is_ejected("a"));
+    assert_eq!(rig.state("a").requests(), 3);
+    // Without replay (the default policy), a request that reached the dead primary
+    // cannot be sent again: it fails, typed.
+    let once = Rig::new(
+        Balance::builder().backends([Backend::new("a"), Backend::new("z").backup(true)]),
+        |t| PassiveHealthLayer::new(t).policy(Window::new().max_fails(3)),
+    );
+    once.set("a", Outcome::Refused);
+    let err = once.send().await.unwrap_err();
+    assert!(err.is::<crate::error::EndpointError>(), "{err}");
+}
+
+/// The max ejection share counts each priority level on its own, and holds for the last
+/// level that can serve.
+#[tokio::test(start_paused = true)]
+async fn the_max_ejection_share_is_per_level_and_guards_the_last_serving_level() {
+    // Four primaries, no backup: at most half of them (two) are ejected.
+    let rig = Rig::new(
+        Balance::builder().backends(["a", "b", "c", "d"].map(Backend::new)),
+        PassiveHealthLayer::new,
+    );
+    for k in ["a", "b", "c", "d"] {
+        rig.set(k, Outcome::Status(503));
+        let _ = rig.send_to(k).await;
+    }
+    let ejected: Vec<_> = ["a", "b", "c", "d"]
+        .into_iter()
+        .filter(|k| rig.is_ejected(k))
+        .collect();
+    assert_eq!(ejected, ["a", "b"]);
+
+    // The same with a backup: it can take over, so a third primary may go too; then the
+    // primaries are below the panic threshold (one of four) and the backup serves.
+    let rig = Rig::new(
+        Balance::builder().backends([
+            Backend::new("a"),
+            Backend::new("b"),
+            Backend::new("c"),
+            Backend::new("d"),
+            Backend::new("z").backup(true),
+        ]),
+        PassiveHealthLayer::new,
+    );
+    for k in ["a", "b", "c"] {
+        rig.set(k, Outcome::Status(503));
+        assert_eq!(rig.send_to(k).await.unwrap().0, k);
+        assert!(rig.is_ejected(k), "{k}");
+    }
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Backup, 1));
+    assert_eq!(rig.send_to("d").await.unwrap().0, "z");
+    // The backup level is now the last that can serve: its only endpoint may still be
+    // ejected once (a level's first ejection is always allowed) ...
+    rig.set("z", Outcome::Status(503));
+    let _ = rig.send_to("z").await;
+    assert!(rig.is_ejected("z"));
+    // ... and then no level is healthy enough: panic mode in the primaries, where "d"
+    // is still available.
+    let s = rig.balance.stats();
+    assert_eq!((s.tier, s.level), (Tier::Panic, 0));
+}
+
+/// Panic mode is decided per level (Envoy): a level below the panic threshold hands over
+/// to the next level that is healthy enough, and only when none is does panic mode
+/// ignore health.
+#[tokio::test(start_paused = true)]
+async fn a_level_below_the_panic_threshold_hands_over_to_the_next() {
+    let rig = Rig::new(
+        Balance::builder().backends([
+            Backend::new("a"),
+            Backend::new("b"),
+            Backend::new("c"),
+            Backend::new("z").backup(true),
+        ]),
+        PassiveHealthLayer::new,
+    );
+    let level = |rig: &Rig| {
+        let s = rig.balance.stats();
+        (s.tier, s.level)
+    };
+    rig.state("a").set_down(true);
+    // Two of three primaries: above 50 %.
+    assert_eq!(level(&rig), (Tier::Primary, 0));
+    rig.state("b").set_down(true);
+    // One of three: the backup level, fully available, serves.
+    assert_eq!(level(&rig), (Tier::Backup, 1));
+    for _ in 0..4 {
+        assert_eq!(rig.send().await.unwrap().0, "z");
+    }
+    // The backup down too: no level is healthy enough; panic mode in the lowest level
+    // that still has an available endpoint.
+    rig.state("z").set_down(true);
+    assert_eq!(level(&rig), (Tier::Panic, 0));
+    rig.state("b").set_down(false);
+    assert_eq!(level(&rig), (Tier::Primary, 0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -30,14 +30,19 @@
 //!   candidate again but takes one trial request at a time. Success readmits it (status
 //!   `Healthy`); failure ejects it again at once for the policy's next, longer, ejection
 //!   time. With probation off, the endpoint is readmitted when its ejection ends.
-//! - **Max ejection share** (Envoy `max_ejection_percent`, default 50 %): an ejection that
-//!   would put more than this share of the balancer's endpoints out is refused, but one
-//!   ejection is always allowed (gRPC); a lone endpoint is never ejected (nginx).
-//! - **Panic mode** is the balancer's: when the share of available primaries falls under
-//!   [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold) (default
-//!   50 %), it ignores health and uses every endpoint; the stats say
-//!   [`Tier::Panic`](crate::balance::Tier::Panic) and a `tracing` warning fires. Outcomes
-//!   of ejected endpoints in panic mode do not change their ejection.
+//! - **Max ejection share** (Envoy `max_ejection_percent`, default 50 %), counted per
+//!   [priority level](crate::Backend::priority): an ejection that would put more than this
+//!   share of its level out is refused, unless another level has an available endpoint
+//!   to take over (so primaries backed by backups can all be ejected, as nginx marks
+//!   every failed primary down and serves from `backup`); the first ejection of a level is
+//!   always allowed (gRPC); a lone endpoint is never ejected (nginx).
+//! - **Panic mode** is the balancer's, also decided per level: a level whose available
+//!   share is under [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold)
+//!   (default 50 %) hands over to the next level that is healthy enough; when none is,
+//!   the balancer ignores health and uses every endpoint of the lowest level with an
+//!   available one; the stats say [`Tier::Panic`](crate::balance::Tier::Panic) and a
+//!   `tracing` warning fires. Outcomes of ejected endpoints in panic mode do not change
+//!   their ejection.
 //!
 //! Every transition (ejected, ejection refused, trial sent, readmitted, ejected again)
 //! is a `tracing` event with the backend, the reason and the ejection time.

@@ -10,7 +10,7 @@ use tower_http::classify::ClassifyResponse;
 use tower_service::Service;
 
 use super::{future::ResponseFuture, FailureStatuses, PassiveHealthLayer, Policy};
-use crate::balance::{EndpointState, Target};
+use crate::balance::{EndpointState, Refusal, Target};
 
 /// Watches one endpoint's outcomes and ejects it when its [`Policy`] says so; made by
 /// [`PassiveHealthLayer`]. See the [module docs](super) for the semantics and an example.
@@ -216,18 +216,24 @@ impl Shared {
                 "tower_lb: failure counted by passive health");
             return;
         };
-        if !self.state.may_eject(self.max_share) {
-            let members = self.state.pool_members();
-            if members <= 1 {
+        match self.state.ejection_verdict(self.max_share) {
+            Ok(()) => {}
+            Err(Refusal::Lone) => {
                 tracing::warn!(backend = %self.backend, %reason, %why,
                     "tower_lb: not ejecting: it is the only endpoint");
-            } else {
-                tracing::warn!(backend = %self.backend, %reason, %why,
-                    ejected = self.state.pool_ejected(), members,
-                    max_ejection_share = self.max_share,
-                    "tower_lb: not ejecting: the max ejection share is reached");
+                return;
             }
-            return;
+            Err(Refusal::Share {
+                level,
+                ejected,
+                live,
+            }) => {
+                tracing::warn!(backend = %self.backend, %reason, %why,
+                    level, ejected, live, max_ejection_share = self.max_share,
+                    "tower_lb: not ejecting: the max ejection share of its priority level is \
+                     reached and no other level can serve");
+                return;
+            }
         }
         let time = self.policy.ejection_time(&self.state, now);
         self.state.eject_until(crate::balance::later(now, time));
