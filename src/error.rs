@@ -252,6 +252,22 @@ pub fn find<'a, T: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'
     None
 }
 
+/// `err` and every error in its `source()` chain, joined by `": "` (for logs and stats).
+pub(crate) fn chain(err: &(dyn Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(cause) = src {
+        let text = cause.to_string();
+        // Wrappers often repeat their source's text; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = cause.source();
+    }
+    out
+}
+
 /// True if `err`, or any error in its `source()` chain, says the request never reached the
 /// backend: the connection was refused or could not be established.
 ///

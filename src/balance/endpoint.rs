@@ -188,6 +188,8 @@ pub struct EndpointState {
     /// When the endpoint last joined or recovered (ns since `base`): slow start ramps from
     /// here.
     ramp_from: AtomicU64,
+    /// Why the last failure happened, for stats (written on failure paths only).
+    last_failure: Mutex<Option<Box<str>>>,
 }
 
 impl fmt::Debug for EndpointState {
@@ -225,6 +227,7 @@ impl EndpointState {
             eject_level: AtomicU64::new(0),
             eject_level_at: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -340,6 +343,30 @@ impl EndpointState {
     /// classify; the balancer calls it for errors returned by the endpoint service.
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// Records why the endpoint last failed (an error chain, a status), shown in the
+    /// stats as [`BackendStats::last_failure`](crate::balance::BackendStats::last_failure)
+    /// and kept out of client answers. Kept to 256 bytes.
+    pub fn set_last_failure(&self, reason: impl fmt::Display) {
+        let mut text = reason.to_string();
+        if text.len() > 256 {
+            let mut end = 256;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.into());
+    }
+
+    /// Why the endpoint last failed, if it ever did.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .map(str::to_owned)
     }
 
     // === latency ===

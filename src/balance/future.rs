@@ -352,6 +352,7 @@ where
                         let guard = guard.take().expect("guard is present until called");
                         let entry = guard.entry();
                         entry.state.record_failure();
+                        entry.state.set_last_failure(crate::error::chain(&*e));
                         tracing::warn!(backend = %entry.backend.key(), error = %e,
                             "tower_lb: endpoint not ready; trying another");
                         this.slow
@@ -383,6 +384,7 @@ where
                         Err(e) => {
                             let e: BoxError = e.into();
                             entry.state.record_failure();
+                            entry.state.set_last_failure(crate::error::chain(&*e));
                             if *this.retries > 0
                                 && replay.as_ref().is_some_and(|r| this.policy.retry_on(r, &e))
                             {

@@ -257,6 +257,9 @@ pub struct BackendStats<K> {
     pub ewma: Option<Duration>,
     /// Times ejected by passive health.
     pub ejections: u64,
+    /// Why the backend last failed (an error chain or a status): for operators, never
+    /// for clients (see [`ErrorResponseLayer`](crate::http::ErrorResponseLayer)).
+    pub last_failure: Option<String>,
 }
 
 impl<K: Clone> BackendStats<K> {
@@ -282,6 +285,7 @@ impl<K: Clone> BackendStats<K> {
             in_flight: state.in_flight(),
             ewma: state.ewma(),
             ejections: state.ejections(),
+            last_failure: state.last_failure(),
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   failed before reaching its backend can be replayed elsewhere without buffering it first.
 //! - [`proxy`] has the reverse-proxy header rules (hop-by-hop, `X-Forwarded-*`).
 //! - [`ErrorResponseLayer`] turns the balancer's errors into `502`/`503`/`504` responses
-//!   with `Infallible` errors, as axum routes require.
+//!   with `Infallible` errors, as axum routes require, over any body type: a status text
+//!   and an RFC 9209 `Proxy-Status` header, never a backend address or an error chain.
 //!
 //! Backend keys are anything that prints as an authority (`127.0.0.1:3000`, a
 //! `SocketAddr`) or as a base URL (`http://api.internal:8080`).
@@ -39,34 +40,34 @@
 //! ```
 
 use std::{
-    convert::Infallible,
     fmt,
-    future::Future,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use http::{uri, Request, Response, StatusCode, Uri};
+use http::{uri, Request, Response, Uri};
 use hyper::body::{Body, Incoming};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 
+mod error_response;
 mod pool;
 pub mod proxy;
 mod replay;
 
+pub use error_response::{
+    proxy_status_for, status_for, ErrorResponse, ErrorResponseBody, ErrorResponseFuture,
+    ErrorResponseLayer,
+};
 pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};
 pub use replay::{NotReplayable, ReplayBody};
 
 use crate::{
     balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
-    error::{find, is_connect_error, AllUnavailable, BoxError, DiscoverError, NoEndpoints},
+    error::{find, is_connect_error, BoxError},
 };
 
 /// Makes one [`HttpEndpoint`] per backend, all sharing one hyper-util client and so one
@@ -347,179 +348,4 @@ pub fn is_idempotent(method: &http::Method) -> bool {
         Method::DELETE,
     ]
     .contains(method)
-}
-
-/// The status a gateway should answer for a balancer error: `503` when no endpoint can
-/// take the request, `504` when a timeout expired (a `tower::timeout` in the endpoint
-/// stack), `502` when the backend failed.
-///
-/// ```
-/// use tower_lb::http::status_for;
-/// use tower_lb::BoxError;
-///
-/// let err: BoxError = "connection reset".into();
-/// assert_eq!(status_for(&err), http::StatusCode::BAD_GATEWAY);
-/// ```
-pub fn status_for(err: &BoxError) -> StatusCode {
-    let e: &(dyn std::error::Error + 'static) = &**err;
-    if find::<NoEndpoints>(e).is_some()
-        || find::<AllUnavailable>(e).is_some()
-        || find::<DiscoverError>(e).is_some()
-    {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if find::<tower::timeout::error::Elapsed>(e).is_some()
-        || find::<tokio::time::error::Elapsed>(e).is_some()
-    {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
-    }
-}
-
-/// Maps a service's errors to empty `502`/`503`/`504` responses (see [`status_for`]), so
-/// the stack's error type is `Infallible`, as axum routes require.
-///
-/// ```
-/// use tower::ServiceBuilder;
-/// use tower_lb::http::ErrorResponseLayer;
-/// # use tower::service_fn;
-/// # let svc = service_fn(|_: http::Request<()>| async {
-/// #     Ok::<http::Response<String>, tower_lb::BoxError>(http::Response::new(String::new()))
-/// # });
-///
-/// let svc = ServiceBuilder::new().layer(ErrorResponseLayer::new()).service(svc);
-/// # let _ = svc;
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ErrorResponseLayer {
-    _p: (),
-}
-
-impl ErrorResponseLayer {
-    /// A new layer.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl<S> Layer<S> for ErrorResponseLayer {
-    type Service = ErrorResponse<S>;
-
-    fn layer(&self, inner: S) -> ErrorResponse<S> {
-        ErrorResponse { inner, error: None }
-    }
-}
-
-/// The service made by [`ErrorResponseLayer`].
-#[derive(Debug)]
-pub struct ErrorResponse<S> {
-    inner: S,
-    error: Option<BoxError>,
-}
-
-impl<S: Clone> Clone for ErrorResponse<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            error: None,
-        }
-    }
-}
-
-impl<S> ErrorResponse<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner, error: None }
-    }
-
-    define_inner_service_accessors!();
-}
-
-fn error_response<B: Default>(err: &BoxError) -> Response<B> {
-    let status = status_for(err);
-    tracing::debug!(%status, error = %err, "tower_lb: answering an error");
-    let mut rsp = Response::new(B::default());
-    *rsp.status_mut() = status;
-    rsp
-}
-
-impl<S, Req, B> Service<Req> for ErrorResponse<S>
-where
-    S: Service<Req, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Default,
-{
-    type Response = Response<B>;
-    type Error = Infallible;
-    type Future = ErrorResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if self.error.is_none() {
-            if let Err(e) = std::task::ready!(self.inner.poll_ready(cx)) {
-                // Answered on the next call.
-                self.error = Some(e.into());
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        match self.error.take() {
-            Some(e) => ErrorResponseFuture {
-                inner: Inner::Failed { error: Some(e) },
-            },
-            None => ErrorResponseFuture {
-                inner: Inner::Call {
-                    fut: self.inner.call(req),
-                },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`ErrorResponse`].
-    pub struct ErrorResponseFuture<F> {
-        #[pin]
-        inner: Inner<F>,
-    }
-}
-
-pin_project! {
-    #[project = InnerProj]
-    enum Inner<F> {
-        Call { #[pin] fut: F },
-        Failed { error: Option<BoxError> },
-    }
-}
-
-impl<F> fmt::Debug for ErrorResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ErrorResponseFuture")
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ErrorResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Default,
-{
-    type Output = Result<Response<B>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            InnerProj::Call { fut } => Poll::Ready(Ok(match std::task::ready!(fut.poll(cx)) {
-                Ok(rsp) => rsp,
-                Err(e) => error_response(&e.into()),
-            })),
-            InnerProj::Failed { error } => {
-                let e = error
-                    .take()
-                    .unwrap_or_else(|| "polled after completion".into());
-                Poll::Ready(Ok(error_response(&e)))
-            }
-        }
-    }
 }

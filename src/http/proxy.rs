@@ -1,7 +1,32 @@
-//! Header rules for reverse proxies (RFC 9110 §7.6): hop-by-hop headers and the
-//! `X-Forwarded-*` family.
+//! Header rules for reverse proxies: hop-by-hop headers (RFC 9110 §7.6.1) both ways,
+//! `TE: trailers` for gRPC, the `Host` rules of RFC 9112 §3.2, and the `X-Forwarded-*`
+//! family.
+//!
+//! | rule | behaviour | anchor |
+//! |---|---|---|
+//! | hop-by-hop | `Connection` and every header it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade` are removed both ways; a WebSocket (or other) upgrade passes | RFC 9110 §7.6.1 |
+//! | `TE: trailers` | kept (that value only) when the client sent it, and set on every request whose `content-type` is `application/grpc…`: gRPC servers built on gRPC's C core reset streams without it | gRPC PROTOCOL-HTTP2, nginx `grpc_pass`, Envoy |
+//! | `Host` | HTTP/1.1 without `Host` → 400; more than one `Host`, or an invalid one → 400; an absolute-form target (`GET http://a.example/p`) or an HTTP/2 `:authority` wins over `Host` | RFC 9112 §3.2, §3.2.2; RFC 9113 §8.3.1 |
+//! | forwarded | the client is appended to `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Real-IP` are set (after the hop-by-hop removal, so a client cannot hide them through `Connection`) | nginx `proxy_add_x_forwarded_for` |
+//!
+//! ```
+//! use tower_lb::http::proxy::{check_host, forward_request_headers, HostError};
+//!
+//! let mut req = http::Request::get("/").body(()).unwrap(); // HTTP/1.1, no Host
+//! assert_eq!(check_host(&mut req), Err(HostError::Missing));
+//!
+//! let mut req = http::Request::post("/pkg.Service/Call")
+//!     .header("host", "api.example")
+//!     .header("content-type", "application/grpc")
+//!     .body(())
+//!     .unwrap();
+//! check_host(&mut req).unwrap();
+//! forward_request_headers(&mut req, "203.0.113.9".parse().unwrap(), "http");
+//! assert_eq!(req.headers()["te"], "trailers");
+//! assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.9");
+//! ```
 
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
 use http::{
     header::{self, HeaderName},
@@ -94,9 +119,135 @@ pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
+/// Whether the request must carry `TE: trailers` upstream: the client sent that token,
+/// or the request is gRPC (`content-type: application/grpc`, `application/grpc+proto`…),
+/// which gRPC's HTTP/2 protocol requires it to.
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
+    let sent = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    sent || is_grpc(headers)
+}
+
+/// Whether a request or response is gRPC: its `content-type` is `application/grpc` or
+/// starts with `application/grpc+` or `application/grpc;`.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start();
+            ct.len() >= 16
+                && ct.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(ct.as_bytes().get(16), None | Some(b'+' | b';' | b' '))
+        })
+}
+
+/// Why a request's `Host` was refused (RFC 9112 §3.2): answer it with `400 Bad Request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostError {
+    /// An HTTP/1.1 request with no `Host` header and no authority in its target.
+    Missing,
+    /// More than one `Host` header line.
+    Repeated,
+    /// A `Host` value that is not a valid `host[:port]`.
+    Invalid,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "HTTP/1.1 request without Host",
+            Self::Repeated => "more than one Host header",
+            Self::Invalid => "invalid Host header",
+        })
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// Applies the `Host` rules of RFC 9112 §3.2 to a request a proxy received, and makes
+/// `Host` say which authority the client asked for:
+///
+/// - more than one `Host` line, or a value that is not a valid `host[:port]` (userinfo,
+///   a list such as `a, b`, a path), is [`HostError::Repeated`] or
+///   [`HostError::Invalid`];
+/// - a request target in absolute form (`GET http://a.example/p`) or an HTTP/2
+///   `:authority` wins: `Host` is set to that authority, whatever the client sent
+///   (§3.2.2);
+/// - otherwise an HTTP/1.1 request without `Host` is [`HostError::Missing`]; HTTP/1.0
+///   requests may lack it.
+///
+/// Every error should be answered `400 Bad Request`, as nginx and HAProxy do.
+///
+/// ```
+/// use tower_lb::http::proxy::{check_host, HostError};
+///
+/// let mut req = http::Request::get("http://a.example/p")
+///     .header("host", "b.example")
+///     .body(())
+///     .unwrap();
+/// check_host(&mut req).unwrap();
+/// assert_eq!(req.headers()["host"], "a.example");
+///
+/// let mut two = http::Request::get("/").header("host", "a").header("host", "b").body(()).unwrap();
+/// assert_eq!(check_host(&mut two), Err(HostError::Repeated));
+/// ```
+pub fn check_host<B>(req: &mut Request<B>) -> Result<(), HostError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    if let Some(value) = first {
+        let valid = value
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && !v.contains(['@', ',', '/', '?', '#', ' ']))
+            .is_some_and(|v| v.parse::<http::uri::Authority>().is_ok() && valid_port(v));
+        if !valid {
+            return Err(HostError::Invalid);
+        }
+    }
+    if let Some(authority) = req.uri().authority() {
+        // Absolute form, or an HTTP/2 `:authority`: it names the target (§3.2.2).
+        if first.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes()) {
+            let value =
+                HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Invalid)?;
+            req.headers_mut().insert(header::HOST, value);
+        }
+        return Ok(());
+    }
+    if first.is_none() && req.version() == http::Version::HTTP_11 {
+        return Err(HostError::Missing);
+    }
+    Ok(())
+}
+
+/// Whether the port of a `host[:port]` (if any) is digits only.
+fn valid_port(authority: &str) -> bool {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, port)) => port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5,
+        None => true,
+    }
+}
+
 /// Prepares a request's headers for the backend: removes hop-by-hop headers (keeping a
-/// WebSocket or other upgrade intact), appends the client to `X-Forwarded-For`, and sets
-/// `X-Forwarded-Proto` and `X-Real-IP`.
+/// WebSocket or other upgrade intact, and `TE: trailers` when the client sent it or the
+/// request is gRPC), appends the client to `X-Forwarded-For`, and sets
+/// `X-Forwarded-Proto` and `X-Real-IP`. Call [`check_host`] first.
 ///
 /// ```
 /// use tower_lb::http::proxy::forward_request_headers;
@@ -110,11 +261,15 @@ pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// ```
 pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &str) {
     let upgrade = upgrade_protocol(req);
+    let trailers = wants_trailers(req.headers());
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let client_value = ip_header_value(client);
     let xff = HeaderName::from_static("x-forwarded-for");
@@ -221,7 +376,7 @@ mod tests {
             .header("keep-alive", "timeout=5")
             .header("proxy-authorization", "secret")
             .header("proxy-foo", "1")
-            .header("te", "trailers")
+            .header("te", "gzip")
             .header("trailer", "x")
             .header("upgrade", "h2c")
             .header("accept", "*/*")
@@ -244,6 +399,95 @@ mod tests {
         assert_eq!(h["x-real-ip"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn te_trailers_alone_is_kept_and_grpc_always_gets_it() {
+        let te = |headers: &[(&str, &str)]| {
+            let mut req = Request::post("/");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let mut req = req.body(()).unwrap();
+            forward_request_headers(&mut req, "10.0.0.1".parse().unwrap(), "http");
+            let all: Vec<_> = req.headers().get_all("te").iter().cloned().collect();
+            all
+        };
+        assert_eq!(te(&[("te", "trailers")]), ["trailers"]);
+        assert_eq!(te(&[("te", "gzip;q=0.5, Trailers;q=1")]), ["trailers"]);
+        assert!(te(&[("te", "gzip, deflate")]).is_empty());
+        assert!(te(&[]).is_empty());
+        assert_eq!(te(&[("content-type", "application/grpc")]), ["trailers"]);
+        assert_eq!(
+            te(&[("content-type", "application/grpc+proto")]),
+            ["trailers"]
+        );
+        assert_eq!(
+            te(&[
+                ("content-type", "application/grpc"),
+                ("te", "gzip"),
+                ("connection", "te")
+            ]),
+            ["trailers"]
+        );
+        assert!(te(&[("content-type", "application/grpcx")]).is_empty());
+        assert!(te(&[("content-type", "application/json")]).is_empty());
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112() {
+        let host = |req: http::request::Builder| {
+            let mut req = req.body(()).unwrap();
+            check_host(&mut req).map(|()| {
+                req.headers()
+                    .get("host")
+                    .map(|h| h.to_str().unwrap().to_owned())
+            })
+        };
+        let get = |uri: &str| Request::get(uri);
+        assert_eq!(host(get("/")), Err(HostError::Missing));
+        assert_eq!(host(get("/").version(http::Version::HTTP_10)), Ok(None));
+        assert_eq!(
+            host(get("/").header("host", "a.example")),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            host(get("/").header("host", "a.example:8080")),
+            Ok(Some("a.example:8080".into()))
+        );
+        assert_eq!(
+            host(get("/").header("host", "[::1]:80")),
+            Ok(Some("[::1]:80".into()))
+        );
+        assert_eq!(
+            host(get("/").header("host", "a").header("host", "b")),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            host(get("/").header("host", "a").header("host", "a")),
+            Err(HostError::Repeated)
+        );
+        for bad in ["a, b", "", "user@a", "a/b", "a b", "a:port", "a?q"] {
+            assert_eq!(
+                host(get("/").header("host", bad)),
+                Err(HostError::Invalid),
+                "{bad:?}"
+            );
+        }
+        // Absolute form: the target's authority wins, and stands in for a missing Host.
+        assert_eq!(
+            host(get("http://a.example/p").header("host", "b.example")),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            host(get("http://a.example:81/p")),
+            Ok(Some("a.example:81".into()))
+        );
+        // HTTP/2: `:authority` (the URI's authority) becomes Host.
+        assert_eq!(
+            host(get("https://c.example/").version(http::Version::HTTP_2)),
+            Ok(Some("c.example".into()))
+        );
     }
 
     #[test]

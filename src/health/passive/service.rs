@@ -184,6 +184,7 @@ impl Shared {
     pub(crate) fn failure(&self, reason: &dyn fmt::Display, count: bool) {
         if count {
             self.state.record_failure();
+            self.state.set_last_failure(reason);
         }
         let now = Instant::now();
         match phase(&self.state, now) {
