@@ -505,7 +505,9 @@ fn build_pool(
         let http = match &h2 {
             Some(client) => Either::Right(
                 ServiceBuilder::new()
-                    .map_response(|r: Response<Incoming>| r.map(Body::new))
+                    .map_response(|r: Response<tower_lb::http::TrackedBody<Incoming>>| {
+                        r.map(Body::new)
+                    })
                     .map_err(BoxError::from)
                     .service(
                         client
@@ -515,7 +517,11 @@ fn build_pool(
             ),
             None => Either::Left(
                 ServiceBuilder::new()
-                    .map_response(|r: Response<PooledBody<UpstreamBody>>| r.map(Body::new))
+                    .map_response(
+                        |r: Response<tower_lb::http::TrackedBody<PooledBody<UpstreamBody>>>| {
+                            r.map(Body::new)
+                        },
+                    )
                     .map_err(BoxError::from)
                     .service(
                         pooled

@@ -25,23 +25,18 @@ use tokio::{
 };
 use tower::{Service, ServiceExt};
 use tower_lb::{
-    balance::{strategy::LeastConn, EndpointState, RequestPolicy, Status, Target},
+    balance::{strategy::LeastConn, EndpointState, InFlight, RequestPolicy, Status, Target},
     error::ConnectFailed,
     health::active::{Prober, TcpProbe},
     Backend, Balance, BoxError,
 };
 
-/// A connection to one backend, counted as load until dropped: least connections then
-/// balances open connections, not connection attempts.
+/// A connection to one backend, counted as load until dropped (the library's
+/// `EndpointState::track` guard): least connections then balances open connections, not
+/// connection attempts.
 struct Conn {
     stream: TcpStream,
-    state: Arc<EndpointState>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.state.remove_load();
-    }
+    _load: InFlight,
 }
 
 /// The endpoint service: connects to its backend.
@@ -68,8 +63,10 @@ impl Service<()> for Connector {
                 .map_err(|_| ConnectFailed::new(format!("connect to {addr} timed out")))?
                 // Nothing was sent: the balancer may try another backend.
                 .map_err(ConnectFailed::new)?;
-            state.add_load();
-            Ok(Conn { stream, state })
+            Ok(Conn {
+                stream,
+                _load: state.track(),
+            })
         })
     }
 }

@@ -142,7 +142,7 @@ fn balancer(
             http::Request<Body>,
             Response = http::Response<
                 tower_lb::health::passive::ResponseBody<
-                    hyper::body::Incoming,
+                    tower_lb::http::TrackedBody<hyper::body::Incoming>,
                     tower_lb::health::passive::GrpcEos,
                 >,
             >,
@@ -167,7 +167,7 @@ fn balancer_with<P>(
             http::Request<Body>,
             Response = http::Response<
                 tower_lb::health::passive::ResponseBody<
-                    hyper::body::Incoming,
+                    tower_lb::http::TrackedBody<hyper::body::Incoming>,
                     tower_lb::health::passive::GrpcEos,
                 >,
             >,
@@ -198,7 +198,7 @@ where
             http::Request<Body>,
             Response = http::Response<
                 tower_lb::health::passive::ResponseBody<
-                    hyper::body::Incoming,
+                    tower_lb::http::TrackedBody<hyper::body::Incoming>,
                     tower_lb::health::passive::GrpcEos,
                 >,
             >,

@@ -16,7 +16,7 @@ use tower_lb::{
     Backend, Balance,
 };
 
-async fn text(rsp: http::Response<hyper::body::Incoming>) -> String {
+async fn text(rsp: http::Response<tower_lb::http::TrackedBody<hyper::body::Incoming>>) -> String {
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
 }
@@ -289,4 +289,84 @@ mod pooled {
         let err = balance.oneshot(get("/")).await.unwrap_err();
         assert!(tower_lb::error::is_connect_error(&*err), "{err}");
     }
+}
+
+/// A backend whose `/stream` answer sends one chunk and then stays open until told.
+fn streaming(name: &'static str, release: std::sync::Arc<tokio::sync::Notify>) -> Router {
+    Router::new()
+        .route(
+            "/stream",
+            axum::routing::get(move || {
+                let release = release.clone();
+                async move {
+                    let chunks = futures_util::stream::unfold(0, move |n| {
+                        let release = release.clone();
+                        async move {
+                            match n {
+                                0 => Some((Ok::<_, Infallible>(Bytes::from("first\n")), 1)),
+                                1 => {
+                                    release.notified().await;
+                                    Some((Ok(Bytes::from("last\n")), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    Body::from_stream(chunks)
+                }
+            }),
+        )
+        .fallback(move || async move { name })
+}
+
+/// nginx and HAProxy count a connection as active until its response ends: a request
+/// whose response is still streaming keeps its backend busy for least connections.
+#[tokio::test]
+async fn a_streaming_response_counts_in_flight_until_its_body_ends() {
+    use tower_lb::balance::strategy::LeastConn;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let a = TestServer::start(streaming("a", release.clone())).await;
+    let b = TestServer::start(named("b")).await;
+    let balance = Balance::builder()
+        .strategy(LeastConn::new())
+        .backends([Backend::new(a.addr), Backend::new(b.addr)])
+        .build(HttpEndpoints::new())
+        .unwrap();
+    let in_flight = |addr| {
+        balance
+            .stats()
+            .backends
+            .iter()
+            .find(|s| s.key == addr)
+            .map(|s| s.in_flight)
+            .unwrap()
+    };
+    // Least connections with no load picks the first backend: the stream goes to "a".
+    let rsp = balance.clone().oneshot(get("/stream")).await.unwrap();
+    let mut body = rsp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first\n");
+    assert_eq!((in_flight(a.addr), in_flight(b.addr)), (1, 0));
+
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let rsp = balance.clone().oneshot(get("/")).await.unwrap();
+        seen.push(text(rsp).await);
+    }
+    assert!(seen.iter().all(|s| s == "b"), "{seen:?}");
+
+    release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "last\n");
+    assert_eq!((in_flight(a.addr), in_flight(b.addr)), (0, 0));
+    // A body dropped before its end also ends the count.
+    let rsp = balance.clone().oneshot(get("/stream")).await.unwrap();
+    let stream_on = if in_flight(a.addr) == 1 {
+        a.addr
+    } else {
+        b.addr
+    };
+    assert_eq!(in_flight(stream_on), 1);
+    drop(rsp);
+    assert_eq!((in_flight(a.addr), in_flight(b.addr)), (0, 0));
 }

@@ -93,7 +93,7 @@ fn balance<S: Strategy>(
     servers: &[Server],
 ) -> Balance<
     String,
-    tower_lb::http::HttpEndpoint<Full<Bytes>>,
+    tower_lb::http::TrackBody<tower_lb::http::HttpEndpoint<Full<Bytes>>>,
     tower_lb::http::HttpPolicy<tower_lb::http::CloneBody>,
 > {
     Balance::builder()
@@ -121,8 +121,11 @@ async fn placements<S, F>(
     make: F,
 ) -> HashMap<String, String>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>, Error = BoxError>
-        + Clone,
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_lb::http::TrackedBody<hyper::body::Incoming>>,
+            Error = BoxError,
+        > + Clone,
     F: Fn(&str) -> Request<Full<Bytes>>,
 {
     let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
@@ -273,8 +276,11 @@ async fn sticky_cookie_pins_clients_and_reissues_when_the_backend_is_removed() {
 async fn gateway<E, L>(extract: E, lb: L) -> SocketAddr
 where
     E: ExtractKey<Full<Bytes>>,
-    L: Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>, Error = BoxError>
-        + Clone
+    L: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_lb::http::TrackedBody<hyper::body::Incoming>>,
+            Error = BoxError,
+        > + Clone
         + Send
         + Sync
         + 'static,

@@ -127,6 +127,28 @@ impl Pool {
     }
 }
 
+/// One unit of an endpoint's load, counted in flight until this guard and all its clones
+/// are dropped; made by [`EndpointState::track`]. Clones share the unit, so a guard can
+/// sit in a response body and in the response's extensions (for an upgrade) at once.
+#[derive(Clone)]
+pub struct InFlight(Arc<Unit>);
+
+struct Unit(Arc<EndpointState>);
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        self.0.remove_load();
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("in_flight", &self.0 .0.in_flight())
+            .finish()
+    }
+}
+
 /// Why an ejection was refused; see [`EndpointState::may_eject`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -274,6 +296,30 @@ impl EndpointState {
     /// Removes load added with [`add_load`](Self::add_load).
     pub fn remove_load(&self) {
         self.load.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts one unit of load in flight until the returned guard (and every clone of
+    /// it) is dropped: for work that outlives the response the balancer saw, such as a
+    /// response body still streaming, an upgraded connection or a TCP connection.
+    /// Least connections and P2C then see it, as nginx and HAProxy count active
+    /// connections.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_lb::balance::EndpointState;
+    ///
+    /// let state = Arc::new(EndpointState::detached());
+    /// let stream = state.track();
+    /// let shared = stream.clone(); // the same unit, not a second one
+    /// assert_eq!(state.in_flight(), 1);
+    /// drop(stream);
+    /// assert_eq!(state.in_flight(), 1);
+    /// drop(shared);
+    /// assert_eq!(state.in_flight(), 0);
+    /// ```
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.add_load();
+        InFlight(Arc::new(Unit(self.clone())))
     }
 
     /// Counts a request started with [`start_request`](Self::start_request) as finished.

@@ -37,7 +37,11 @@
 //! [`Backend::max_conns`](crate::Backend::max_conns).
 //!
 //! In-flight counts rise when an endpoint is picked and fall when its response (the
-//! `Response` value, e.g. HTTP headers) arrives or the request is dropped.
+//! `Response` value, e.g. HTTP headers) arrives or the request is dropped. Work that goes
+//! on after that is counted by the endpoint stack with [`EndpointState::track`]: the
+//! HTTP makers of [`http`](crate::http) (and [`http::TrackBodyLayer`](crate::http::TrackBodyLayer)
+//! in a stack of your own) keep a request in flight until its response body ends or its
+//! upgraded connection closes, as nginx and HAProxy count active connections.
 //!
 //! # Awaiting the balancer in `Send` async blocks
 //!
@@ -100,7 +104,7 @@ pub mod strategy;
 pub(crate) use endpoint::later;
 #[cfg(feature = "health-passive")]
 pub(crate) use endpoint::Refusal;
-pub use endpoint::{EndpointState, Status};
+pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
 pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};
 pub use set::{Key, Tier};

@@ -57,6 +57,7 @@ mod error_response;
 mod pool;
 pub mod proxy;
 mod replay;
+mod track;
 
 pub use error_response::{
     proxy_status_for, status_for, ErrorResponse, ErrorResponseBody, ErrorResponseFuture,
@@ -64,6 +65,7 @@ pub use error_response::{
 };
 pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};
 pub use replay::{NotReplayable, ReplayBody};
+pub use track::{TrackBody, TrackBodyLayer, TrackFuture, TrackedBody};
 
 use crate::{
     balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
@@ -157,15 +159,21 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Service = HttpEndpoint<B>;
+    /// The endpoint, counting each request in flight until its response body ends
+    /// ([`TrackBody`]).
+    type Service = TrackBody<HttpEndpoint<B>>;
 
-    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<HttpEndpoint<B>, BoxError> {
+    fn make_endpoint(
+        &self,
+        target: &Target<'_, K>,
+    ) -> Result<TrackBody<HttpEndpoint<B>>, BoxError> {
         let (scheme, authority) = parse_base(&target.key().to_string())?;
-        Ok(HttpEndpoint {
+        let endpoint = HttpEndpoint {
             client: self.client.clone(),
             scheme,
             authority,
-        })
+        };
+        Ok(TrackBody::new(endpoint, target))
     }
 }
 

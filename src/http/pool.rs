@@ -119,9 +119,14 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Service = PooledEndpoint<B>;
+    /// The endpoint, counting each request in flight until its response body ends
+    /// ([`TrackBody`](super::TrackBody)).
+    type Service = super::TrackBody<PooledEndpoint<B>>;
 
-    fn make_endpoint(&self, target: &Target<'_, K>) -> Result<PooledEndpoint<B>, BoxError> {
+    fn make_endpoint(
+        &self,
+        target: &Target<'_, K>,
+    ) -> Result<super::TrackBody<PooledEndpoint<B>>, BoxError> {
         let (scheme, authority) = parse_base(&target.key().to_string())?;
         if scheme != uri::Scheme::HTTP {
             return Err("PooledEndpoints speaks plain HTTP only".into());
@@ -131,7 +136,7 @@ where
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
-        Ok(PooledEndpoint {
+        let endpoint = PooledEndpoint {
             pool: Arc::new(Pool {
                 host: host.to_string(),
                 port,
@@ -141,7 +146,8 @@ where
                 max_idle: self.max_idle,
                 idle_timeout: self.idle_timeout,
             }),
-        })
+        };
+        Ok(super::TrackBody::new(endpoint, target))
     }
 }
 
