@@ -5,6 +5,8 @@
 
 #![cfg(all(feature = "health-passive", feature = "health-active"))]
 
+mod support;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -444,4 +446,94 @@ async fn no_get_fails_while_a_backend_dies_under_load() {
         report.failures.len()
     );
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+// === a third-party health endpoint ===
+
+/// `POST`s or `GET`s `path` on `addr` and returns the body.
+async fn call_app(addr: SocketAddr, method: http::Method, path: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    let rsp = client.request(req).await.expect("the app answers");
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The application health endpoint of the brief (FastAPI, named checks) answers `200`
+/// with `{"status": "unhealthy"}` when a check fails: a status-only probe keeps the
+/// backend up, a probe that expects the body's verdict marks it down, and up again when
+/// the check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_expectation_sees_through_a_200_unhealthy_health_endpoint() {
+    if !support::have_python(&["fastapi", "uvicorn"]) {
+        return;
+    }
+    let app = support::python_peer("health_app.py", &["app"]).await;
+    let key = app.addr().to_string();
+    let make = || {
+        Balance::builder()
+            .backends([Backend::new(key.clone())])
+            .build(HttpEndpoints::<Body>::new())
+            .unwrap()
+    };
+    let (by_body, by_status) = (make(), make());
+    let probe = |path: &str| {
+        HttpProbe::new(path)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+    };
+    let prober = |p: HttpProbe| {
+        Prober::new(p)
+            .interval(Duration::from_millis(200))
+            .fast_interval(Duration::from_millis(200))
+            .timeout(Duration::from_secs(2))
+            .rise(1)
+            .fall(1)
+    };
+    let expect = tower_lb::health::active::BodyMatch::json("/status", "healthy").unwrap();
+    let _body = prober(probe("/health?probe=body").expect_body(expect))
+        .spawn(&by_body)
+        .unwrap();
+    let _status = prober(probe("/health?probe=status"))
+        .spawn(&by_status)
+        .unwrap();
+    let hits = || call_app(app.addr(), http::Method::GET, "/hits?probe=status");
+    // Both probers have seen the healthy app.
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = hits().await.parse::<u32>().unwrap();
+        if seen >= 1 && status_of(&by_body, &key) == Status::Healthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen >= 1, "the status-only prober never probed");
+
+    call_app(app.addr(), http::Method::POST, "/fail/database").await;
+    let down = wait_for("marked down by its body", || {
+        status_of(&by_body, &key) == Status::Down
+    })
+    .await;
+    eprintln!("measured: an unhealthy body marked the backend down after {down:?}");
+    // The status-only prober probes twice more, and still sees the backend up.
+    let before = hits().await.parse::<u32>().unwrap();
+    for _ in 0..400 {
+        if hits().await.parse::<u32>().unwrap() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hits().await.parse::<u32>().unwrap() >= before + 2);
+    assert_eq!(status_of(&by_status, &key), Status::Healthy);
+
+    call_app(app.addr(), http::Method::POST, "/heal/database").await;
+    wait_for("marked up again", || {
+        status_of(&by_body, &key) == Status::Healthy
+    })
+    .await;
 }

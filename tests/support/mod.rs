@@ -173,3 +173,97 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     assert!(bin.exists(), "{} missing", bin.display());
     bin
 }
+
+/// A third-party peer (a Python server from `tests/peers/`) running as a child process,
+/// killed on drop.
+pub struct Peer {
+    child: std::process::Child,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// Whether the Python modules a peer needs are installed. Under `CI=true` a missing one
+/// fails the test (CI installs them); elsewhere the test says so and returns early.
+pub fn have_python(modules: &[&str]) -> bool {
+    let import = format!("import {}", modules.join(", "));
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &import])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 with {modules:?} is required under CI=true (`.ci/run` installs it)"
+        );
+        eprintln!("skipped: python3 with {modules:?} is not installed");
+    }
+    ok
+}
+
+/// Whether a command is on the PATH; like [`have_python`], a missing one fails under
+/// `CI=true`.
+pub fn have_command(cmd: &str) -> bool {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{cmd} is required under CI=true (`.ci/run` installs it)"
+        );
+        eprintln!("skipped: {cmd} is not installed");
+    }
+    ok
+}
+
+/// Starts `tests/peers/<script>` with `args` and waits (up to 60 s) for the
+/// `PORT <n>` line it prints once listening.
+pub async fn python_peer(script: &str, args: &[&str]) -> Peer {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(script);
+    let mut child = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read the peer's port");
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(60), line)
+        .await
+        .unwrap_or_else(|_| panic!("{script} printed no port within 60 s"))
+        .expect("reader");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{script}: unexpected first line {line:?}"));
+    Peer { child, port }
+}

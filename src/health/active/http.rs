@@ -49,6 +49,100 @@ pub struct HttpProbe {
     path: uri::PathAndQuery,
     host: Option<HeaderValue>,
     expect: RangeInclusive<u16>,
+    body: Option<BodyMatch>,
+}
+
+/// What a probe's response body must hold for the backend to pass, beside its status
+/// (HAProxy `http-check expect string` / `rstring`, nginx Plus `match { body ~ … }`).
+///
+/// Application health endpoints often answer `200` with a verdict in the body, such as
+/// `{"status": "unhealthy", "checks": {…}}`; a status-only probe would count them up.
+/// At most [`MAX_BODY`] bytes of the body are read; a longer body fails the probe.
+///
+/// ```
+/// use tower_lb::health::active::{BodyMatch, HttpProbe};
+///
+/// // The body must contain "OK" ...
+/// let text = HttpProbe::new("/health").unwrap().expect_body(BodyMatch::contains("OK"));
+/// // ... or be JSON whose "status" is the string "healthy" (an RFC 6901 pointer).
+/// let json = HttpProbe::new("/health")
+///     .unwrap()
+///     .expect_body(BodyMatch::json("/status", "healthy").unwrap());
+/// # let _ = (text, json);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct BodyMatch {
+    kind: MatchKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum MatchKind {
+    Contains(String),
+    Json {
+        pointer: String,
+        expected: serde_json::Value,
+    },
+}
+
+/// The most bytes of a response body an [`HttpProbe`] reads to match it (64 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+impl BodyMatch {
+    /// The body must contain `text` (byte for byte).
+    pub fn contains(text: impl Into<String>) -> Self {
+        Self {
+            kind: MatchKind::Contains(text.into()),
+        }
+    }
+
+    /// The body must be JSON whose value at `pointer` (RFC 6901: `/status`,
+    /// `/checks/db/ok`) equals `expected`: a JSON text (`true`, `200`, `"up"`) or, when
+    /// it is not valid JSON, a string (`healthy`).
+    ///
+    /// Fails with [`ConfigError::Invalid`] when `pointer` is neither empty nor starts
+    /// with `/`.
+    pub fn json(pointer: &str, expected: &str) -> Result<Self, ConfigError> {
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            return Err(ConfigError::Invalid {
+                setting: "probe body JSON pointer",
+                reason: format!("{pointer:?} does not start with '/'"),
+            });
+        }
+        let expected = serde_json::from_str(expected)
+            .unwrap_or_else(|_| serde_json::Value::String(expected.to_owned()));
+        Ok(Self {
+            kind: MatchKind::Json {
+                pointer: pointer.to_owned(),
+                expected,
+            },
+        })
+    }
+
+    /// Whether `body` matches.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        match &self.kind {
+            MatchKind::Contains(text) => {
+                let needle = text.as_bytes();
+                needle.is_empty() || body.windows(needle.len()).any(|w| w == needle)
+            }
+            MatchKind::Json { pointer, expected } => {
+                serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .is_some_and(|v| v.pointer(pointer) == Some(expected))
+            }
+        }
+    }
+}
+
+impl fmt::Display for BodyMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            MatchKind::Contains(text) => write!(f, "a body containing {text:?}"),
+            MatchKind::Json { pointer, expected } => {
+                write!(f, "a JSON body with {expected} at {pointer:?}")
+            }
+        }
+    }
 }
 
 impl fmt::Debug for HttpProbe {
@@ -57,6 +151,7 @@ impl fmt::Debug for HttpProbe {
             .field("path", &self.path)
             .field("host", &self.host)
             .field("expect", &self.expect)
+            .field("body", &self.body)
             .finish()
     }
 }
@@ -81,6 +176,7 @@ impl HttpProbe {
             path,
             host: None,
             expect: 200..=399,
+            body: None,
         })
     }
 
@@ -88,6 +184,14 @@ impl HttpProbe {
     #[must_use]
     pub fn expect(mut self, statuses: RangeInclusive<u16>) -> Self {
         self.expect = statuses;
+        self
+    }
+
+    /// Also requires the response body to match (default: the body is not read). See
+    /// [`BodyMatch`].
+    #[must_use]
+    pub fn expect_body(mut self, body: BodyMatch) -> Self {
+        self.body = Some(body);
         self
     }
 
@@ -147,14 +251,24 @@ impl<K: fmt::Display> Service<K> for HttpProbe {
         let req = self.request(&key.to_string());
         let client = self.client.clone();
         let expect = self.expect.clone();
+        let body = self.body.clone();
         Box::pin(async move {
             let rsp = client.request(req?).await?;
             let status = rsp.status();
-            if expect.contains(&status.as_u16()) {
-                Ok(status)
-            } else {
-                Err(UnexpectedStatus { status }.into())
+            if !expect.contains(&status.as_u16()) {
+                return Err(UnexpectedStatus { status }.into());
             }
+            if let Some(want) = body {
+                use http_body_util::BodyExt;
+                let read = http_body_util::Limited::new(rsp.into_body(), MAX_BODY)
+                    .collect()
+                    .await;
+                let ok = read.is_ok_and(|b| want.matches(&b.to_bytes()));
+                if !ok {
+                    return Err(UnexpectedBody { want }.into());
+                }
+            }
+            Ok(status)
         })
     }
 }
@@ -179,3 +293,43 @@ impl fmt::Display for UnexpectedStatus {
 }
 
 impl Error for UnexpectedStatus {}
+
+/// An [`HttpProbe`] got an expected status but a body that did not match its
+/// [`BodyMatch`] (or was longer than [`MAX_BODY`], or broke off).
+#[derive(Debug, Clone)]
+pub struct UnexpectedBody {
+    want: BodyMatch,
+}
+
+impl fmt::Display for UnexpectedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "health probe expected {}", self.want)
+    }
+}
+
+impl Error for UnexpectedBody {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_matches() {
+        let healthy = br#"{"status": "healthy", "checks": {"db": {"ok": true}}}"#;
+        let unhealthy = br#"{"status": "unhealthy", "checks": {"db": {"ok": false}}}"#;
+        let status = BodyMatch::json("/status", "healthy").unwrap();
+        assert!(status.matches(healthy) && !status.matches(unhealthy));
+        let db = BodyMatch::json("/checks/db/ok", "true").unwrap();
+        assert!(db.matches(healthy) && !db.matches(unhealthy));
+        // A quoted JSON string is the same as a bare word.
+        assert_eq!(
+            BodyMatch::json("/s", "\"up\"").unwrap(),
+            BodyMatch::json("/s", "up").unwrap()
+        );
+        assert!(!status.matches(b"not json") && !status.matches(b""));
+        assert!(BodyMatch::json("status", "x").is_err());
+        let text = BodyMatch::contains("\"status\": \"healthy\"");
+        assert!(text.matches(healthy) && !text.matches(unhealthy));
+        assert!(BodyMatch::contains("").matches(b""));
+    }
+}

@@ -8,8 +8,11 @@
 //!
 //! Stock probes:
 //!
-//! - [`HttpProbe`]: `GET` a path, expect a status range (default 200–399), optional `Host`
-//!   header, over hyper-util; a new connection per probe.
+//! - [`HttpProbe`]: `GET` a path, expect a status range (default 200–399) and, with
+//!   [`HttpProbe::expect_body`], a body that contains a text or whose JSON field has a
+//!   value ([`BodyMatch`]; HAProxy `http-check expect string`, nginx Plus `match`), so an
+//!   application `/health` that answers `200 {"status": "unhealthy"}` counts as down;
+//!   optional `Host` header, over hyper-util; a new connection per probe.
 //! - [`TcpProbe`]: a TCP connect.
 //! - `GrpcProbe` (feature `grpc`): `grpc.health.v1.Health/Check`, passing on `SERVING`.
 //!
@@ -102,7 +105,7 @@ mod tcp;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcProbe, NotServing};
-pub use http::{HttpProbe, UnexpectedStatus};
+pub use http::{BodyMatch, HttpProbe, UnexpectedBody, UnexpectedStatus, MAX_BODY};
 pub use prober::{Initial, Prober, ProberHandle};
 pub use tcp::TcpProbe;
 
