@@ -1,0 +1,512 @@
+//! One client connection: its I/O watched for the start of each request head, its
+//! requests counted until their response bodies end, and one timer for both timeouts.
+//!
+//! The timer is re-armed lazily: moving a deadline later (the usual case, as requests
+//! come and go) changes two atomics and nothing else; the armed timer fires early, sees
+//! the later deadline and sleeps again. Only a deadline moved *earlier* than the armed
+//! one wakes the connection's task.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use futures_util::task::AtomicWaker;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use pin_project_lite::pin_project;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::OwnedSemaphorePermit,
+    time::{Instant, Sleep},
+};
+use tower_service::Service;
+
+use crate::error::BoxError;
+
+/// The timeouts, shared by every connection of a server.
+#[derive(Debug)]
+pub(super) struct Limits {
+    pub(super) header: Duration,
+    pub(super) keepalive: Duration,
+}
+
+const NONE: u64 = u64::MAX;
+/// After a timeout starts closing a connection, how long it may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The answer to a client whose request head timed out (nginx logs 408 and closes).
+const TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// What the I/O, the requests and the timer of one connection share.
+#[derive(Debug)]
+struct Watch {
+    origin: Instant,
+    /// Requests dispatched whose response body has not ended.
+    busy: AtomicUsize,
+    /// No request in progress and a request head is (or may be) on its way: the header
+    /// timeout runs. Set at accept and when bytes arrive on an idle connection.
+    reading: AtomicBool,
+    /// Bytes of the awaited request head have arrived (so a timeout can answer 408).
+    got_bytes: AtomicBool,
+    /// When the current wait (for a head, or idle) began, ns since `origin`.
+    since: AtomicU64,
+    /// The deadline the timer is armed for, ns since `origin`.
+    armed: AtomicU64,
+    /// The header timeout expired: the I/O answers 408 (HTTP/1) and fails.
+    timed_out: AtomicBool,
+    /// The connection speaks HTTP/2: no 408, and no header phase after the preface.
+    h2: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Watch {
+    fn now(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos()
+            .min(u128::from(NONE - 1)) as u64
+    }
+
+    fn at(&self, ns: u64) -> Instant {
+        self.origin + Duration::from_nanos(ns)
+    }
+
+    /// The current deadline: none while a request is in progress.
+    fn deadline(&self, limits: &Limits) -> Option<u64> {
+        if self.busy.load(Acquire) > 0 {
+            return None;
+        }
+        let wait = if self.reading.load(Acquire) {
+            limits.header
+        } else {
+            limits.keepalive
+        };
+        Some(
+            self.since
+                .load(Acquire)
+                .saturating_add(wait.as_nanos().min(u128::from(NONE / 2)) as u64),
+        )
+    }
+
+    /// A deadline earlier than the armed one wakes the timer.
+    fn moved_to(&self, deadline: u64) {
+        if deadline < self.armed.load(Acquire) {
+            self.waker.wake();
+        }
+    }
+
+    /// A request was dispatched.
+    fn start(&self) {
+        self.busy.fetch_add(1, AcqRel);
+        self.reading.store(false, Release);
+        self.got_bytes.store(false, Release);
+    }
+
+    /// A request's response body ended (or was dropped).
+    fn end(&self, limits: &Limits) {
+        if self.busy.fetch_sub(1, AcqRel) == 1 {
+            let now = self.now();
+            self.since.store(now, Release);
+            self.moved_to(now.saturating_add(limits.keepalive.as_nanos() as u64));
+        }
+    }
+}
+
+// === impl Io ===
+
+pin_project! {
+    /// The client's socket, watched: bytes arriving on an idle connection start the
+    /// header timeout; after it expires, the next read answers 408 and fails. Holds the
+    /// connection's permit, so an upgraded connection counts until it closes.
+    pub(super) struct Io<T = TcpStream> {
+        #[pin]
+        stream: T,
+        watch: Arc<Watch>,
+        limits: Arc<Limits>,
+        _permit: Option<OwnedSemaphorePermit>,
+        // The first bytes, until it is known whether they are the HTTP/2 preface.
+        sniff: u8,
+    }
+}
+
+/// `PRI * HTTP/2.0`: the start of the HTTP/2 connection preface.
+const H2_START: &[u8; 4] = b"PRI ";
+
+impl<T> Io<T> {
+    pub(super) fn new(
+        stream: T,
+        permit: Option<OwnedSemaphorePermit>,
+        limits: Arc<Limits>,
+    ) -> Self {
+        let origin = Instant::now();
+        let watch = Watch {
+            origin,
+            busy: AtomicUsize::new(0),
+            reading: AtomicBool::new(true),
+            got_bytes: AtomicBool::new(false),
+            since: AtomicU64::new(0),
+            armed: AtomicU64::new(NONE),
+            timed_out: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        };
+        Self {
+            stream,
+            watch: Arc::new(watch),
+            limits,
+            _permit: permit,
+            sniff: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for Io<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        let watch = &**this.watch;
+        if watch.timed_out.load(Acquire) {
+            if watch.got_bytes.load(Acquire) && !watch.h2.load(Relaxed) {
+                // Best effort: a fresh socket's send buffer takes these few bytes at once.
+                let _ = this.stream.as_mut().poll_write(cx, TIMEOUT_408);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client header timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        ready!(this.stream.poll_read(cx, buf))?;
+        let got = &buf.filled()[before..];
+        if got.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if usize::from(*this.sniff) < H2_START.len() {
+            let seen = usize::from(*this.sniff);
+            let n = got.len().min(H2_START.len() - seen);
+            if got[..n] == H2_START[seen..seen + n] {
+                *this.sniff += n as u8;
+                if usize::from(*this.sniff) == H2_START.len() {
+                    watch.h2.store(true, Relaxed);
+                }
+            } else {
+                *this.sniff = H2_START.len() as u8 + 1; // not HTTP/2
+            }
+        }
+        if watch.reading.load(Acquire) {
+            watch.got_bytes.store(true, Release);
+        } else if watch.busy.load(Acquire) == 0 && !watch.h2.load(Relaxed) {
+            // The first bytes of the next request on a kept-alive HTTP/1 connection.
+            let now = watch.now();
+            watch.since.store(now, Release);
+            watch.got_bytes.store(true, Release);
+            watch.reading.store(true, Release);
+            watch.moved_to(now.saturating_add(this.limits.header.as_nanos() as u64));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Io<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+// === impl Counted (the service) ===
+
+/// The connection's service: counts each request from dispatch to the end of its
+/// response body.
+#[derive(Clone)]
+pub(super) struct Counted<S> {
+    inner: S,
+    watch: Arc<Watch>,
+    limits: Arc<Limits>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.watch.start();
+        CountedFuture {
+            fut: self.inner.call(req),
+            done: Some(Done {
+                watch: self.watch.clone(),
+                limits: self.limits.clone(),
+            }),
+        }
+    }
+}
+
+/// Ends one request's count when dropped.
+struct Done {
+    watch: Arc<Watch>,
+    limits: Arc<Limits>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.watch.end(&self.limits);
+    }
+}
+
+pin_project! {
+    pub(super) struct CountedFuture<F> {
+        #[pin]
+        fut: F,
+        done: Option<Done>,
+    }
+}
+
+impl<F, B, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CountedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let rsp = ready!(this.fut.poll(cx))?;
+        let done = this.done.take();
+        Poll::Ready(Ok(rsp.map(|body| CountedBody { body, done })))
+    }
+}
+
+pin_project! {
+    pub(super) struct CountedBody<B> {
+        #[pin]
+        body: B,
+        done: Option<Done>,
+    }
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) || this.body.is_end_stream() {
+            *this.done = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+// === impl Serving ===
+
+type Conn<S, T = TcpStream> = auto::UpgradeableConnection<
+    'static,
+    TokioIo<Io<T>>,
+    TowerToHyperService<Counted<S>>,
+    TokioExecutor,
+>;
+
+/// A connection that can be closed gracefully.
+pub(super) trait Graceful: Future<Output = Result<(), BoxError>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<S, B, T> Graceful for Conn<S, T>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+pin_project! {
+    /// Serves one connection to its end, enforcing the timeouts and the shutdown signal.
+    pub(super) struct Serving<C> {
+        #[pin]
+        conn: C,
+        sleep: Pin<Box<Sleep>>,
+        watch: Arc<Watch>,
+        limits: Arc<Limits>,
+        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+        stopping: bool,
+        // A timeout or shutdown is closing the connection: drop it at this time.
+        close_by: Option<Instant>,
+    }
+}
+
+impl<S, B, T> Serving<Conn<S, T>>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(super) fn new(
+        builder: &auto::Builder<TokioExecutor>,
+        io: Io<T>,
+        svc: S,
+        limits: Arc<Limits>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let watch = io.watch.clone();
+        let counted = Counted {
+            inner: svc,
+            watch: watch.clone(),
+            limits: limits.clone(),
+        };
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(counted))
+            .into_owned();
+        let first = watch.deadline(&limits).unwrap_or(NONE);
+        watch.armed.store(first, Release);
+        let sleep = Box::pin(tokio::time::sleep_until(watch.at(first)));
+        Self {
+            conn,
+            sleep,
+            watch,
+            limits,
+            stop: Box::pin(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+            stopping: false,
+            close_by: None,
+        }
+    }
+}
+
+impl<C: Graceful> Future for Serving<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "tower_lb: client connection ended with an error");
+                }
+                return Poll::Ready(());
+            }
+            if !*this.stopping && this.stop.as_mut().poll(cx).is_ready() {
+                // Shutdown: finish the request in progress, then close.
+                *this.stopping = true;
+                this.conn.as_mut().graceful();
+                continue;
+            }
+            this.watch.waker.register(cx.waker());
+            let want = match *this.close_by {
+                Some(t) => Some(t),
+                None => this.watch.deadline(this.limits).map(|ns| this.watch.at(ns)),
+            };
+            let rearm = match want {
+                Some(w) if w < this.sleep.deadline() || this.sleep.is_elapsed() => Some(w),
+                // A request in progress: look again later.
+                None if this.sleep.is_elapsed() => {
+                    Some(Instant::now() + this.limits.header.min(this.limits.keepalive))
+                }
+                _ => None,
+            };
+            if let Some(w) = rearm {
+                this.sleep.as_mut().reset(w);
+                let ns = w
+                    .saturating_duration_since(this.watch.origin)
+                    .as_nanos()
+                    .min(u128::from(NONE - 1)) as u64;
+                this.watch.armed.store(ns, Release);
+            }
+            ready!(this.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if this.close_by.is_some_and(|t| now >= t) {
+                tracing::debug!("tower_lb: closing a client connection that outlived its grace");
+                return Poll::Ready(());
+            }
+            let Some(deadline) = this.watch.deadline(this.limits).map(|ns| this.watch.at(ns))
+            else {
+                continue; // busy: re-armed above on the next turn
+            };
+            if this.close_by.is_some() || now < deadline {
+                continue;
+            }
+            if this.watch.reading.load(Acquire) {
+                tracing::debug!(timeout = ?this.limits.header, "tower_lb: client header timeout");
+                this.watch.timed_out.store(true, Release);
+                if this.watch.h2.load(Relaxed) || !this.watch.got_bytes.load(Acquire) {
+                    this.conn.as_mut().graceful();
+                }
+            } else {
+                tracing::debug!(timeout = ?this.limits.keepalive, "tower_lb: keep-alive timeout");
+                this.conn.as_mut().graceful();
+            }
+            *this.close_by = Some(now + CLOSE_GRACE);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The client limits on Tokio's paused clock, over in-memory connections: every deadline
+//! is checked to the nanosecond by letting the clock jump to the server's next timer.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    time::Instant,
+};
+
+use super::conn::{Io, Limits, Serving};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+const HEADER: Duration = Duration::from_secs(60);
+const KEEPALIVE: Duration = Duration::from_secs(75);
+
+/// `/stream` answers four chunks 50 s apart; anything else answers `hi`.
+async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/stream" {
+        let chunks = futures_util::stream::unfold(0, |n| async move {
+            if n == 4 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from("chunk\n"))),
+                n + 1,
+            ))
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(chunks))));
+    }
+    Ok(Response::new(Full::new(Bytes::from("hi")).boxed()))
+}
+
+/// One served connection; the client's end, and the server's shutdown switch.
+fn connect() -> (DuplexStream, tokio::sync::watch::Sender<bool>) {
+    let limits = Arc::new(Limits {
+        header: HEADER,
+        keepalive: KEEPALIVE,
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let serving = Serving::new(
+        &builder,
+        Io::new(server, None, limits.clone()),
+        tower::service_fn(app),
+        limits,
+        stopped,
+    );
+    tokio::spawn(serving);
+    (client, stop)
+}
+
+/// Reads one `hi` response (its length is known).
+async fn read_hi(client: &mut DuplexStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0; 1024];
+    while !got.ends_with(b"\r\n\r\nhi") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// Reads until the server closes; returns what came, and when the close came.
+async fn read_to_close(client: &mut DuplexStream) -> (String, Instant) {
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got).await;
+    (String::from_utf8_lossy(&got).into_owned(), Instant::now())
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_half_sent_head_gets_408_at_the_header_timeout() {
+    let (mut client, _stop) = connect();
+    let t0 = Instant::now();
+    client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let (got, at) = read_to_close(&mut client).await;
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got:?}"
+    );
+    assert_eq!(at - t0, HEADER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_sends_nothing_is_closed_without_an_answer() {
+    let (mut client, _stop) = connect();
+    let t0 = Instant::now();
+    let (got, at) = read_to_close(&mut client).await;
+    assert_eq!(got, "");
+    assert_eq!(at - t0, HEADER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_head_within_the_timeout_is_served() {
+    let (mut client, _stop) = connect();
+    client.write_all(b"GET / HT").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    client
+        .write_all(b"TP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_kept_alive_connection_closes_at_the_keepalive_timeout() {
+    let (mut client, _stop) = connect();
+    for _ in 0..3 {
+        client.write_all(GET).await.unwrap();
+        read_hi(&mut client).await;
+        // Idle for less than the keep-alive timeout: still open.
+        tokio::time::sleep(KEEPALIVE - Duration::from_secs(1)).await;
+    }
+    client.write_all(GET).await.unwrap();
+    read_hi(&mut client).await;
+    let t0 = Instant::now();
+    let (got, at) = read_to_close(&mut client).await;
+    assert_eq!(got, "", "a graceful close, no 408");
+    assert_eq!(at - t0, KEEPALIVE);
+}
+
+/// The header timeout of a request begun on a kept-alive connection runs from its first
+/// byte, even though that is earlier than the idle timeout then armed.
+#[tokio::test(start_paused = true)]
+async fn the_next_request_head_has_the_header_timeout_too() {
+    let (mut client, _stop) = connect();
+    client.write_all(GET).await.unwrap();
+    read_hi(&mut client).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t0 = Instant::now();
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let (got, at) = read_to_close(&mut client).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert_eq!(at - t0, HEADER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_response_is_not_cut_by_either_timeout() {
+    let (mut client, _stop) = connect();
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0; 1024];
+    // Chunked: the body ends with the zero-length chunk.
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-response at {:?}", t0.elapsed());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(t0.elapsed(), Duration::from_secs(200));
+    assert_eq!(String::from_utf8_lossy(&got).matches("chunk\n").count(), 4);
+    let end = Instant::now();
+    let (_, at) = read_to_close(&mut client).await;
+    assert_eq!(at - end, KEEPALIVE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_the_request_in_progress_finish() {
+    let (mut client, stop) = connect();
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0; 64];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    stop.send(true).unwrap();
+    let (rest, _) = read_to_close(&mut client).await;
+    assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_http2_connection_gets_goaway_at_the_keepalive_timeout() {
+    let (client, _stop) = connect();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(client),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("http://a/").body(Full::default()).unwrap();
+        let rsp = send.send_request(req).await.unwrap();
+        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "hi");
+        // Less than the header timeout between requests, then more: still open, since
+        // the header timeout only bounds an HTTP/2 connection's first request.
+        tokio::time::sleep(HEADER + Duration::from_secs(5)).await;
+    }
+    let t0 = Instant::now() - HEADER - Duration::from_secs(5);
+    conn.await.unwrap().unwrap();
+    assert_eq!(Instant::now() - t0, KEEPALIVE);
+}
