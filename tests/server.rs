@@ -73,7 +73,7 @@ async fn stalled_clients_are_answered_408_and_closed_while_others_are_served() {
         assert!(answer.starts_with("HTTP/1.1 200"));
     }
     // Every stalled client gets its 408 and the connection closes.
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     for mut c in stalled {
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut got))
