@@ -74,6 +74,7 @@ mod macros;
 
 pub mod backend;
 pub mod balance;
+mod client_addr;
 pub mod discover;
 pub mod error;
 #[cfg(any(feature = "health-passive", feature = "health-active"))]
@@ -94,4 +95,5 @@ pub struct ReadmeDoctests;
 
 pub use backend::Backend;
 pub use balance::{Balance, Builder};
+pub use client_addr::ClientAddr;
 pub use error::BoxError;

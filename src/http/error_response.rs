@@ -15,9 +15,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::proxy::HostError;
 use crate::error::{find, is_connect_error, AllUnavailable, BoxError, DiscoverError, NoEndpoints};
 
-/// The status a gateway should answer for a balancer error: `503` when no endpoint can
+/// The status a gateway should answer for a balancer error: `400` for a request that
+/// breaks the `Host` rules ([`HostError`]), `503` when no endpoint can
 /// take the request, `504` when a timeout expired (a `tower::timeout` in the endpoint
 /// stack, or a connect timeout), `502` when the backend failed.
 ///
@@ -30,7 +32,9 @@ use crate::error::{find, is_connect_error, AllUnavailable, BoxError, DiscoverErr
 /// ```
 pub fn status_for(err: &BoxError) -> StatusCode {
     let e: &(dyn std::error::Error + 'static) = &**err;
-    if find::<NoEndpoints>(e).is_some()
+    if find::<HostError>(e).is_some() {
+        StatusCode::BAD_REQUEST
+    } else if find::<NoEndpoints>(e).is_some()
         || find::<AllUnavailable>(e).is_some()
         || find::<DiscoverError>(e).is_some()
     {
@@ -53,6 +57,7 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 ///
 /// | error | type |
 /// |---|---|
+/// | a request that breaks the `Host` rules ([`HostError`], `400`) | `http_request_error` |
 /// | no endpoint, all unavailable, discovery failed | `destination_unavailable` |
 /// | connection refused | `connection_refused` |
 /// | connect timeout | `connection_timeout` |
@@ -73,6 +78,9 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 pub fn proxy_status_for(err: &BoxError) -> &'static str {
     use std::io::ErrorKind::*;
     let e: &(dyn std::error::Error + 'static) = &**err;
+    if find::<HostError>(e).is_some() {
+        return "http_request_error";
+    }
     if find::<NoEndpoints>(e).is_some()
         || find::<AllUnavailable>(e).is_some()
         || find::<DiscoverError>(e).is_some()
@@ -249,7 +257,11 @@ fn error_response<B>(err: &BoxError, name: &HeaderValue) -> Response<ErrorRespon
     let status = status_for(err);
     let kind = proxy_status_for(err);
     let chain = crate::error::chain(&**err);
-    tracing::warn!(%status, proxy_status = kind, error = %chain, "tower_lb: answering an error");
+    if status.is_client_error() {
+        tracing::debug!(%status, proxy_status = kind, error = %chain, "tower_lb: answering an error");
+    } else {
+        tracing::warn!(%status, proxy_status = kind, error = %chain, "tower_lb: answering an error");
+    }
     let text = format!(
         "{} {}\n",
         status.as_u16(),

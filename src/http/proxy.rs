@@ -26,7 +26,15 @@
 //! assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.9");
 //! ```
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use crate::{balance::InFlight, error::BoxError};
 
 use http::{
     header::{self, HeaderName},
@@ -260,6 +268,10 @@ fn valid_port(authority: &str) -> bool {
 /// assert_eq!(req.headers()["x-real-ip"], "203.0.113.9");
 /// ```
 pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &str) {
+    forward(req, Some(client), proto);
+}
+
+fn forward<B>(req: &mut Request<B>, client: Option<IpAddr>, proto: &str) {
     let upgrade = upgrade_protocol(req);
     let trailers = wants_trailers(req.headers());
     let headers = req.headers_mut();
@@ -271,23 +283,26 @@ pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let client_value = ip_header_value(client);
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let mut prior = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok());
-    let value = match prior.next() {
-        None => client_value.clone(),
-        Some(first) => {
-            let mut joined = first.to_owned();
-            for v in prior {
+    if let Some(client) = client {
+        let client_value = ip_header_value(client);
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let mut prior = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok());
+        let value = match prior.next() {
+            None => client_value.clone(),
+            Some(first) => {
+                let mut joined = first.to_owned();
+                for v in prior {
+                    joined.push_str(", ");
+                    joined.push_str(v);
+                }
                 joined.push_str(", ");
-                joined.push_str(v);
+                joined.push_str(client_value.to_str().unwrap_or_default());
+                HeaderValue::try_from(joined).unwrap_or_else(|_| client_value.clone())
             }
-            joined.push_str(", ");
-            joined.push_str(client_value.to_str().unwrap_or_default());
-            HeaderValue::try_from(joined).unwrap_or_else(|_| client_value.clone())
-        }
-    };
-    headers.insert(xff, value);
+        };
+        headers.insert(xff, value);
+        headers.insert(HeaderName::from_static("x-real-ip"), client_value);
+    }
     let proto = match proto {
         "http" => Some(HeaderValue::from_static("http")),
         "https" => Some(HeaderValue::from_static("https")),
@@ -296,7 +311,6 @@ pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &
     if let Some(v) = proto {
         headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
     }
-    headers.insert(HeaderName::from_static("x-real-ip"), client_value);
 }
 
 /// An IP address as a header value; IPv4 is written by hand (`Display` for `Ipv4Addr`
@@ -341,6 +355,218 @@ pub fn forward_response_headers(status: http::StatusCode, headers: &mut HeaderMa
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
+}
+
+// === the layer ===
+
+/// The reverse-proxy rules of this module as one layer, in front of a balancer (or any
+/// HTTP client service):
+///
+/// - [`check_host`]: a request that breaks the `Host` rules fails with [`HostError`],
+///   which [`ErrorResponseLayer`](super::ErrorResponseLayer) answers `400`;
+/// - [`forward_request_headers`] on the way in, with the client from the request's
+///   [`ClientAddr`](crate::ClientAddr) extension (put there by
+///   `server::Server`, or by you) and the configured `X-Forwarded-Proto`;
+/// - [`forward_response_headers`] on the way out;
+/// - upgrades (WebSocket, `Connection: upgrade`): when the backend answers
+///   `101 Switching Protocols`, the client's and the backend's connections are spliced
+///   in a spawned task (half-close passed on), which holds the response's
+///   [`InFlight`] guard so the backend counts the connection as load until it closes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_lb::{http::{proxy::ProxyLayer, ErrorResponseLayer}, ClientAddr};
+///
+/// let backend = service_fn(|req: http::Request<String>| async move {
+///     let xff = req.headers()["x-forwarded-for"].to_str().unwrap().to_owned();
+///     Ok::<_, tower_lb::BoxError>(http::Response::new(xff))
+/// });
+/// let proxy = ServiceBuilder::new()
+///     .layer(ErrorResponseLayer::new())
+///     .layer(ProxyLayer::new())
+///     .service(backend);
+///
+/// let mut req = http::Request::get("/").header("host", "a.example").body(String::new()).unwrap();
+/// req.extensions_mut().insert(ClientAddr("192.0.2.7:50000".parse().unwrap()));
+/// let rsp = proxy.clone().oneshot(req).await.unwrap();
+/// assert_eq!(rsp.status(), 200);
+///
+/// let no_host = http::Request::get("/").body(String::new()).unwrap();
+/// assert_eq!(proxy.oneshot(no_host).await.unwrap().status(), 400);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProxyLayer {
+    proto: &'static str,
+    rewrite_host: bool,
+}
+
+impl Default for ProxyLayer {
+    fn default() -> Self {
+        Self {
+            proto: "http",
+            rewrite_host: false,
+        }
+    }
+}
+
+impl ProxyLayer {
+    /// The rules for a plain-HTTP listener (`X-Forwarded-Proto: http`), keeping the
+    /// client's `Host`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The `X-Forwarded-Proto` to send: `"https"` behind a TLS listener.
+    #[must_use]
+    pub fn proto(mut self, proto: &'static str) -> Self {
+        self.proto = proto;
+        self
+    }
+
+    /// Sends the backend's own address as `Host` instead of the client's (nginx
+    /// `proxy_set_header Host $proxy_host`, its default); off by default (nginx
+    /// `$host`, as most gateways configure it).
+    #[must_use]
+    pub fn rewrite_host(mut self, rewrite: bool) -> Self {
+        self.rewrite_host = rewrite;
+        self
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ProxyLayer {
+    type Service = Proxy<S>;
+
+    fn layer(&self, inner: S) -> Proxy<S> {
+        Proxy {
+            inner,
+            cfg: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ProxyLayer`].
+#[derive(Debug, Clone)]
+pub struct Proxy<S> {
+    inner: S,
+    cfg: ProxyLayer,
+}
+
+impl<S> Proxy<S> {
+    define_inner_service_accessors!();
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for Proxy<S>
+where
+    S: tower_service::Service<Request<B>, Response = http::Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = http::Response<RB>;
+    type Error = BoxError;
+    type Future = ProxyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Err(e) = check_host(&mut req) {
+            tracing::debug!(error = %e, "tower_lb: refusing a request");
+            return ProxyFuture {
+                state: State::Refused { error: Some(e) },
+            };
+        }
+        let client = req
+            .extensions()
+            .get::<crate::ClientAddr>()
+            .map(|a| a.0.ip());
+        let upgrade = upgrade_protocol(&req)
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
+        forward(&mut req, client, self.cfg.proto);
+        if self.cfg.rewrite_host {
+            req.headers_mut().remove(header::HOST);
+        }
+        ProxyFuture {
+            state: State::Call {
+                fut: self.inner.call(req),
+                upgrade,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Proxy`].
+    pub struct ProxyFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Call { #[pin] fut: F, upgrade: Option<hyper::upgrade::OnUpgrade> },
+        Refused { error: Option<HostError> },
+    }
+}
+
+impl<F> fmt::Debug for ProxyFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, RB, E> Future for ProxyFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<http::Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .map_or_else(|| "polled after completion".into(), Into::into))),
+            StateProj::Call { fut, upgrade } => {
+                let mut rsp = ready!(fut.poll(cx)).map_err(Into::into)?;
+                let status = rsp.status();
+                forward_response_headers(status, rsp.headers_mut());
+                if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = upgrade.take() {
+                        let backend = hyper::upgrade::on(&mut rsp);
+                        let load = rsp.extensions_mut().remove::<InFlight>();
+                        tokio::spawn(splice(client, backend, load));
+                    }
+                }
+                Poll::Ready(Ok(rsp))
+            }
+        }
+    }
+}
+
+/// Copies both ways between an upgraded client and backend connection until both sides
+/// are closed; `load` counts the connection for the backend meanwhile.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    load: Option<InFlight>,
+) {
+    match tokio::try_join!(client, backend) {
+        Ok((c, b)) => {
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut b = hyper_util::rt::TokioIo::new(b);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                tracing::debug!(error = %e, "tower_lb: upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "tower_lb: upgrade failed"),
+    }
+    drop(load);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use std::{
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*},
@@ -36,7 +37,7 @@ use tokio::{
 };
 use tower_service::Service;
 
-use crate::error::BoxError;
+use crate::{error::BoxError, ClientAddr};
 
 /// The timeouts, shared by every connection of a server.
 #[derive(Debug)]
@@ -264,6 +265,7 @@ pub(super) struct Counted<S> {
     inner: S,
     watch: Arc<Watch>,
     limits: Arc<Limits>,
+    peer: ClientAddr,
 }
 
 impl<S, B> Service<Request<Incoming>> for Counted<S>
@@ -278,8 +280,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         self.watch.start();
+        req.extensions_mut().insert(self.peer);
         CountedFuture {
             fut: self.inner.call(req),
             done: Some(Done {
@@ -417,12 +420,14 @@ where
         svc: S,
         limits: Arc<Limits>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
+        peer: SocketAddr,
     ) -> Self {
         let watch = io.watch.clone();
         let counted = Counted {
             inner: svc,
             watch: watch.clone(),
             limits: limits.clone(),
+            peer: ClientAddr(peer),
         };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(counted))

@@ -14,6 +14,7 @@
 //! | [`max_connections`](Server::max_connections) | beyond this many open connections (upgraded ones included) new ones wait in the kernel's accept queue until one closes; never a crash or file-descriptor exhaustion | unlimited | `worker_connections` |
 //! | [`drain_timeout`](Server::drain_timeout) | on shutdown, stop accepting, let open connections finish their requests, close them after this long | 30 s | `worker_shutdown_timeout` |
 //!
+//! Every request carries the peer's [`ClientAddr`](crate::ClientAddr) in its extensions.
 //! Timing is on Tokio's clock. A request whose head has arrived is not bounded here
 //! (bound it with a timeout layer in the service); for HTTP/2 the header timeout bounds
 //! the time to the first request.
@@ -158,7 +159,8 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let svc = make(peer);
             let io = conn::Io::new(stream, permit, limits.clone());
-            let serving = conn::Serving::new(&builder, io, svc, limits.clone(), stopped.clone());
+            let serving =
+                conn::Serving::new(&builder, io, svc, limits.clone(), stopped.clone(), peer);
             conns.spawn(serving);
             while conns.try_join_next().is_some() {}
         }

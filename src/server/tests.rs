@@ -56,6 +56,7 @@ fn connect() -> (DuplexStream, tokio::sync::watch::Sender<bool>) {
         tower::service_fn(app),
         limits,
         stopped,
+        "127.0.0.1:1".parse().unwrap(),
     );
     tokio::spawn(serving);
     (client, stop)

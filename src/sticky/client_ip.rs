@@ -4,24 +4,7 @@ use http::{header::CONNECTION, HeaderMap, HeaderName, Request};
 
 use super::{Cidr, ExtractKey};
 use crate::balance::strategy::RequestKey;
-
-/// The peer address of a request's connection, as a request extension for
-/// [`ClientIp`].
-///
-/// Servers put it there when they accept a connection (with hyper, in the service made
-/// per connection). axum's `ConnectInfo<SocketAddr>`, from
-/// `into_make_service_with_connect_info::<SocketAddr>()`, is read as well with the `axum`
-/// feature.
-///
-/// ```
-/// use tower_lb::sticky::{ClientAddr, ClientIp};
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(ClientAddr("192.0.2.7:51000".parse().unwrap()));
-/// assert_eq!(ClientIp::peer(&req), Some("192.0.2.7:51000".parse().unwrap()));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientAddr(pub SocketAddr);
+use crate::ClientAddr;
 
 /// Which header a trusted proxy writes the client address into; see [`ClientIp::header`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -111,8 +111,9 @@ mod path;
 mod query;
 mod session;
 
+pub use crate::ClientAddr;
 pub use cidr::{Cidr, CidrParseError};
-pub use client_ip::{ClientAddr, ClientIp, ForwardedHeader};
+pub use client_ip::{ClientIp, ForwardedHeader};
 pub use cookie::CookieKey;
 pub use header::HeaderKey;
 pub use key::ExtractKey;
