@@ -114,6 +114,7 @@ where
         policy: P,
         req: Req,
     ) -> Self {
+        policy.on_request(&req);
         let key = policy.key(&req);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.

@@ -93,6 +93,7 @@
 //! # }
 //! ```
 
+mod budget;
 mod cow;
 mod endpoint;
 mod future;
@@ -104,6 +105,7 @@ pub mod strategy;
 pub(crate) use endpoint::later;
 #[cfg(feature = "health-passive")]
 pub(crate) use endpoint::Refusal;
+pub use budget::RetryBudget;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
 pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};
@@ -139,6 +141,12 @@ use strategy::RequestKey;
 /// }
 /// ```
 pub trait RequestPolicy<Req>: Send + Sync + 'static {
+    /// Called once for every request the balancer takes, before its first attempt: where
+    /// a policy with a [`RetryBudget`] deposits.
+    fn on_request(&self, req: &Req) {
+        let _ = req;
+    }
+
     /// The request's affinity key, for hash strategies.
     fn key(&self, req: &Req) -> Option<RequestKey> {
         let _ = req;

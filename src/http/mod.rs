@@ -54,6 +54,7 @@ use hyper_util::{
 use tower_service::Service;
 
 mod error_response;
+mod policy;
 mod pool;
 pub mod proxy;
 mod replay;
@@ -63,13 +64,14 @@ pub use error_response::{
     proxy_status_for, status_for, ErrorResponse, ErrorResponseBody, ErrorResponseFuture,
     ErrorResponseLayer,
 };
+pub use policy::{CloneBody, HttpPolicy, NoReplay, ReplayBodies};
 pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};
 pub use replay::{NotReplayable, ReplayBody};
 pub use track::{TrackBody, TrackBodyLayer, TrackFuture, TrackedBody};
 
 use crate::{
-    balance::{strategy::RequestKey, MakeEndpoint, RequestPolicy, Target},
-    error::{find, is_connect_error, BoxError},
+    balance::{MakeEndpoint, Target},
+    error::{find, BoxError},
 };
 
 /// Makes one [`HttpEndpoint`] per backend, all sharing one hyper-util client and so one
@@ -252,76 +254,6 @@ where
             *req.uri_mut() = uri;
         }
         self.client.request(req)
-    }
-}
-
-/// Does not replay requests; see [`HttpPolicy`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoReplay;
-
-/// Replays requests by cloning them (bodies must be `Clone`); see [`HttpPolicy`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CloneBody;
-
-/// The [`RequestPolicy`] for `http::Request`s: the affinity key is the [`RequestKey`] in the
-/// request's extensions (put there by a key layer or by hand); with
-/// [`replay_clone`](Self::replay_clone), requests are copied before each attempt so a
-/// connect failure (any method) or a transport error on an idempotent request can be
-/// retried on another backend.
-///
-/// ```
-/// use tower_lb::{balance::{strategy::RequestKey, RequestPolicy}, http::HttpPolicy};
-///
-/// let mut req = http::Request::new(String::from("body"));
-/// req.extensions_mut().insert(RequestKey::from_bytes(b"session-1"));
-/// let policy = HttpPolicy::new().replay_clone();
-/// assert_eq!(policy.key(&req), Some(RequestKey::from_bytes(b"session-1")));
-/// assert_eq!(policy.replay(&req).unwrap().body(), "body");
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpPolicy<R = NoReplay> {
-    _replay: R,
-}
-
-impl HttpPolicy {
-    /// Keys from extensions, no replay.
-    pub fn new() -> Self {
-        Self { _replay: NoReplay }
-    }
-
-    /// Also replays requests whose body is `Clone` (`Full<Bytes>`, `Empty`, `String`…).
-    pub fn replay_clone(self) -> HttpPolicy<CloneBody> {
-        HttpPolicy { _replay: CloneBody }
-    }
-}
-
-impl<B> RequestPolicy<Request<B>> for HttpPolicy<NoReplay> {
-    fn key(&self, req: &Request<B>) -> Option<RequestKey> {
-        req.extensions().get::<RequestKey>().copied()
-    }
-}
-
-impl<B: Clone + Send + Sync + 'static> RequestPolicy<Request<B>> for HttpPolicy<CloneBody> {
-    fn key(&self, req: &Request<B>) -> Option<RequestKey> {
-        req.extensions().get::<RequestKey>().copied()
-    }
-
-    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
-    }
-
-    /// Connect-phase failures always; for idempotent methods (RFC 9110 §9.2.2: GET, HEAD,
-    /// OPTIONS, TRACE, PUT, DELETE) also transport errors after the request was sent (the
-    /// connection reset or closed mid-exchange), as nginx `proxy_next_upstream error`.
-    fn retry_on(&self, replay: &Request<B>, error: &BoxError) -> bool {
-        let e: &(dyn std::error::Error + 'static) = &**error;
-        is_connect_error(e) || (is_idempotent(replay.method()) && is_transport_error(e))
     }
 }
 
