@@ -15,13 +15,80 @@
     allow(dead_code)
 )]
 
-mod support;
-
 use std::{process::Stdio, time::Duration};
 
-use support::example_bin;
-
 use tokio::process::Command;
+
+/// The cargo features this test binary was built with.
+pub fn features() -> Vec<&'static str> {
+    let mut on = Vec::new();
+    macro_rules! collect {
+        ($($name:literal),* $(,)?) => {
+            $(if cfg!(feature = $name) { on.push($name); })*
+        };
+    }
+    collect!(
+        "default",
+        "http",
+        "test-util",
+        "health-passive",
+        "health-active",
+        "health",
+        "grpc",
+        "sticky",
+        "axum",
+        "dns",
+        "kube",
+        "file",
+        "full",
+    );
+    on
+}
+
+/// The example's binary, built (or found up to date) next to the test binary, in
+/// `target/<profile>/examples/`.
+pub fn example_bin(name: &str) -> std::path::PathBuf {
+    // One nested cargo at a time: they would only queue on cargo's lock and mix output.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+
+    // Test binaries live in target/<profile>/deps.
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    // `cargo test` builds the examples too, but `cargo test --test examples` does not, and a
+    // binary left from an earlier build may be stale: let cargo decide (a no-op when fresh).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--example", name, "--no-default-features"])
+        .args(["--features", &features().join(",")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    // Cargo describes this package to the test binary in `CARGO_PKG_*` and `CARGO_MANIFEST_*`.
+    // Build scripts that watch those variables (ring's does) would see them change and run
+    // again, and the next plain `cargo test` would rebuild everything back.
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_MANIFEST_") {
+            build.env_remove(&var);
+        }
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "building the {name} example failed");
+
+    let bin = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
 
 /// How long an example may run: they take a few seconds, but a loaded machine and a debug
 /// build are slow.

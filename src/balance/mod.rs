@@ -101,11 +101,11 @@ mod service;
 pub(crate) mod set;
 pub mod strategy;
 
+pub use budget::RetryBudget;
 #[cfg(any(feature = "health-passive", feature = "health-active"))]
 pub(crate) use endpoint::later;
 #[cfg(feature = "health-passive")]
 pub(crate) use endpoint::Refusal;
-pub use budget::RetryBudget;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
 pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};

@@ -5,8 +5,9 @@ use crate::balance::strategy::RequestKey;
 /// Reads a request's affinity key. See the [module docs](super) for the stock extractors.
 ///
 /// Implemented for closures `Fn(&http::Request<B>) -> Option<RequestKey>`, for `()`,
-/// which never finds a key, and for tuples of up to four extractors, tried in order: the
-/// first key found wins.
+/// which never finds a key, for `Option<E>` and `Arc<E>` (so `Arc<dyn ExtractKey<B>>`
+/// chosen at run time works), and for tuples of up to four extractors, tried in order:
+/// the first key found wins.
 ///
 /// ```
 /// use http::Request;
@@ -41,6 +42,20 @@ where
 impl<B> ExtractKey<B> for () {
     fn extract(&self, _req: &Request<B>) -> Option<RequestKey> {
         None
+    }
+}
+
+/// A shared extractor, for one chosen at run time (`Arc<dyn ExtractKey<B>>`).
+impl<B, E: ExtractKey<B> + ?Sized> ExtractKey<B> for std::sync::Arc<E> {
+    fn extract(&self, req: &Request<B>) -> Option<RequestKey> {
+        (**self).extract(req)
+    }
+}
+
+/// An optional extractor: `None` finds no key.
+impl<B, E: ExtractKey<B>> ExtractKey<B> for Option<E> {
+    fn extract(&self, req: &Request<B>) -> Option<RequestKey> {
+        self.as_ref().and_then(|e| e.extract(req))
     }
 }
 
