@@ -21,7 +21,7 @@ use tower_lb::{
         strategy::{LeastConn, RoundRobin, WeightedRoundRobin},
         RequestPolicy, Status, Target, Tier,
     },
-    error::{AllUnavailable, ConfigError, ConnectFailed, EndpointError, NoEndpoints},
+    error::{ConfigError, ConnectFailed, EndpointError, NoEndpoints},
     test_util, Backend, Balance, BoxError,
 };
 
@@ -239,8 +239,11 @@ async fn retries_are_capped() {
     assert_eq!(failures, 2);
 }
 
+/// Every endpoint refused the request: the answer is the last endpoint's own error (as
+/// nginx answers the last upstream's), not "all unavailable", so a refused connection
+/// maps to 502 rather than 503.
 #[tokio::test]
-async fn all_endpoints_failing_ends_with_all_unavailable() {
+async fn all_endpoints_failing_ends_with_the_last_endpoint_error() {
     let balance = Balance::builder()
         .strategy(RoundRobin::new())
         .retries(10)
@@ -248,8 +251,14 @@ async fn all_endpoints_failing_ends_with_all_unavailable() {
         .policy(CloneStrings)
         .build(refusing)
         .unwrap();
-    let err = balance.oneshot("x".into()).await.unwrap_err();
-    assert!(err.is::<AllUnavailable>(), "{err}");
+    let err = balance.clone().oneshot("x".into()).await.unwrap_err();
+    let last = err
+        .downcast_ref::<EndpointError>()
+        .expect("an endpoint error");
+    assert_eq!(last.backend(), "dead-2");
+    assert!(tower_lb::error::is_connect_error(&*err), "{err}");
+    let failures: u64 = balance.stats().backends.iter().map(|b| b.failures).sum();
+    assert_eq!(failures, 2, "each endpoint tried once");
 }
 
 #[tokio::test]

@@ -1,11 +1,14 @@
 //! The gateway binary as a process, against real servers on loopback.
 
+mod common;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+use common::{client, gateway_bin, get, send, Gateway};
+
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -16,103 +19,17 @@ use std::{
 use axum::{
     body::Body,
     extract::Request,
-    http::{HeaderMap, Method, StatusCode},
+    http::{Method, StatusCode},
     routing::any,
     Router,
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use support::{named, wait_for, TestServer};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
 };
-
-fn gateway_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tower-lb-gateway")
-}
-
-/// A running gateway process, killed on drop.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(gateway_bin())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("BACKENDS")
-            .env_remove("LISTEN")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut reader = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("read");
-            // Keep draining, so the gateway never writes into a closed pipe.
-            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-            line
-        });
-        let line = tokio::time::timeout(Duration::from_secs(60), line)
-            .await
-            .expect("gateway printed its address")
-            .expect("reader");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
-
-fn client() -> TestClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn send(
-    c: &TestClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Body,
-) -> (StatusCode, HeaderMap, Bytes) {
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let rsp = c.request(req.body(body).unwrap()).await.expect("response");
-    let (parts, body) = rsp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (parts.status, parts.headers, body)
-}
-
-async fn get(c: &TestClient, url: &str) -> (StatusCode, Bytes) {
-    let (s, _, b) = send(c, Method::GET, url, &[], Body::empty()).await;
-    (s, b)
-}
 
 /// A backend that answers with the method and the headers it received, one per line.
 fn echo_headers() -> Router {

@@ -157,6 +157,9 @@ where
 struct Slow {
     /// Ids of endpoints this request already failed on.
     tried: Vec<u64>,
+    /// The last endpoint's error: answered if no other endpoint is left to try, rather
+    /// than "all unavailable" (nginx answers the last upstream's error too).
+    last: Option<BoxError>,
     /// The end of the fail-fast wait, once a wait started.
     deadline: Option<Instant>,
 }
@@ -306,7 +309,12 @@ where
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
                     let next = match pick(snap, key.as_ref(), &slow.tried) {
                         Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
-                        Some(Err(error)) => State::Failed { error: Some(error) },
+                        Some(Err(error)) => State::Failed {
+                            error: Some(slow.last.take().unwrap_or(error)),
+                        },
+                        None if slow.last.is_some() => State::Failed {
+                            error: slow.last.take(),
+                        },
                         None => match snap.core.upgrade() {
                             Some(core) => wait_or_fail(core, &mut slow.deadline, req),
                             None => State::Failed {
@@ -356,10 +364,10 @@ where
                         entry.state.set_last_failure(crate::error::chain(&*e));
                         tracing::warn!(backend = %entry.backend.key(), error = %e,
                             "tower_lb: endpoint not ready; trying another");
-                        this.slow
-                            .get_or_insert_with(Box::default)
-                            .tried
-                            .push(entry.id);
+                        let slow = this.slow.get_or_insert_with(Box::default);
+                        slow.tried.push(entry.id);
+                        slow.last =
+                            Some(EndpointError::new(entry.backend.key().to_string(), e).into());
                         let next = repick_state(&guard.snap, req.take());
                         drop(guard);
                         this.state.set(next);
@@ -392,10 +400,11 @@ where
                                 tracing::warn!(backend = %entry.backend.key(), error = %e,
                                     "tower_lb: request failed before reaching the backend; retrying elsewhere");
                                 *this.retries -= 1;
-                                this.slow
-                                    .get_or_insert_with(Box::default)
-                                    .tried
-                                    .push(entry.id);
+                                let slow = this.slow.get_or_insert_with(Box::default);
+                                slow.tried.push(entry.id);
+                                slow.last = Some(
+                                    EndpointError::new(entry.backend.key().to_string(), e).into(),
+                                );
                                 let next = repick_state(&guard.snap, replay.take());
                                 this.state.set(next);
                                 continue;

@@ -166,8 +166,12 @@ pub fn have_command(cmd: &str) -> bool {
 /// Starts `tests/peers/<script>` with `args` and waits (up to 60 s) for the
 /// `PORT <n>` line it prints once listening.
 pub async fn python_peer(script: &str, args: &[&str]) -> Peer {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers")
+    // From the library's tests or the gateway's (one directory down).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = [root.join("tests/peers"), root.join("../tests/peers")]
+        .into_iter()
+        .find(|d| d.is_dir())
+        .expect("tests/peers")
         .join(script);
     let mut child = std::process::Command::new("python3")
         .arg(&path)
