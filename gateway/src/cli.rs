@@ -290,3 +290,68 @@ pub(crate) fn parse_json_expect(s: &str) -> Result<(String, String), String> {
     tower_lb::health::active::BodyMatch::json(pointer, value).map_err(|e| e.to_string())?;
     Ok((pointer.to_string(), value.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        for bad in ["", "s", "-1s", "1d", "1e400", "NaN", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Every flag parser over arbitrary text: a value, or an error saying why; what
+        /// parses holds what the flag promises.
+        #[test]
+        fn flag_values_parse_or_say_why(text in "\\PC{0,60}|[0-9a-z.:/=,\\[\\]-]{0,40}") {
+            match parse_backend(&text) {
+                Ok(b) => {
+                    prop_assert!(b.weight >= 1);
+                    prop_assert!(parse_base(&b.url).is_ok(), "{}", b.url);
+                }
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+            match parse_pool(&text) {
+                Ok(p) => prop_assert!(!p.name.is_empty() && !p.backends.is_empty()),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+            if let Ok((prefix, _)) = parse_route(&text) {
+                prop_assert!(prefix.starts_with('/'));
+            }
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(d <= Duration::from_secs(1_000_000_000));
+            }
+            let _ = parse_hash_key(&text);
+            let _ = parse_cidr(&text);
+            let _ = parse_json_expect(&text);
+        }
+
+        /// Whole command lines built from the flags' words: parsed or refused, never a
+        /// panic.
+        #[test]
+        fn command_lines_parse_or_are_refused(words in prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![
+                    "--backend", "--pool", "--route", "--strategy", "--retries", "--timeout",
+                    "--max-fails", "--fail-timeout", "--hash-key", "--sticky-cookie",
+                    "--trusted-proxy", "--workers", "--max-connections", "--health-path",
+                    "--health-expect-json", "--client-header-timeout", "--slow-start",
+                ]).prop_map(str::to_owned),
+                "[ -~]{0,16}",
+            ],
+            0..10,
+        )) {
+            let argv = std::iter::once("tower-lb-gateway".to_owned()).chain(words);
+            let _ = Args::try_parse_from(argv);
+        }
+    }
+}

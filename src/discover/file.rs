@@ -179,6 +179,53 @@ enum JsonDoc {
     Table(Table),
 }
 
+/// A backend list that could not be read: the first problem, with its line for TOML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    reason: String,
+}
+
+impl ParseError {
+    fn new(reason: impl fmt::Display) -> Self {
+        Self {
+            reason: reason.to_string(),
+        }
+    }
+
+    /// What is wrong, as text.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// The largest backend file read (4 MiB, some 50,000 backends); a bigger one is refused
+/// rather than read whole.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads at most [`MAX_FILE_BYTES`] of `path`; more is an error.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Parses a backend list. Errors name the first problem (with its line for TOML).
 ///
 /// ```
@@ -188,7 +235,15 @@ enum JsonDoc {
 /// assert!(backends[0].is_backup());
 /// assert!(parse::<String>("[[backend]]\naddress = \"a\"\nweight = 0", Format::Toml).is_err());
 /// ```
-pub fn parse<K>(text: &str, format: Format) -> Result<Vec<Backend<K>>, String>
+pub fn parse<K>(text: &str, format: Format) -> Result<Vec<Backend<K>>, ParseError>
+where
+    K: Key + FromStr,
+    K::Err: fmt::Display,
+{
+    parse_entries(text, format).map_err(ParseError::new)
+}
+
+fn parse_entries<K>(text: &str, format: Format) -> Result<Vec<Backend<K>>, String>
 where
     K: Key + FromStr,
     K::Err: fmt::Display,
@@ -297,9 +352,9 @@ impl FileSource {
         K: Key + FromStr,
         K::Err: fmt::Display,
     {
-        let text =
-            std::fs::read_to_string(&self.path).map_err(|e| FileError::new(&self.path, e))?;
-        parse(&text, self.format).map_err(|e| FileError::new(&self.path, e))
+        let bytes = read_capped(&self.path).map_err(|e| FileError::new(&self.path, e))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| FileError::new(&self.path, e))?;
+        parse(text, self.format).map_err(|e| FileError::new(&self.path, e))
     }
 
     /// Starts watching in a background task on the current tokio runtime; the file is read
@@ -394,7 +449,7 @@ where
     K::Err: fmt::Display,
 {
     let path = source.path.display();
-    let bytes = match std::fs::read(&source.path) {
+    let bytes = match read_capped(&source.path) {
         Ok(b) => b,
         Err(e) => {
             let reason = e.to_string();
@@ -413,7 +468,7 @@ where
     }
     let parsed = std::str::from_utf8(&bytes)
         .map_err(|e| e.to_string())
-        .and_then(|text| parse::<K>(text, source.format));
+        .and_then(|text| parse_entries::<K>(text, source.format));
     *last = Some(Ok(bytes));
     let backends = match parsed {
         Ok(b) => b,
@@ -443,7 +498,7 @@ mod tests {
     use std::net::SocketAddr;
 
     fn toml(text: &str) -> Result<Vec<Backend<SocketAddr>>, String> {
-        parse(text, Format::Toml)
+        parse(text, Format::Toml).map_err(|e| e.reason().to_owned())
     }
 
     #[test]
