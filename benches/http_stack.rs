@@ -22,7 +22,7 @@ use tower_lb::{
         Target,
     },
     health::passive::PassiveHealthLayer,
-    http::HttpPolicy,
+    http::{HttpPolicy, TrackBodyLayer},
     sticky::{HeaderKey, StickyLayer},
     Backend, Balance, BoxError,
 };
@@ -115,8 +115,122 @@ fn bench_stack(c: &mut Criterion) {
     g.bench_function("+ header key, ring hash", |b| {
         b.iter_custom(|iters| time_requests(&rt, &mut sticky, iters, request))
     });
+
+    // Body-end tracking: the same stack, each response body read to its end, without and
+    // with the endpoint counting the request in flight until then.
+    let mut read = with_passive_health!(P2c::new().peak_ewma(), ());
+    g.bench_function("+ passive health, body read", |b| {
+        b.iter_custom(|iters| time_requests_read(&rt, &mut read, iters, request))
+    });
+    let mut tracked = Balance::builder()
+        .strategy(P2c::new().peak_ewma())
+        .backends(backends())
+        .build(|t: &Target<'_, String>| {
+            ServiceBuilder::new()
+                .layer(PassiveHealthLayer::new(t))
+                .layer(TrackBodyLayer::new(t))
+                .service(endpoint())
+        })
+        .unwrap();
+    g.bench_function("+ body-end tracking, body read", |b| {
+        b.iter_custom(|iters| time_requests_read(&rt, &mut tracked, iters, request))
+    });
     g.finish();
 }
 
-criterion_group!(benches, bench_stack);
+/// Like `time_requests`, reading each response body to its end.
+fn time_requests_read<S, B>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    iters: u64,
+    make: impl Fn() -> Req,
+) -> Duration
+where
+    S: tower::Service<Req, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    rt.block_on(async {
+        let start = tokio::time::Instant::now();
+        for _ in 0..iters {
+            let rsp = ServiceExt::<Req>::ready(&mut *svc)
+                .await
+                .unwrap()
+                .call(make())
+                .await
+                .unwrap();
+            std::hint::black_box(rsp.into_body().collect().await.unwrap());
+        }
+        start.elapsed()
+    })
+}
+
+/// HTTP/1.1 requests, one after another on one kept-alive in-memory connection, to a
+/// server that answers at once: hyper-util's server alone, then with the client limits
+/// (header and keep-alive timeouts).
+fn bench_server(c: &mut Criterion) {
+    use hyper_util::{rt::TokioExecutor, server::conn::auto};
+    let rt = rt();
+    let mut g = c.benchmark_group("server");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let app = service_fn(|_: Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    for limits in [false, true] {
+        let mut send = rt.block_on(async {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            if limits {
+                tokio::spawn(tower_lb::server::Server::new().serve_connection(
+                    server,
+                    "127.0.0.1:1".parse().unwrap(),
+                    app,
+                ));
+            } else {
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(
+                            hyper_util::rt::TokioIo::new(server),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            send
+        });
+        let name = if limits {
+            "client limits (header, keep-alive timeouts)"
+        } else {
+            "hyper-util auto"
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    use http_body_util::BodyExt;
+                    let start = tokio::time::Instant::now();
+                    for _ in 0..iters {
+                        send.ready().await.unwrap();
+                        let req = Request::get("http://x/")
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        let rsp = send.send_request(req).await.unwrap();
+                        std::hint::black_box(rsp.into_body().collect().await.unwrap());
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_stack, bench_server);
 criterion_main!(benches);

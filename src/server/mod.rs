@@ -105,6 +105,58 @@ impl Server {
         self
     }
 
+    /// Serves one connection accepted elsewhere (a TLS stream, an in-memory pipe) with
+    /// this server's timeouts, until it closes; requests carry `peer` as their
+    /// [`ClientAddr`](crate::ClientAddr). The connection cap and the drain do not apply
+    /// (they belong to [`serve`](Self::serve)'s accept loop).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower_lb::server::Server;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let (mut client, server_io) = tokio::io::duplex(4096);
+    /// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hi")))
+    /// });
+    /// tokio::spawn(Server::new().serve_connection(server_io, "127.0.0.1:9".parse().unwrap(), app));
+    /// client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    /// let mut answer = String::new();
+    /// client.read_to_string(&mut answer).await.unwrap();
+    /// assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("hi"));
+    /// # }
+    /// ```
+    pub fn serve_connection<I, S, B>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        svc: S,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let limits = Arc::new(conn::Limits {
+            header: self.header_timeout,
+            keepalive: self.keepalive_timeout,
+        });
+        // Never stopped: the caller owns this connection's lifetime.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let io = conn::Io::new(io, None, limits.clone());
+        let serving = conn::Serving::new(&builder, io, svc, limits, stopped, peer);
+        async move {
+            serving.await;
+            drop(stop);
+        }
+    }
+
     /// Accepts connections on `listener` until `shutdown` completes, serving each with
     /// the service `make` returns for its peer address; then drains (see
     /// [`drain_timeout`](Self::drain_timeout)) and returns.
