@@ -14,14 +14,15 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::balance::{EndpointState, InFlight, Target};
+use crate::balance::{EndpointState, Target};
 
 /// Keeps a request in its endpoint's in-flight count until the response body ends (or is
 /// dropped), instead of only until the response headers, so least connections and P2C
 /// see long downloads and streams as the load they are (nginx and HAProxy count active
 /// connections). For a `101 Switching Protocols` answer the count lasts while the
-/// [`InFlight`] guard put in the response's extensions lives: move it into the task
-/// that copies the upgraded connection.
+/// [`InFlight`](crate::balance::InFlight) guard put in the response's extensions lives:
+/// move it into the task that copies the upgraded connection
+/// ([`ProxyLayer`](super::proxy::ProxyLayer) does).
 ///
 /// [`HttpEndpoints`](super::HttpEndpoints) and [`PooledEndpoints`](super::PooledEndpoints)
 /// include it; add it to an endpoint stack of your own (a tonic `Channel`, say) in the
@@ -155,11 +156,16 @@ where
         // The balancer's own count ends when this future returns: take over from here.
         let guard = match this.state.take() {
             Some(state) if rsp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let guard = state.track();
-                rsp.extensions_mut().insert(guard.clone());
-                Some(guard)
+                // The upgraded connection outlives the body: a shared guard, for whoever
+                // copies the connection.
+                rsp.extensions_mut().insert(state.track());
+                None
             }
-            Some(state) if !rsp.body().is_end_stream() => Some(state.track()),
+            Some(state) if !rsp.body().is_end_stream() => {
+                // No allocation: the body holds the endpoint's state itself.
+                state.add_load();
+                Some(Held(state))
+            }
             _ => None,
         };
         Poll::Ready(Ok(rsp.map(|body| TrackedBody { body, guard })))
@@ -172,7 +178,16 @@ pin_project! {
     pub struct TrackedBody<B> {
         #[pin]
         body: B,
-        guard: Option<InFlight>,
+        guard: Option<Held>,
+    }
+}
+
+/// One unit of load of a response body, removed when dropped.
+struct Held(Arc<EndpointState>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.remove_load();
     }
 }
 

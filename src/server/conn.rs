@@ -57,6 +57,8 @@ const TIMEOUT_408: &[u8] =
 #[derive(Debug)]
 struct Watch {
     origin: Instant,
+    /// The keep-alive timeout in ns, for the end of each request.
+    keepalive_ns: u64,
     /// Requests dispatched whose response body has not ended.
     busy: AtomicUsize,
     /// No request in progress and a request head is (or may be) on its way: the header
@@ -119,11 +121,11 @@ impl Watch {
     }
 
     /// A request's response body ended (or was dropped).
-    fn end(&self, limits: &Limits) {
+    fn end(&self) {
         if self.busy.fetch_sub(1, AcqRel) == 1 {
             let now = self.now();
             self.since.store(now, Release);
-            self.moved_to(now.saturating_add(limits.keepalive.as_nanos() as u64));
+            self.moved_to(now.saturating_add(self.keepalive_ns));
         }
     }
 }
@@ -157,6 +159,7 @@ impl<T> Io<T> {
         let origin = Instant::now();
         let watch = Watch {
             origin,
+            keepalive_ns: limits.keepalive.as_nanos().min(u128::from(NONE / 2)) as u64,
             busy: AtomicUsize::new(0),
             reading: AtomicBool::new(true),
             got_bytes: AtomicBool::new(false),
@@ -264,7 +267,6 @@ impl<T: AsyncWrite> AsyncWrite for Io<T> {
 pub(super) struct Counted<S> {
     inner: S,
     watch: Arc<Watch>,
-    limits: Arc<Limits>,
     peer: ClientAddr,
 }
 
@@ -285,23 +287,17 @@ where
         req.extensions_mut().insert(self.peer);
         CountedFuture {
             fut: self.inner.call(req),
-            done: Some(Done {
-                watch: self.watch.clone(),
-                limits: self.limits.clone(),
-            }),
+            done: Some(Done(self.watch.clone())),
         }
     }
 }
 
 /// Ends one request's count when dropped.
-struct Done {
-    watch: Arc<Watch>,
-    limits: Arc<Limits>,
-}
+struct Done(Arc<Watch>);
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.watch.end(&self.limits);
+        self.0.end();
     }
 }
 
@@ -398,7 +394,14 @@ pin_project! {
         watch: Arc<Watch>,
         limits: Arc<Limits>,
         stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+        // Read without polling `stop`: whether a shutdown was signalled.
+        stopped: tokio::sync::watch::Receiver<bool>,
         stopping: bool,
+        // The waker `stop`, `sleep` and the watch were last registered with: while it
+        // stays the same, they are polled only when they may have fired.
+        registered: Option<std::task::Waker>,
+        // `sleep` was reset since it was last polled, so it must be polled to register.
+        sleep_fresh: bool,
         // A timeout or shutdown is closing the connection: drop it at this time.
         close_by: Option<Instant>,
     }
@@ -426,7 +429,6 @@ where
         let counted = Counted {
             inner: svc,
             watch: watch.clone(),
-            limits: limits.clone(),
             peer: ClientAddr(peer),
         };
         let conn = builder
@@ -440,10 +442,18 @@ where
             sleep,
             watch,
             limits,
+            stopped: stopped.clone(),
             stop: Box::pin(async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                while stopped.changed().await.is_ok() {
+                    if *stopped.borrow() {
+                        return;
+                    }
+                }
+                // The sender is gone: the server stopped.
             }),
             stopping: false,
+            registered: None,
+            sleep_fresh: true,
             close_by: None,
         }
     }
@@ -461,13 +471,21 @@ impl<C: Graceful> Future for Serving<C> {
                 }
                 return Poll::Ready(());
             }
-            if !*this.stopping && this.stop.as_mut().poll(cx).is_ready() {
+            let new_waker = this
+                .registered
+                .as_ref()
+                .is_none_or(|w| !w.will_wake(cx.waker()));
+            if new_waker {
+                *this.registered = Some(cx.waker().clone());
+                this.watch.waker.register(cx.waker());
+            }
+            let signalled = new_waker || this.stopped.has_changed().unwrap_or(true);
+            if !*this.stopping && signalled && this.stop.as_mut().poll(cx).is_ready() {
                 // Shutdown: finish the request in progress, then close.
                 *this.stopping = true;
                 this.conn.as_mut().graceful();
                 continue;
             }
-            this.watch.waker.register(cx.waker());
             let want = match *this.close_by {
                 Some(t) => Some(t),
                 None => this.watch.deadline(this.limits).map(|ns| this.watch.at(ns)),
@@ -482,12 +500,17 @@ impl<C: Graceful> Future for Serving<C> {
             };
             if let Some(w) = rearm {
                 this.sleep.as_mut().reset(w);
+                *this.sleep_fresh = true;
                 let ns = w
                     .saturating_duration_since(this.watch.origin)
                     .as_nanos()
                     .min(u128::from(NONE - 1)) as u64;
                 this.watch.armed.store(ns, Release);
             }
+            if !(new_waker || *this.sleep_fresh || this.sleep.is_elapsed()) {
+                return Poll::Pending;
+            }
+            *this.sleep_fresh = false;
             ready!(this.sleep.as_mut().poll(cx));
             let now = Instant::now();
             if this.close_by.is_some_and(|t| now >= t) {

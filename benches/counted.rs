@@ -1,0 +1,130 @@
+//! A fixed number of requests through one variant, for instruction counts under
+//! `valgrind --tool=callgrind`, which are repeatable where timings on a shared machine are
+//! not. Run a variant twice with different counts; the difference over the difference in
+//! requests is the cost of one request:
+//!
+//! ```sh
+//! cargo bench --bench counted --no-run --all-features   # prints the binary's path
+//! valgrind --tool=callgrind target/release/deps/counted-… limits 11000
+//! ```
+//!
+//! Variants: `plain` (hyper-util's server, the peer address put on each request) and
+//! `limits` (`server::Server`'s connection handling), both over one in-memory HTTP/1.1
+//! connection; `notrack` and `track` (a balancer over in-memory endpoints under passive
+//! health, each body read to its end, without and with `TrackBodyLayer`).
+
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+use tower_lb::{
+    balance::{strategy::P2c, Target},
+    health::passive::PassiveHealthLayer,
+    http::TrackBodyLayer,
+    Backend, Balance, BoxError, ClientAddr,
+};
+
+type Req = Request<Full<Bytes>>;
+type Ep = BoxCloneSyncService<Req, Response<Full<Bytes>>, BoxError>;
+
+fn endpoint() -> Ep {
+    BoxCloneSyncService::new(tower::service_fn(|_: Req| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }))
+}
+
+/// Sends `n` requests through a balancer whose endpoints `$layers` makes.
+macro_rules! balance {
+    ($n:expr, |$t:ident| $stack:expr) => {{
+        let b = Balance::builder()
+            .strategy(P2c::new().peak_ewma())
+            .backends((1..=3).map(|i| Backend::new(format!("10.0.0.{i}:80"))))
+            .build(|$t: &Target<'_, String>| $stack)
+            .unwrap();
+        for _ in 0..$n {
+            let rsp = b
+                .clone()
+                .oneshot(Request::new(Full::new(Bytes::new())))
+                .await
+                .unwrap();
+            std::hint::black_box(rsp.into_body().collect().await.unwrap());
+        }
+    }};
+}
+
+async fn balance(track: bool, n: u64) {
+    if track {
+        balance!(n, |t| ServiceBuilder::new()
+            .layer(PassiveHealthLayer::new(t))
+            .layer(TrackBodyLayer::new(t))
+            .service(endpoint()));
+    } else {
+        balance!(n, |t| ServiceBuilder::new()
+            .layer(PassiveHealthLayer::new(t))
+            .service(endpoint()));
+    }
+}
+
+async fn server(limits: bool, n: u64) {
+    let app = tower::service_fn(|_: Request<hyper::body::Incoming>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let (client, io) = tokio::io::duplex(64 * 1024);
+    let peer = "127.0.0.1:1".parse().unwrap();
+    if limits {
+        tokio::spawn(tower_lb::server::Server::new().serve_connection(io, peer, app));
+    } else {
+        let app = ServiceBuilder::new()
+            .map_request(move |mut r: Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(ClientAddr(peer));
+                r
+            })
+            .service(app);
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app))
+                .await;
+        });
+    }
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..n {
+        send.ready().await.unwrap();
+        let req = Request::get("http://x/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let rsp = send.send_request(req).await.unwrap();
+        std::hint::black_box(rsp.into_body().collect().await.unwrap());
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let (Some(variant), Some(n)) = (args.next(), args.next()) else {
+        eprintln!("usage: counted plain|limits|notrack|track REQUESTS");
+        return;
+    };
+    let n: u64 = n.parse().expect("a request count");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        match variant.as_str() {
+            "plain" => server(false, n).await,
+            "limits" => server(true, n).await,
+            "notrack" => balance(false, n).await,
+            "track" => balance(true, n).await,
+            other => eprintln!("unknown variant {other}"),
+        }
+    });
+}
