@@ -44,6 +44,7 @@
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
 //! | [`health`] | (features `health-passive`, `health-active`, default; `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
+//! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |
 //! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
@@ -59,6 +60,7 @@
 //! | `health` | yes | both of the above |
 //! | `grpc` | no | the gRPC `grpc.health.v1` probe (tonic-health; needs Rust 1.88) |
 //! | `sticky` | yes | [`sticky`]: session affinity keys and the sticky cookie |
+//! | `metrics` | no | [`metrics`]: Prometheus metrics (prometheus-client) |
 //! | `server` | no | [`server`]: the HTTP server loop with nginx's client limits |
 //! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
@@ -81,6 +83,8 @@ pub mod error;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "sticky")]

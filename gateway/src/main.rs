@@ -29,7 +29,7 @@ use tokio::{net::TcpListener, time::Instant};
 use tower_lb::server::Server;
 
 use crate::{
-    admin::{Gateway, Histograms},
+    admin::Gateway,
     cli::{Args, BackendSpec},
 };
 
@@ -123,15 +123,17 @@ async fn run(mut args: Args) {
         check_resolves("--pool", &spec.backends).await;
     }
 
-    let histograms = Histograms::default();
+    let metrics = tower_lb::metrics::BalanceMetrics::new();
+    let mut registry = tower_lb::metrics::prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
     let mut pools = HashMap::new();
     if !args.backends.is_empty() {
-        let pool = pool::build("default", &args.backends, &args, &histograms)
+        let pool = pool::build("default", &args.backends, &args, &metrics)
             .unwrap_or_else(|e| fail(format!("--backend: {e}")));
         pools.insert("default".to_string(), Arc::new(pool));
     }
     for spec in &args.pools {
-        let pool = pool::build(&spec.name, &spec.backends, &args, &histograms)
+        let pool = pool::build(&spec.name, &spec.backends, &args, &metrics)
             .unwrap_or_else(|e| fail(format!("--pool: {e}")));
         if pools.insert(spec.name.clone(), Arc::new(pool)).is_some() {
             fail(format!("--pool: pool {:?} is defined twice", spec.name));
@@ -144,7 +146,7 @@ async fn run(mut args: Args) {
     }
     let gw = Arc::new(Gateway {
         pools,
-        histograms,
+        registry,
         started: Instant::now(),
     });
     let app = router(&gw, &args.routes);
@@ -195,7 +197,7 @@ fn router(gw: &Arc<Gateway>, routes: &[(String, String)]) -> Router {
                     let mut rsp = Response::new(Body::from(admin::metrics(&gw)));
                     rsp.headers_mut().insert(
                         header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                        HeaderValue::from_static(tower_lb::metrics::prometheus_text::CONTENT_TYPE),
                     );
                     rsp
                 }

@@ -25,14 +25,12 @@ use tower_lb::{
         proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints, HttpPolicy, PooledEndpoints,
         ReplayBodies, ReplayBody,
     },
+    metrics::BalanceMetrics,
     sticky::{ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, StickyLayer},
     Backend, Balance, BoxError,
 };
 
-use crate::{
-    admin::{Histogram, Histograms},
-    cli::{Args, BackendSpec, HashKey, StrategyName},
-};
+use crate::cli::{Args, BackendSpec, HashKey, StrategyName};
 
 /// What the balancer sends upstream: the client's body, its first bytes kept for replay.
 pub(crate) type UpstreamBody = ReplayBody<Body>;
@@ -106,7 +104,7 @@ pub(crate) fn build(
     name: &str,
     specs: &[BackendSpec],
     args: &Args,
-    histograms: &Histograms,
+    metrics: &BalanceMetrics,
 ) -> Result<Pool, String> {
     let cookie = match &args.sticky_cookie {
         None => None,
@@ -127,12 +125,11 @@ pub(crate) fn build(
     let h2 = args
         .http2
         .then(|| HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout));
-    let histograms = histograms.clone();
-    let pool_name = name.to_string();
+    let pool_metrics = metrics.pool(name);
+    let timing = pool_metrics.clone();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
     let stamp = cookie.clone();
     let maker = move |t: &Target<'_, String>| -> Result<Endpoint, BoxError> {
-        let hist = histograms.register(&pool_name, t.key());
         let http = match &h2 {
             Some(client) => Either::Right(
                 ServiceBuilder::new()
@@ -157,15 +154,7 @@ pub(crate) fn build(
         // one boxed service, so one allocation per request for the whole stack.
         Ok(BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .map_future(move |fut| {
-                    let hist: Arc<Histogram> = hist.clone();
-                    async move {
-                        let t0 = tokio::time::Instant::now();
-                        let res: Result<Response<Body>, BoxError> = fut.await;
-                        hist.observe(t0.elapsed());
-                        res
-                    }
-                })
+                .layer(timing.layer(t))
                 .option_layer(stamp.as_ref().map(|c| c.layer(t)))
                 .map_response(|r: Response<_>| r.map(Body::new))
                 .layer(passive)
@@ -186,6 +175,7 @@ pub(crate) fn build(
         .policy(HttpPolicy::new().replay_body())
         .build(Maker(maker))
         .map_err(|e| format!("pool {name}: {e}"))?;
+    pool_metrics.watch(&balance);
     let prober = match &args.health_path {
         None => None,
         Some(path) => {

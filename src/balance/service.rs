@@ -227,6 +227,35 @@ impl<K> Stats<K> {
     pub fn panic(&self) -> bool {
         self.tier == Tier::Panic
     }
+
+    /// The same stats with every backend key mapped, e.g. to text.
+    pub fn map_keys<K2>(self, mut f: impl FnMut(K) -> K2) -> Stats<K2> {
+        Stats {
+            strategy: self.strategy,
+            tier: self.tier,
+            level: self.level,
+            available: self.available,
+            backends: self
+                .backends
+                .into_iter()
+                .map(|b| BackendStats {
+                    key: f(b.key),
+                    weight: b.weight,
+                    effective_weight: b.effective_weight,
+                    backup: b.backup,
+                    priority: b.priority,
+                    status: b.status,
+                    requests: b.requests,
+                    failures: b.failures,
+                    in_flight: b.in_flight,
+                    ewma: b.ewma,
+                    ejections: b.ejections,
+                    last_failure: b.last_failure,
+                })
+                .collect(),
+            discover_error: self.discover_error,
+        }
+    }
 }
 
 /// One backend's counters and health; see [`Stats`].

@@ -116,6 +116,14 @@ impl<K: Key> Handle<K> {
         Self { apply: core }
     }
 
+    /// A handle that does not keep the balancer alive: for observers (metrics, a status
+    /// page) that should let a dropped balancer go.
+    pub fn downgrade(&self) -> WeakHandle<K> {
+        WeakHandle {
+            apply: Arc::downgrade(&self.apply),
+        }
+    }
+
     /// Inserts a backend, or updates it (weight, priority level, service) if its key is
     /// known.
     ///
@@ -207,5 +215,33 @@ impl<K: Key> Handle<K> {
     /// Every backend's counters and health.
     pub fn stats(&self) -> Stats<K> {
         self.apply.stats()
+    }
+}
+
+/// A [`Handle`] that does not keep its balancer alive; from [`Handle::downgrade`].
+pub struct WeakHandle<K> {
+    apply: std::sync::Weak<dyn Apply<K>>,
+}
+
+impl<K> Clone for WeakHandle<K> {
+    fn clone(&self) -> Self {
+        Self {
+            apply: self.apply.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for WeakHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakHandle")
+            .field("alive", &(self.apply.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl<K> WeakHandle<K> {
+    /// The handle, while the balancer lives.
+    pub fn upgrade(&self) -> Option<Handle<K>> {
+        self.apply.upgrade().map(|apply| Handle { apply })
     }
 }

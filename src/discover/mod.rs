@@ -51,4 +51,4 @@ pub mod kube;
 
 #[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
 pub use guard::Guard;
-pub use handle::Handle;
+pub use handle::{Handle, WeakHandle};

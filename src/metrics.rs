@@ -1,0 +1,521 @@
+//! Prometheus metrics of balancers (feature `metrics`), through the Prometheus project's
+//! own [`prometheus_client`] crate.
+//!
+//! [`BalanceMetrics`] is one [`Collector`] for any number of pools: register it once in
+//! your [`Registry`], add each pool with [`BalanceMetrics::pool`], put the pool's
+//! [`layer`](PoolMetrics::layer) in the endpoint maker (it times responses) and
+//! [`watch`](PoolMetrics::watch) the built balancer (its counters and health are read at
+//! each scrape, so nothing is sampled in between and nothing is counted twice). Backends
+//! that leave the set leave the output at the next scrape, histograms included.
+//!
+//! `prometheus-client` rather than the `metrics` facade: these figures are pulled from the
+//! balancer's own state when scraped (a collector), which the facade's push model would
+//! have to copy on a timer; and it is the Prometheus project's client, with the classic
+//! text format ([`prometheus_text`]) and OpenMetrics.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `tower_lb_requests_total` | counter | `pool`, `backend` |
+//! | `tower_lb_failures_total` | counter | `pool`, `backend` |
+//! | `tower_lb_ejections_total` | counter | `pool`, `backend` |
+//! | `tower_lb_in_flight` | gauge | `pool`, `backend` |
+//! | `tower_lb_backend_up` | gauge (1 takes new requests) | `pool`, `backend` |
+//! | `tower_lb_backend_state` | gauge (1 for the current state) | `pool`, `backend`, `state` |
+//! | `tower_lb_ewma_seconds` | gauge (peak-EWMA latency) | `pool`, `backend` |
+//! | `tower_lb_response_seconds` | histogram (time to response headers) | `pool`, `backend` |
+//! | `tower_lb_pool_available` | gauge | `pool` |
+//! | `tower_lb_pool_level` | gauge (serving priority level) | `pool` |
+//! | `tower_lb_pool_panic` | gauge (1 in panic mode) | `pool` |
+//!
+//! ```
+//! use prometheus_client::{encoding::prometheus_text, registry::Registry};
+//! use tower::{service_fn, ServiceBuilder};
+//! use tower_lb::{balance::Target, metrics::BalanceMetrics, Backend, Balance};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let metrics = BalanceMetrics::new();
+//! let mut registry = Registry::default();
+//! metrics.register(&mut registry);
+//!
+//! let api = metrics.pool("api");
+//! let layer = api.clone();
+//! let balance = Balance::builder()
+//!     .backends([Backend::new("10.0.0.1:80")])
+//!     .build(move |t: &Target<'_, &'static str>| {
+//!         ServiceBuilder::new().layer(layer.layer(t)).service(service_fn(|_req: ()| async {
+//!             Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!         }))
+//!     })
+//!     .unwrap();
+//! api.watch(&balance);
+//!
+//! tower::ServiceExt::oneshot(balance.clone(), ()).await.unwrap();
+//! let mut text = String::new();
+//! prometheus_text::encode(&mut text, &registry).unwrap();
+//! assert!(text.contains(r#"tower_lb_requests_total{pool="api",backend="10.0.0.1:80"} 1"#));
+//! # }
+//! ```
+
+use std::{
+    collections::HashSet,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+pub use prometheus_client::{self, encoding::prometheus_text};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        family::Family,
+        histogram::{exponential_buckets, Histogram},
+        MetricType,
+    },
+    registry::Registry,
+};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    balance::{Key, Stats, Status, Target},
+    discover::WeakHandle,
+};
+
+type Labels = [(&'static str, String); 2];
+
+fn histogram() -> Histogram {
+    // 0.5 ms … about 16 s, doubling.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The metrics of every pool added to it, as one Prometheus [`Collector`]; see the
+/// [module docs](self).
+#[derive(Clone, Default)]
+pub struct BalanceMetrics {
+    pools: Arc<Mutex<Vec<PoolMetrics>>>,
+}
+
+impl fmt::Debug for BalanceMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("BalanceMetrics")
+            .field(
+                "pools",
+                &pools.iter().map(|p| &p.inner.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl BalanceMetrics {
+    /// No pools yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the collector in `registry` (once; pools added later are included).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.clone()));
+    }
+
+    /// Adds a pool named `name` (the `pool` label) and returns its handle.
+    pub fn pool(&self, name: impl Into<String>) -> PoolMetrics {
+        let pool = PoolMetrics {
+            inner: Arc::new(PoolInner {
+                name: name.into(),
+                latency: Family::new_with_constructor(histogram),
+                timed: Mutex::new(HashSet::new()),
+                source: Mutex::new(None),
+            }),
+        };
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool.clone());
+        pool
+    }
+}
+
+/// One pool's metrics: the latency layer for its endpoints, and the balancer it reads
+/// at each scrape. Made by [`BalanceMetrics::pool`].
+#[derive(Clone)]
+pub struct PoolMetrics {
+    inner: Arc<PoolInner>,
+}
+
+type Source = Box<dyn Fn() -> Option<Stats<String>> + Send + Sync>;
+
+struct PoolInner {
+    name: String,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Backends with a latency histogram, to drop those that left the set.
+    timed: Mutex<HashSet<String>>,
+    source: Mutex<Option<Source>>,
+}
+
+impl fmt::Debug for PoolMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolMetrics")
+            .field("pool", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolMetrics {
+    /// Times each response of `target`'s endpoint (to its headers) into
+    /// `tower_lb_response_seconds`.
+    pub fn layer<K: fmt::Display>(&self, target: &Target<'_, K>) -> LatencyLayer {
+        let backend = target.key().to_string();
+        self.inner
+            .timed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(backend.clone());
+        let labels = [("pool", self.inner.name.clone()), ("backend", backend)];
+        LatencyLayer {
+            histogram: self.inner.latency.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Reads `balance`'s counters and health at each scrape. The pool holds it weakly:
+    /// once the balancer is gone, the pool's figures leave the output.
+    pub fn watch<K: Key, S, P>(&self, balance: &crate::Balance<K, S, P>)
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let weak: WeakHandle<K> = balance.handle().downgrade();
+        let source: Source = Box::new(move || {
+            let stats = weak.upgrade()?.stats();
+            Some(stats.map_keys(|k| k.to_string()))
+        });
+        *self.inner.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn stats(&self) -> Option<Stats<String>> {
+        let source = self.inner.source.lock().unwrap_or_else(|e| e.into_inner());
+        source.as_ref().and_then(|f| f())
+    }
+
+    /// Drops the histograms of backends that left the set.
+    fn prune(&self, stats: Option<&Stats<String>>) {
+        let keep: HashSet<&str> = stats
+            .map(|s| s.backends.iter().map(|b| b.key.as_str()).collect())
+            .unwrap_or_default();
+        let mut timed = self.inner.timed.lock().unwrap_or_else(|e| e.into_inner());
+        timed.retain(|b| {
+            let stay = keep.contains(b.as_str());
+            if !stay {
+                self.inner
+                    .latency
+                    .remove(&[("pool", self.inner.name.clone()), ("backend", b.clone())]);
+            }
+            stay
+        });
+    }
+}
+
+// === the collector ===
+
+/// A per-backend figure read from the stats.
+type Read = fn(&crate::balance::BackendStats<String>) -> f64;
+/// A per-backend count read from the stats.
+type Count = fn(&crate::balance::BackendStats<String>) -> u64;
+
+const BACKEND_COUNTERS: [(&str, &str, Count); 3] = [
+    ("tower_lb_requests", "Requests sent to the backend.", |b| {
+        b.requests
+    }),
+    (
+        "tower_lb_failures",
+        "Requests that failed on the backend.",
+        |b| b.failures,
+    ),
+    (
+        "tower_lb_ejections",
+        "Times the backend was ejected.",
+        |b| b.ejections,
+    ),
+];
+
+const BACKEND_GAUGES: [(&str, &str, Read); 3] = [
+    (
+        "tower_lb_in_flight",
+        "Requests in flight to the backend.",
+        |b| b.in_flight as f64,
+    ),
+    (
+        "tower_lb_backend_up",
+        "1 if the backend takes new requests.",
+        |b| {
+            f64::from(u8::from(matches!(
+                b.status,
+                Status::Healthy | Status::Probation
+            )))
+        },
+    ),
+    ("tower_lb_ewma_seconds", "Peak-EWMA response time.", |b| {
+        b.ewma.map_or(0.0, |d| d.as_secs_f64())
+    }),
+];
+
+/// A per-pool figure read from the stats.
+type ReadPool = fn(&Stats<String>) -> u64;
+
+const POOL_GAUGES: [(&str, &str, ReadPool); 3] = [
+    (
+        "tower_lb_pool_available",
+        "Backends of the pool taking new requests.",
+        |s| s.available as u64,
+    ),
+    (
+        "tower_lb_pool_level",
+        "Priority level serving (0: primaries).",
+        |s| u64::from(s.level),
+    ),
+    (
+        "tower_lb_pool_panic",
+        "1 in panic mode (too few backends available: health ignored).",
+        |s| u64::from(s.panic()),
+    ),
+];
+
+impl Collector for BalanceMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let pools: Vec<PoolMetrics> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // One snapshot per pool for the whole scrape: every family reads one moment.
+        let stats: Vec<(PoolMetrics, Option<Stats<String>>)> = pools
+            .into_iter()
+            .map(|p| {
+                let s = p.stats();
+                p.prune(s.as_ref());
+                (p, s)
+            })
+            .collect();
+        let backends = || {
+            stats
+                .iter()
+                .filter_map(|(p, s)| s.as_ref().map(|s| (p, s)))
+                .flat_map(|(p, s)| s.backends.iter().map(move |b| (&p.inner.name, b)))
+        };
+        for (name, help, count) in BACKEND_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (pool, b) in backends() {
+                let labels = [("pool", pool.as_str()), ("backend", b.key.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                        &count(b),
+                        None,
+                    )?;
+            }
+        }
+        for (name, help, read) in BACKEND_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, b) in backends() {
+                let labels = [("pool", pool.as_str()), ("backend", b.key.as_str())];
+                family.encode_family(&labels)?.encode_gauge(&read(b))?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tower_lb_backend_state",
+            "1 for the backend's current health state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (pool, b) in backends() {
+            let state = b.status.to_string();
+            let labels = [
+                ("pool", pool.as_str()),
+                ("backend", b.key.as_str()),
+                ("state", state.as_str()),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&1u32)?;
+        }
+        for (name, help, read) in POOL_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, s) in &stats {
+                if let Some(s) = s {
+                    let labels = [("pool", pool.inner.name.as_str())];
+                    family.encode_family(&labels)?.encode_gauge(&read(s))?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tower_lb_response_seconds",
+            "Time to response headers from the backend.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (pool, _) in &stats {
+            let mut timed: Vec<String> = pool
+                .inner
+                .timed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            timed.sort_unstable();
+            for backend in timed {
+                let labels = [("pool", pool.inner.name.clone()), ("backend", backend)];
+                let histogram = pool.inner.latency.get_or_create_owned(&labels);
+                histogram.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === the latency layer ===
+
+/// Times each response into a backend's histogram; made by [`PoolMetrics::layer`].
+#[derive(Clone, Debug)]
+pub struct LatencyLayer {
+    histogram: Histogram,
+}
+
+impl<S> Layer<S> for LatencyLayer {
+    type Service = Latency<S>;
+
+    fn layer(&self, inner: S) -> Latency<S> {
+        Latency {
+            inner,
+            histogram: self.histogram.clone(),
+        }
+    }
+}
+
+/// The service made by [`LatencyLayer`].
+#[derive(Clone, Debug)]
+pub struct Latency<S> {
+    inner: S,
+    histogram: Histogram,
+}
+
+impl<S> Latency<S> {
+    define_inner_service_accessors!();
+}
+
+impl<S: Service<Req>, Req> Service<Req> for Latency<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = LatencyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        LatencyFuture {
+            fut: self.inner.call(req),
+            histogram: self.histogram.clone(),
+            start: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Latency`].
+    pub struct LatencyFuture<F> {
+        #[pin]
+        fut: F,
+        histogram: Histogram,
+        start: Instant,
+    }
+}
+
+impl<F> fmt::Debug for LatencyFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LatencyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for LatencyFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = ready!(this.fut.poll(cx));
+        this.histogram.observe(this.start.elapsed().as_secs_f64());
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backend;
+
+    type Ep = tower::util::BoxCloneSyncService<(), (), std::convert::Infallible>;
+
+    fn balance(
+        metrics: &PoolMetrics,
+        keys: &[&'static str],
+    ) -> crate::Balance<&'static str, Latency<Ep>> {
+        let m = metrics.clone();
+        let b = crate::Balance::builder()
+            .backends(keys.iter().map(|k| Backend::new(*k)))
+            .build(move |t: &Target<'_, &'static str>| {
+                m.layer(t)
+                    .layer(Ep::new(tower::service_fn(|()| async { Ok(()) })))
+            })
+            .unwrap();
+        metrics.watch(&b);
+        b
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn pools_share_families_and_departed_backends_leave() {
+        use tower::ServiceExt;
+        let metrics = BalanceMetrics::new();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let (api, web) = (metrics.pool("api"), metrics.pool("web"));
+        let a = balance(&api, &["a1", "a2"]);
+        let w = balance(&web, &["w1"]);
+        for _ in 0..4 {
+            a.clone().oneshot(()).await.unwrap();
+        }
+        w.clone().oneshot(()).await.unwrap();
+        let text = scrape(&registry);
+        // One HELP/TYPE per family, whatever the number of pools.
+        assert_eq!(
+            text.matches("# TYPE tower_lb_requests_total").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tower_lb_requests_total{pool="web",backend="w1"} 1"#),
+            "{text}"
+        );
+        let api_requests: u64 = text
+            .lines()
+            .filter(|l| l.starts_with(r#"tower_lb_requests_total{pool="api""#))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(api_requests, 4);
+        assert!(text.contains(r#"tower_lb_response_seconds_count{pool="api",backend="a1"}"#));
+
+        // A backend leaves: its series go, histogram included.
+        a.handle().remove(&"a1");
+        let text = scrape(&registry);
+        assert!(!text.contains(r#"backend="a1""#), "{text}");
+        assert!(text.contains(r#"backend="a2""#));
+        // The balancer goes: its pool leaves the output.
+        drop(w);
+        let text = scrape(&registry);
+        assert!(!text.contains(r#"pool="web""#), "{text}");
+    }
+}
