@@ -14,6 +14,16 @@ use tower_lb::{http::parse_base, sticky::Cidr};
     about = "A load-balancing HTTP reverse proxy built from tower-lb's layers."
 )]
 pub(crate) struct Args {
+    /// Read the settings from this TOML file too (flags given here win over it); see the
+    /// README for its format.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<std::path::PathBuf>,
+
+    /// Check the configuration (flags and file), print `configuration OK`, and exit
+    /// (nginx `-t`).
+    #[arg(long)]
+    pub(crate) check: bool,
+
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
@@ -57,7 +67,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) rewrite_host: bool,
 
-    /// A named pool for path routing: NAME=URL,URL,… (repeatable).
+    /// A named pool for path routing: NAME=URL[,weight=N][,backup],URL,… (repeatable).
     #[arg(long = "pool", value_name = "NAME=URL,URL…", value_parser = parse_pool)]
     pub(crate) pools: Vec<PoolSpec>,
 
@@ -235,10 +245,22 @@ pub(crate) fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     if name.is_empty() {
         return Err("pool name is empty".into());
     }
-    let backends = urls
-        .split(',')
-        .filter(|u| !u.trim().is_empty())
-        .map(parse_backend)
+    // `URL,weight=2,backup,URL2`: options attach to the URL before them.
+    let mut specs: Vec<String> = Vec::new();
+    for part in urls.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let option =
+            part == "backup" || part.starts_with("weight=") || part.starts_with("priority=");
+        match specs.last_mut() {
+            Some(last) if option => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => specs.push(part.to_string()),
+        }
+    }
+    let backends = specs
+        .iter()
+        .map(|s| parse_backend(s))
         .collect::<Result<Vec<_>, _>>()?;
     if backends.is_empty() {
         return Err(format!("pool {name:?} has no backend"));

@@ -13,6 +13,7 @@
 
 mod admin;
 mod cli;
+mod config;
 mod pool;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -53,8 +54,25 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
+/// The command line, with the configuration file's settings before the flags.
+fn args() -> Args {
+    let first = Args::parse();
+    let Some(path) = &first.config else {
+        return first;
+    };
+    let words = config::words(path).unwrap_or_else(|e| fail(e));
+    let mut argv = std::env::args_os();
+    let argv: Vec<std::ffi::OsString> = argv
+        .next()
+        .into_iter()
+        .chain(words.into_iter().map(Into::into))
+        .chain(argv)
+        .collect();
+    Args::try_parse_from(argv).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let args = Args::parse();
+    let args = args();
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -143,6 +161,10 @@ async fn run(mut args: Args) {
         if !pools.contains_key(pool) {
             fail(format!("--route: {prefix}={pool} names an unknown pool"));
         }
+    }
+    if args.check {
+        say!("configuration OK");
+        return;
     }
     let gw = Arc::new(Gateway {
         pools,

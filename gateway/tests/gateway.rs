@@ -883,3 +883,66 @@ async fn sigterm_drains_in_flight_requests() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn a_config_file_sets_what_the_flags_set_and_check_validates_it() {
+    let dir = std::env::temp_dir().join(format!("tower-lb-gw-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = TestServer::start(named("a")).await;
+    let b = TestServer::start(named("b")).await;
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "strategy = \"round-robin\"\nmax-fails = 2\n\n[[backend]]\nurl = \"{}\"\nweight = 3\n\n[[backend]]\nurl = \"{}\"\n",
+            a.addr, b.addr
+        ),
+    )
+    .unwrap();
+    // --check: validates and exits 0.
+    let out = Command::new(gateway_bin())
+        .args(["--check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration OK"
+    );
+    // The file's settings are used: weights 3:1 with smooth round robin.
+    let gw = Gateway::start(&["--config", good.to_str().unwrap()]).await;
+    let c = client();
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        seen.push(String::from_utf8(get(&c, &gw.url("/")).await.1.to_vec()).unwrap());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "a").count(), 6, "{seen:?}");
+    // A bad file: status 2, one line with the file, the line and the field.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "strategy = \"round-robin\"\n\n[[backend]]\nurl = \"127.0.0.1:1\"\nweight = 0\n",
+    )
+    .unwrap();
+    for extra in [&["--check"][..], &[][..]] {
+        let out = Command::new(gateway_bin())
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&bad)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("bad.toml:4: backend:") && err.contains("weight"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
