@@ -496,7 +496,21 @@ async fn a_probe_reads_the_verdict_of_a_fastapi_health_endpoint() {
         return;
     }
     let app = python_peer("health_app.py", &["app"]).await;
-    let other = TestServer::start(named("b")).await;
+    // The other backend passes the same probe: its /health says healthy too.
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = probes.clone();
+    let other = TestServer::start(
+        Router::new()
+            .route(
+                "/health",
+                route_get(move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { r#"{"status": "healthy"}"# }
+                }),
+            )
+            .fallback(|| async { "b" }),
+    )
+    .await;
     let gw = Gateway::start(&[
         "--backend",
         &app.addr().to_string(),
@@ -545,6 +559,11 @@ async fn a_probe_reads_the_verdict_of_a_fastapi_health_endpoint() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(down, "a 200 unhealthy body marks the backend down");
+    // Three more probes of the other backend (the prober's `fall`): it stays up.
+    let seen = probes.load(std::sync::atomic::Ordering::SeqCst);
+    support::wait_for(|| probes.load(std::sync::atomic::Ordering::SeqCst) >= seen + 3).await;
+    let b_state = backend_field(&gw, &other.addr.to_string(), "state").await;
+    assert_eq!(b_state, "healthy");
     for _ in 0..10 {
         assert_eq!(get(&c, &gw.url("/")).await.1, "b");
     }

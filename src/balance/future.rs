@@ -50,8 +50,10 @@ pin_project! {
         S: Service<Req>,
     {
         policy: P,
+        // The request's affinity key, from the policy or handed over by a key layer.
+        key: Option<RequestKey>,
         // What only failures and waits need, allocated on first use: the fast path moves
-        // a small future. (The request key is recomputed from the request when needed.)
+        // a small future.
         slow: Option<Box<Slow>>,
         retries: usize,
         track_latency: bool,
@@ -115,7 +117,7 @@ where
         req: Req,
     ) -> Self {
         policy.on_request(&req);
-        let key = policy.key(&req);
+        let key = policy.key(&req).or_else(super::take_key);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
         let state = match pick(snap, key.as_ref(), &[]) {
@@ -128,6 +130,7 @@ where
         };
         Self {
             policy,
+            key,
             slow,
             retries: core.cfg.retries,
             track_latency: core.cfg.track_latency,
@@ -305,9 +308,8 @@ where
             match this.state.as_mut().project() {
                 StateProj::Pick { snap, req } => {
                     let req = req.take().expect("request is present until called");
-                    let key = this.policy.key(&req);
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
-                    let next = match pick(snap, key.as_ref(), &slow.tried) {
+                    let next = match pick(snap, this.key.as_ref(), &slow.tried) {
                         Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
                         Some(Err(error)) => State::Failed {
                             error: Some(slow.last.take().unwrap_or(error)),

@@ -97,8 +97,10 @@ mod budget;
 mod cow;
 mod endpoint;
 mod future;
+mod key;
 mod service;
 pub(crate) mod set;
+mod stack;
 pub mod strategy;
 
 pub use budget::RetryBudget;
@@ -108,7 +110,11 @@ pub(crate) use endpoint::later;
 pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
-pub use service::{BackendStats, Balance, Builder, MakeEndpoint, Stats, Target};
+pub use key::ExtractKey;
+pub(crate) use key::{take_key, with_key};
+pub use service::{
+    Around, BackendStats, Balance, Builder, EndpointLayer, MakeEndpoint, PerEndpoint, Stats, Target,
+};
 pub use set::{Key, Tier};
 
 use crate::error::{is_connect_error, BoxError};
@@ -172,3 +178,56 @@ pub trait RequestPolicy<Req>: Send + Sync + 'static {
 }
 
 impl<Req> RequestPolicy<Req> for () {}
+
+/// A request policy that also keys `http::Request`s with an extractor; made by
+/// [`Builder::sticky_key`]. A key found by the inner policy wins.
+#[derive(Debug)]
+pub struct Keyed<P, E> {
+    inner: P,
+    extractor: std::sync::Arc<E>,
+}
+
+impl<P: Clone, E> Clone for Keyed<P, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            extractor: self.extractor.clone(),
+        }
+    }
+}
+
+impl<P, E> Keyed<P, E> {
+    pub(crate) fn new(inner: P, extractor: E) -> Self {
+        Self {
+            inner,
+            extractor: std::sync::Arc::new(extractor),
+        }
+    }
+
+    /// The inner policy.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+}
+
+impl<B, P, E> RequestPolicy<http::Request<B>> for Keyed<P, E>
+where
+    P: RequestPolicy<http::Request<B>>,
+    E: ExtractKey<B>,
+{
+    fn on_request(&self, req: &http::Request<B>) {
+        self.inner.on_request(req);
+    }
+
+    fn key(&self, req: &http::Request<B>) -> Option<RequestKey> {
+        self.inner.key(req).or_else(|| self.extractor.extract(req))
+    }
+
+    fn replay(&self, req: &http::Request<B>) -> Option<http::Request<B>> {
+        self.inner.replay(req)
+    }
+
+    fn retry_on(&self, replay: &http::Request<B>, error: &BoxError) -> bool {
+        self.inner.retry_on(replay, error)
+    }
+}

@@ -9,12 +9,15 @@ use futures_util::future::BoxFuture;
 use tower::discover::Discover;
 use tower_service::Service;
 
+use tower_layer::Identity;
+
+pub use super::stack::{Around, EndpointLayer, PerEndpoint};
 use super::{
     endpoint::{EndpointState, Status},
     future::ResponseFuture,
     set::{Config, Core, Key, Snapshot, Tier},
     strategy::{P2c, Strategy},
-    RequestPolicy,
+    Keyed, RequestPolicy,
 };
 use crate::{
     backend::Backend,
@@ -398,21 +401,26 @@ where
 /// connect-phase failures (when the policy can replay requests); panic threshold 50 %;
 /// latency tracked only if the strategy needs it; empty discovery snapshots applied.
 #[must_use]
-pub struct Builder<K, P = ()> {
+pub struct Builder<K, P = (), L = Identity> {
     strategy: Arc<dyn Strategy>,
+    /// Wrappers of the strategy applied at build time, whatever `strategy` was set to
+    /// (a sticky cookie pins requests before the strategy picks).
+    pub(crate) wrap_with: Vec<Box<dyn FnOnce(Arc<dyn Strategy>) -> Arc<dyn Strategy> + Send>>,
     cfg: Config,
     backends: Vec<Backend<K>>,
-    policy: P,
+    pub(crate) policy: P,
+    pub(crate) layer: L,
     error: Option<ConfigError>,
 }
 
-impl<K, P: fmt::Debug> fmt::Debug for Builder<K, P> {
+impl<K, P: fmt::Debug, L> fmt::Debug for Builder<K, P, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("strategy", &self.strategy.name())
             .field("config", &self.cfg)
             .field("backends", &self.backends.len())
             .field("policy", &self.policy)
+            .field("endpoint_layers", &std::any::type_name::<L>())
             .finish()
     }
 }
@@ -428,15 +436,17 @@ impl<K: Key> Builder<K> {
     pub fn new() -> Self {
         Self {
             strategy: Arc::new(P2c::new()),
+            wrap_with: Vec::new(),
             cfg: Config::default(),
             backends: Vec::new(),
             policy: (),
+            layer: Identity::new(),
             error: None,
         }
     }
 }
 
-impl<K: Key, P> Builder<K, P> {
+impl<K: Key, P, L> Builder<K, P, L> {
     /// Sets the pick strategy.
     pub fn strategy(mut self, strategy: impl Strategy) -> Self {
         self.strategy = Arc::new(strategy);
@@ -519,19 +529,110 @@ impl<K: Key, P> Builder<K, P> {
 
     /// Sets the request policy: how to read a request's affinity key and replay a failed
     /// request. See [`RequestPolicy`].
-    pub fn policy<P2>(self, policy: P2) -> Builder<K, P2> {
+    pub fn policy<P2>(self, policy: P2) -> Builder<K, P2, L> {
         Builder {
             strategy: self.strategy,
+            wrap_with: self.wrap_with,
             cfg: self.cfg,
             backends: self.backends,
             policy,
+            layer: self.layer,
             error: self.error,
         }
+    }
+
+    /// Keys each `http::Request` with `extractor` (a header, a cookie, the client IP…;
+    /// see the `sticky` module), for hash strategies: one call, with any request policy
+    /// (a key the policy finds itself wins).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower::ServiceExt;
+    /// use tower_lb::{balance::strategy::{RequestKey, RingHash}, test_util, Backend, Balance};
+    ///
+    /// let user = |req: &http::Request<()>| {
+    ///     req.headers().get("x-user").map(|v| RequestKey::from_bytes(v.as_bytes()))
+    /// };
+    /// let balance = test_util::echo(
+    ///     Balance::builder()
+    ///         .strategy(RingHash::new())
+    ///         .backends(["a", "b", "c"].map(Backend::new))
+    ///         .sticky_key(user),
+    /// );
+    /// let req = || http::Request::get("/").header("x-user", "42").body(()).unwrap();
+    /// let first = balance.clone().oneshot(req()).await.unwrap();
+    /// for _ in 0..10 {
+    ///     assert_eq!(balance.clone().oneshot(req()).await.unwrap(), first);
+    /// }
+    /// # }
+    /// ```
+    pub fn sticky_key<E>(self, extractor: E) -> Builder<K, Keyed<P, E>, L> {
+        let policy = Keyed::new(self.policy, extractor);
+        Builder {
+            strategy: self.strategy,
+            wrap_with: self.wrap_with,
+            cfg: self.cfg,
+            backends: self.backends,
+            policy,
+            layer: self.layer,
+            error: self.error,
+        }
+    }
+
+    /// Wraps every endpoint the maker makes in a layer made from its [`Target`]. Each
+    /// call wraps the layers added before, so the last one added is the outermost (the
+    /// first to see a request).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{service_fn, timeout::TimeoutLayer};
+    /// use tower_lb::{balance::Target, Backend, Balance};
+    ///
+    /// let balance = Balance::builder()
+    ///     .backends([Backend::new("a")])
+    ///     .endpoint_layer(|_t: &Target<'_, &'static str>| TimeoutLayer::new(Duration::from_secs(1)))
+    ///     .build(|_t: &Target<'_, &'static str>| {
+    ///         service_fn(|_req: ()| async { Ok::<_, std::convert::Infallible>("hi") })
+    ///     })
+    ///     .unwrap();
+    /// # let _ = balance;
+    /// ```
+    pub fn endpoint_layer<F>(self, make: F) -> Builder<K, P, Around<L, PerEndpoint<F>>> {
+        Builder {
+            strategy: self.strategy,
+            wrap_with: self.wrap_with,
+            cfg: self.cfg,
+            backends: self.backends,
+            policy: self.policy,
+            layer: Around {
+                inner: self.layer,
+                outer: PerEndpoint(make),
+            },
+            error: self.error,
+        }
+    }
+
+    /// Bounds every call to an endpoint (each attempt, not the whole request) with a
+    /// `tower::timeout`; an expired call is an endpoint failure (passive health counts it;
+    /// `http::status_for` answers 504). Outside the layers added before.
+    pub fn endpoint_timeout(
+        self,
+        timeout: Duration,
+    ) -> Builder<
+        K,
+        P,
+        Around<L, PerEndpoint<impl Fn(&Target<'_, K>) -> tower::timeout::TimeoutLayer + Clone>>,
+    > {
+        self.endpoint_layer(move |_: &Target<'_, K>| tower::timeout::TimeoutLayer::new(timeout))
     }
 
     fn finish_cfg(&mut self) -> Result<(), ConfigError> {
         if let Some(e) = self.error.take() {
             return Err(e);
+        }
+        for wrap in std::mem::take(&mut self.wrap_with) {
+            self.strategy = wrap(self.strategy.clone());
         }
         self.cfg.track_latency |= self.strategy.needs_latency();
         Ok(())
@@ -541,19 +642,23 @@ impl<K: Key, P> Builder<K, P> {
     /// The balancer's [`handle`](Balance::handle) uses the same maker for later inserts.
     ///
     /// Fails with a [`ConfigError`] on a zero weight, an invalid setting or a maker error.
-    pub fn build<M>(mut self, maker: M) -> Result<Balance<K, M::Service, P>, ConfigError>
+    pub fn build<M>(mut self, maker: M) -> Result<Balance<K, L::Service, P>, ConfigError>
     where
         M: MakeEndpoint<K> + Send + Sync + 'static,
-        M::Service: Clone + Send + Sync + 'static,
+        L: EndpointLayer<K, M::Service> + Send + Sync + 'static,
+        L::Service: Clone + Send + Sync + 'static,
     {
         self.finish_cfg()?;
-        let maker: super::set::Maker<K, M::Service> =
-            Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t));
+        let layer = self.layer;
+        let maker: super::set::Maker<K, L::Service> =
+            Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t).map(|s| layer.layer(t, s)));
         let core = Core::new(self.strategy, self.cfg, Some(maker.clone()));
         core.replace_with(self.backends, |t| maker(t))?;
         Ok(Balance::from_core(core, self.policy))
     }
+}
 
+impl<K: Key, P> Builder<K, P> {
     /// Builds the balancer over a [`tower::discover::Discover`] source, spawned as a
     /// background task that applies every change at once, with no request traffic needed.
     /// The task stops when the last clone of the balancer (and of its handle) is dropped.

@@ -2,8 +2,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::{header::CONNECTION, HeaderMap, HeaderName, Request};
 
-use super::{Cidr, ExtractKey};
+use super::Cidr;
 use crate::balance::strategy::RequestKey;
+use crate::balance::ExtractKey;
 use crate::ClientAddr;
 
 /// Which header a trusted proxy writes the client address into; see [`ClientIp::header`].

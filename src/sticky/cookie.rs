@@ -1,7 +1,7 @@
 use http::{header::COOKIE, HeaderMap, Request};
 
-use super::ExtractKey;
 use crate::balance::strategy::RequestKey;
+use crate::balance::ExtractKey;
 
 /// The key is a cookie's value (the first cookie of that name), for affinity by an
 /// application's own session cookie. Empty values give no key.

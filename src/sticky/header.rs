@@ -1,7 +1,7 @@
 use http::{HeaderName, Request};
 
-use super::ExtractKey;
 use crate::balance::strategy::RequestKey;
+use crate::balance::ExtractKey;
 
 /// The key is a request header's value (the first one if repeated); absent or empty
 /// headers give no key.

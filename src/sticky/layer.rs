@@ -8,10 +8,18 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::ExtractKey;
+use crate::balance::ExtractKey;
 
-/// Puts each request's affinity key into its extensions, where the balancer's
-/// [`HttpPolicy`](crate::http::HttpPolicy) reads it. See the [module docs](super).
+/// Puts each request's affinity key into its extensions, and hands it to the balancer
+/// it calls. See the [module docs](super).
+///
+/// The balancer takes the key when this layer's `call` reaches it synchronously, as it
+/// does through every layer that calls its inner service in `call` (tower's and
+/// tower-http's, `ErrorResponseLayer`, `ProxyLayer`), whatever the balancer's request
+/// policy; through a `Buffer`, or from a handler that calls the balancer later, the key
+/// is read from the extensions by [`HttpPolicy`](crate::http::HttpPolicy). Or give the
+/// extractor to the balancer itself with
+/// [`Builder::sticky_key`](crate::balance::Builder::sticky_key).
 ///
 /// Requests where the extractor finds no key pass unchanged (a key already in the
 /// extensions stays); otherwise the found key replaces any earlier one.
@@ -110,10 +118,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        if let Some(key) = self.extractor.extract(&req) {
+        let key = self.extractor.extract(&req);
+        if let Some(key) = key {
             req.extensions_mut().insert(key);
         }
-        self.inner.call(req)
+        // Also handed to the balancer this call reaches, whatever its request policy.
+        let inner = &mut self.inner;
+        crate::balance::with_key(key, move || inner.call(req))
     }
 }
 

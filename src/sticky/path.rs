@@ -1,7 +1,7 @@
 use http::Request;
 
-use super::ExtractKey;
 use crate::balance::strategy::RequestKey;
+use crate::balance::ExtractKey;
 
 /// The key is the request path, whole or one segment of it (the query is never part of
 /// it). Segments are counted from 0 after the leading `/`, skipping empty ones, so

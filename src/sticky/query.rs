@@ -1,7 +1,7 @@
 use http::Request;
 
-use super::ExtractKey;
 use crate::balance::strategy::RequestKey;
+use crate::balance::ExtractKey;
 
 /// The key is a query parameter's value (the first one of that name), as sent: the raw
 /// bytes, not percent-decoded, so `a%20b` and `a+b` are different keys. Absent or empty

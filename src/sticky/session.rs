@@ -559,6 +559,62 @@ fn siphash24(k0: u64, k1: u64, msg: &[u8]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
+// === the builder's one call ===
+
+impl<K: Key, P, L> crate::balance::Builder<K, P, L> {
+    /// Sticky sessions in one call: requests carrying `cookie` go back to the backend
+    /// that set it, while it is available; every answer of a backend sets its cookie.
+    /// This wraps the strategy (whatever it is set to, before or after), keys requests by
+    /// the cookie, and adds the `Set-Cookie` layer around every endpoint. See
+    /// [`SessionCookie`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::convert::Infallible;
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_lb::{balance::Target, sticky::SessionCookie, Backend, Balance};
+    ///
+    /// let balance = Balance::builder()
+    ///     .backends(["a", "b", "c"].map(Backend::new))
+    ///     .sticky_cookie(SessionCookie::new().name("route").unwrap())
+    ///     .build(|t: &Target<'_, &'static str>| {
+    ///         let name = *t.key();
+    ///         service_fn(move |_req: http::Request<()>| async move {
+    ///             Ok::<_, Infallible>(http::Response::new(name))
+    ///         })
+    ///     })
+    ///     .unwrap();
+    /// let first = balance.clone().oneshot(http::Request::new(())).await.unwrap();
+    /// let set = first.headers()["set-cookie"].to_str().unwrap();
+    /// let cookie = set.split(';').next().unwrap().to_owned(); // "route=…"
+    /// for _ in 0..10 {
+    ///     let req = http::Request::get("/").header("cookie", &cookie).body(()).unwrap();
+    ///     let again = balance.clone().oneshot(req).await.unwrap();
+    ///     assert_eq!(again.body(), first.body());
+    /// }
+    /// # }
+    /// ```
+    pub fn sticky_cookie(
+        mut self,
+        cookie: SessionCookie,
+    ) -> crate::balance::Builder<
+        K,
+        crate::balance::Keyed<P, SessionCookie>,
+        crate::balance::Around<
+            L,
+            crate::balance::PerEndpoint<impl Fn(&Target<'_, K>) -> SetCookieLayer>,
+        >,
+    > {
+        let pin = cookie.clone();
+        self.wrap_with
+            .push(Box::new(move |inner| Arc::new(pin.strategy(inner))));
+        let stamp = cookie.clone();
+        self.sticky_key(cookie)
+            .endpoint_layer(move |t: &Target<'_, K>| stamp.layer(t))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,3 +142,49 @@ impl<S, C: Clone> Layer<S> for PassiveHealthLayer<C> {
         )
     }
 }
+
+// === the builder's shortcut ===
+
+impl<K: fmt::Display, P, L> crate::balance::Builder<K, P, L>
+where
+    K: crate::balance::Key,
+{
+    /// Passive health on every endpoint with `policy` ([`Window`](super::Window), nginx,
+    /// or [`Consecutive`](super::Consecutive), Envoy) and the stock failure classes:
+    /// [`PassiveHealthLayer`] added around the endpoint layers so far, so it sees what
+    /// they return (an [`endpoint_timeout`](crate::balance::Builder::endpoint_timeout)
+    /// added before counts as a failure).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::service_fn;
+    /// use tower_lb::{balance::Target, health::passive::Window, Backend, Balance};
+    ///
+    /// let balance = Balance::builder()
+    ///     .backends(["a", "b"].map(Backend::new))
+    ///     .endpoint_timeout(Duration::from_secs(2))
+    ///     .passive_health(Window::new().max_fails(3))
+    ///     .build(|_t: &Target<'_, &'static str>| {
+    ///         service_fn(|_req: http::Request<()>| async {
+    ///             Ok::<_, tower_lb::BoxError>(http::Response::new(String::new()))
+    ///         })
+    ///     })
+    ///     .unwrap();
+    /// # let _ = balance;
+    /// ```
+    pub fn passive_health<Po: super::Policy + Clone>(
+        self,
+        policy: Po,
+    ) -> crate::balance::Builder<
+        K,
+        P,
+        crate::balance::Around<
+            L,
+            crate::balance::PerEndpoint<impl Fn(&Target<'_, K>) -> PassiveHealthLayer>,
+        >,
+    > {
+        self.endpoint_layer(move |t: &Target<'_, K>| {
+            PassiveHealthLayer::new(t).policy(policy.clone())
+        })
+    }
+}
