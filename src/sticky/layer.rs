@@ -134,6 +134,36 @@ mod tests {
     use crate::{balance::strategy::RequestKey, sticky::HeaderKey};
     use tower::ServiceExt;
 
+    /// The balancer behind takes the key with its default policy: no `HttpPolicy` needed.
+    #[tokio::test]
+    async fn a_balancer_with_the_default_policy_takes_the_key() {
+        use crate::{balance::strategy::RingHash, Backend, Balance};
+        let balance = Balance::builder()
+            .strategy(RingHash::new())
+            .backends(["a", "b", "c", "d"].map(Backend::new))
+            .build(|t: &crate::balance::Target<'_, &'static str>| {
+                let name = *t.key();
+                tower::service_fn(move |_req: Request<()>| async move {
+                    Ok::<_, std::convert::Infallible>(name)
+                })
+            })
+            .unwrap();
+        let svc = StickyLayer::new(HeaderKey::from_static("x-user")).layer(balance);
+        for user in ["1", "2", "3", "4", "5"] {
+            let req = || Request::get("/").header("x-user", user).body(()).unwrap();
+            let first = svc.clone().oneshot(req()).await.unwrap();
+            for _ in 0..8 {
+                assert_eq!(svc.clone().oneshot(req()).await.unwrap(), first, "user {user}");
+            }
+        }
+        // Without a key, round robin spreads requests.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            seen.insert(svc.clone().oneshot(Request::new(())).await.unwrap());
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
     #[tokio::test]
     async fn inserts_the_key() {
         let svc = StickyLayer::new(HeaderKey::from_static("x-user")).layer(tower::service_fn(
