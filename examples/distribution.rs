@@ -5,6 +5,13 @@
 //! cargo run --release --example distribution --features test-util
 //! ```
 
+/// Writes one line of the demo's output (stdout from `main`, a buffer in the tests).
+macro_rules! say {
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
+    }};
+}
+
 use std::{convert::Infallible, time::Duration};
 
 use tokio::time::Instant;
@@ -36,7 +43,7 @@ fn backend(t: &Target<'_, String>) -> tower::util::BoxCloneSyncService<(), Strin
     }))
 }
 
-async fn run(name: &str, strategy: impl Strategy) {
+async fn run(out: &mut impl std::io::Write, name: &str, strategy: impl Strategy) {
     let balance = Balance::builder()
         .strategy(strategy)
         .backends([
@@ -89,7 +96,8 @@ async fn run(name: &str, strategy: impl Strategy) {
             )
         })
         .collect();
-    println!(
+    say!(
+        out,
         "{name:<22} {}   {:>6.0} req/s   worst {:>3} ms",
         shares.join("  "),
         REQUESTS as f64 / elapsed.as_secs_f64(),
@@ -97,15 +105,60 @@ async fn run(name: &str, strategy: impl Strategy) {
     );
 }
 
-#[tokio::main]
-async fn main() {
-    println!(
+/// Every strategy in turn, writing the table to `out`.
+async fn demo(out: &mut impl std::io::Write) {
+    say!(out,
         "{REQUESTS} requests, {CONCURRENCY} at a time, over fast-a (2 ms), fast-b (2 ms), slow-c (20 ms)\n"
     );
-    run("round robin", RoundRobin::new()).await;
-    run("weighted round robin", WeightedRoundRobin::new()).await;
-    run("random", Random::new()).await;
-    run("least connections", LeastConn::new()).await;
-    run("p2c (pending)", P2c::new()).await;
-    run("p2c (peak EWMA)", P2c::new().peak_ewma()).await;
+    run(out, "round robin", RoundRobin::new()).await;
+    run(out, "weighted round robin", WeightedRoundRobin::new()).await;
+    run(out, "random", Random::new()).await;
+    run(out, "least connections", LeastConn::new()).await;
+    run(out, "p2c (pending)", P2c::new()).await;
+    run(out, "p2c (peak EWMA)", P2c::new().peak_ewma()).await;
+}
+
+#[tokio::main]
+async fn main() {
+    demo(&mut std::io::stdout()).await;
+}
+
+#[cfg(test)]
+#[path = "support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use crate::support::line;
+
+    #[tokio::test]
+    async fn every_strategy_runs_and_shares_add_up() {
+        let mut out = Vec::new();
+        super::demo(&mut out).await;
+        let out = String::from_utf8(out).unwrap();
+        for strategy in [
+            "round robin ",
+            "weighted round robin",
+            "random",
+            "least connections",
+            "p2c (pending)",
+            "p2c (peak EWMA)",
+        ] {
+            let l = line(&out, strategy);
+            let shares: Vec<f64> = l
+                .split_whitespace()
+                .filter_map(|w| w.strip_suffix('%'))
+                .map(|w| w.parse().expect("a share"))
+                .collect();
+            assert_eq!(shares.len(), 3, "{l:?}");
+            let total: f64 = shares.iter().sum();
+            assert!(
+                (total - 100.0).abs() < 0.5,
+                "shares add up to {total}: {l:?}"
+            );
+        }
+        // Round robin over equal weights is exact, whatever the timing.
+        let rr = line(&out, "round robin ");
+        assert_eq!(rr.matches("33.3%").count(), 3, "{rr:?}");
+    }
 }

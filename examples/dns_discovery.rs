@@ -10,6 +10,13 @@
 //! free port, and resolves `localhost:PORT` (answered from the hosts file: no DNS server
 //! needed), so both loopback addresses become backends and share the requests.
 
+/// Writes one line of the demo's output (stdout from `main`, a buffer in the tests).
+macro_rules! say {
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
+    }};
+}
+
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use axum::{extract::State, routing::get, Router};
@@ -35,23 +42,16 @@ async fn serve(addr: SocketAddr) -> Result<SocketAddr, std::io::Error> {
     Ok(local)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tower_lb=info".into()),
-        )
-        .init();
-
-    let name = match std::env::args().nth(1) {
+/// Balances over what `name` resolves to (or local servers), writing the answers to `out`.
+async fn run(out: &mut (impl std::io::Write + Send), name: Option<String>) -> Result<(), BoxError> {
+    let name = match name {
         Some(name) => name,
         None => {
             let v4 = serve("127.0.0.1:0".parse()?).await?;
             // Same port on IPv6 loopback, if the machine has one.
             match serve(SocketAddr::new("::1".parse()?, v4.port())).await {
-                Ok(v6) => println!("serving on {v4} and {v6}"),
-                Err(e) => println!("serving on {v4} (no IPv6 loopback: {e})"),
+                Ok(v6) => say!(out, "serving on {v4} and {v6}"),
+                Err(e) => say!(out, "serving on {v4} (no IPv6 loopback: {e})"),
             }
             format!("localhost:{}", v4.port())
         }
@@ -71,7 +71,7 @@ async fn main() -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("{name} resolved to {:?}", balance.handle().keys());
+    say!(out, "{name} resolved to {:?}", balance.handle().keys());
 
     let mut answers = BTreeMap::<String, usize>::new();
     for _ in 0..20 {
@@ -87,7 +87,48 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     for (who, n) in answers {
-        println!("{n:>3} answered by {who}");
+        say!(out, "{n:>3} answered by {who}");
     }
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tower_lb=info".into()),
+        )
+        .init();
+    run(&mut std::io::stdout(), std::env::args().nth(1)).await
+}
+
+#[cfg(test)]
+#[path = "support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use crate::support::{count_before, line};
+
+    #[tokio::test]
+    async fn localhost_resolves_and_every_request_is_answered() {
+        let mut out = Vec::new();
+        super::run(&mut out, None).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let resolved = line(&out, "localhost:");
+        assert!(resolved.contains("resolved to"), "{out}");
+        assert!(resolved.contains("127.0.0.1:"), "{out}");
+        let answered: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(" answered by "))
+            .collect();
+        assert!(answered.iter().any(|l| l.contains("127.0.0.1:")), "{out}");
+        assert!(
+            answered.iter().all(|l| !l.contains("answered by error")),
+            "{out}"
+        );
+        let total: u64 = answered.iter().map(|l| count_before(l, "answered")).sum();
+        assert_eq!(total, 20, "{out}");
+    }
 }

@@ -10,6 +10,13 @@
 //! them, opens client connections that stay open, waits for the probes to mark the down
 //! backend down, and prints where each connection went.
 
+/// Writes one line of the demo's output (stdout from `main`, a buffer in the tests).
+macro_rules! say {
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
+    }};
+}
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -100,8 +107,8 @@ async fn echo_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+/// Runs the demo, writing what happened to `out`.
+async fn run(out: &mut (impl std::io::Write + Send)) -> Result<(), BoxError> {
     let a = echo_backend("db-a").await;
     let b = echo_backend("db-b").await;
     // A backend that is down: its port refuses connections.
@@ -138,7 +145,10 @@ async fn main() -> Result<(), BoxError> {
             });
         }
     });
-    println!("proxy on {front_addr} → db-a {a}, db-b {b}, down {down}");
+    say!(
+        out,
+        "proxy on {front_addr} → db-a {a}, db-b {b}, down {down}"
+    );
 
     // Clients that keep their connections open: least connections spreads them.
     let mut clients = Vec::new();
@@ -149,7 +159,8 @@ async fn main() -> Result<(), BoxError> {
         c.write_all(b"ping").await?;
         let mut echo = [0u8; 4];
         c.read_exact(&mut echo).await?;
-        println!(
+        say!(
+            out,
             "client {i}: served by {}, echo {:?}",
             String::from_utf8_lossy(&hello).trim(),
             String::from_utf8_lossy(&echo)
@@ -165,15 +176,55 @@ async fn main() -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("down backend marked down by the TCP probes");
+    say!(out, "down backend marked down by the TCP probes");
     let names = [(a, "db-a"), (b, "db-b"), (down, "down")];
     for s in &balance.stats().backends {
         let name = names.iter().find(|(k, _)| *k == s.key).map_or("?", |n| n.1);
-        println!(
+        say!(
+            out,
             "  {name:<4} {:<16} open {}  connects {}  failures {}  state {}",
-            s.key, s.in_flight, s.requests, s.failures, s.status
+            s.key,
+            s.in_flight,
+            s.requests,
+            s.failures,
+            s.status
         );
     }
     drop(clients);
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    run(&mut std::io::stdout()).await
+}
+
+#[cfg(test)]
+#[path = "support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use crate::support::{line, word_after};
+
+    #[tokio::test]
+    async fn connections_spread_over_live_backends() {
+        let mut out = Vec::new();
+        super::run(&mut out).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let served: Vec<&str> = out.lines().filter(|l| l.starts_with("client ")).collect();
+        assert_eq!(served.len(), 6, "{out}");
+        for l in &served {
+            assert!(l.contains("served by db-"), "{l:?}");
+            assert!(l.ends_with("echo \"ping\""), "{l:?}");
+        }
+        line(&out, "down backend marked down by the TCP probes");
+        let open = |name| word_after(line(&out, name), "open").parse::<u64>().unwrap();
+        let (a, b, down) = ("db-a 127.0.0.1:", "db-b 127.0.0.1:", "down 127.0.0.1:");
+        assert!(open(a) > 0, "{out}");
+        assert!(open(b) > 0, "{out}");
+        assert_eq!(open(a) + open(b), 6, "{out}");
+        assert_eq!(open(down), 0, "{out}");
+        assert_eq!(word_after(line(&out, down), "state"), "down", "{out}");
+    }
 }

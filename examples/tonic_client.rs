@@ -10,6 +10,13 @@
 //! service, sends `Check` calls through the balancer, sets `b` to `NOT_SERVING`, waits for
 //! the prober to mark it down, sends more calls and prints how many each server got.
 
+/// Writes one line of the demo's output (stdout from `main`, a buffer in the tests).
+macro_rules! say {
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
+    }};
+}
+
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
@@ -18,12 +25,11 @@ use tonic_health::{
     pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest},
     server::HealthReporter,
 };
-use tower::ServiceBuilder;
 use tower_lb::{
     balance::{strategy::P2c, Status, Target},
     health::{
         active::{GrpcProbe, Prober},
-        passive::{PassiveHealth, PassiveHealthLayer, Window},
+        passive::{PassiveHealth, Window},
     },
     Backend, Balance, BoxError,
 };
@@ -48,24 +54,19 @@ async fn server() -> Result<(SocketAddr, HealthReporter), BoxError> {
     Ok((addr, reporter))
 }
 
+/// The user's part: one lazy `Channel` per backend (the balancer, not tonic, chooses
+/// where each call goes), passive health judging each call by the `grpc-status` in its
+/// trailers (3 `UNAVAILABLE` or `DEADLINE_EXCEEDED` within 10 s eject a server for 10 s).
 fn pool(servers: &[SocketAddr]) -> Result<Pool, BoxError> {
     Ok(Balance::builder()
         .strategy(P2c::new().peak_ewma())
         .backends(servers.iter().copied().map(Backend::new))
+        .passive_health(Window::new().max_fails(3))
         .build(|t: &Target<'_, SocketAddr>| {
-            // One HTTP/2 connection per backend, opened on the first call; the balancer,
-            // not tonic, chooses where each call goes.
-            let channel = Endpoint::from_shared(format!("http://{}", t.key()))
+            Endpoint::from_shared(format!("http://{}", t.key()))
                 .expect("a socket address makes a valid URI")
-                .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(2))
-                .connect_lazy();
-            ServiceBuilder::new()
-                // A gRPC call's status arrives in the trailers, so passive health judges it
-                // when the response stream ends: 3 `UNAVAILABLE` or `DEADLINE_EXCEEDED`
-                // answers (or transport errors) within 10 s eject the server for 10 s.
-                .layer(PassiveHealthLayer::new(t).policy(Window::new().max_fails(3)))
-                .service(channel)
+                .connect_lazy()
         })?)
 }
 
@@ -107,23 +108,14 @@ fn calls(pool: &Pool, servers: &[SocketAddr]) -> Vec<(u64, Status)> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    // The prober's `marked down` event, on stderr.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tower_lb=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
+/// Runs the demo, writing what happened to `out`.
+async fn run(out: &mut (impl std::io::Write + Send)) -> Result<(), BoxError> {
     let names = ["a", "b", "c"];
     let mut servers = Vec::new();
     let mut reporters = Vec::new();
     for name in names {
         let (addr, reporter) = server().await?;
-        println!("server {name} on {addr}");
+        say!(out, "server {name} on {addr}");
         servers.push(addr);
         reporters.push(reporter);
     }
@@ -139,17 +131,17 @@ async fn main() -> Result<(), BoxError> {
     let client = HealthClient::new(pool.clone());
 
     let serving = check_all(&client).await?;
-    println!("before: {CALLS} calls, {serving} answered SERVING");
+    say!(out, "before: {CALLS} calls, {serving} answered SERVING");
     let before = calls(&pool, &servers);
     for ((name, addr), (n, status)) in names.iter().zip(&servers).zip(&before) {
-        println!("  {name} {addr:<16} {n:>3} calls  {status}");
+        say!(out, "  {name} {addr:<16} {n:>3} calls  {status}");
     }
 
     // `b` stays up but tells its health checks it is not serving.
     reporters[1]
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    println!("b set to NOT_SERVING");
+    say!(out, "b set to NOT_SERVING");
     let waited = tokio::time::Instant::now();
     while calls(&pool, &servers)[1].1 != Status::Down {
         if waited.elapsed() > Duration::from_secs(10) {
@@ -157,19 +149,63 @@ async fn main() -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("b marked down by the prober");
+    say!(out, "b marked down by the prober");
 
     let serving = check_all(&client).await?;
-    println!("after: {CALLS} more calls, {serving} answered SERVING");
+    say!(out, "after: {CALLS} more calls, {serving} answered SERVING");
     let after = calls(&pool, &servers);
     for (((name, addr), (n, status)), (was, _)) in
         names.iter().zip(&servers).zip(&after).zip(&before)
     {
-        println!("  {name} {addr:<16} {:>3} calls  {status}", n - was);
+        say!(out, "  {name} {addr:<16} {:>3} calls  {status}", n - was);
     }
-    println!(
+    say!(
+        out,
         "b got {} of {CALLS} calls after it was marked down",
         after[1].0 - before[1].0
     );
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    // The prober's `marked down` event, on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tower_lb=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    run(&mut std::io::stdout()).await
+}
+
+#[cfg(test)]
+#[path = "support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use crate::support::{count_before, line};
+
+    #[tokio::test]
+    async fn a_not_serving_server_gets_no_more_calls() {
+        let mut out = Vec::new();
+        super::run(&mut out).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        line(&out, "before: 30 calls, 30 answered SERVING");
+        line(&out, "b marked down by the prober");
+        line(&out, "after: 30 more calls, 30 answered SERVING");
+        line(&out, "b got 0 of 30 calls after it was marked down");
+        let after = &out[out.find("after:").expect("an after: line")..];
+        let b = line(after, "b 127.0.0.1:");
+        assert_eq!(count_before(b, "calls"), 0, "{out}");
+        assert!(b.ends_with("down"), "{out}");
+        let (a, c) = (line(after, "a 127.0.0.1:"), line(after, "c 127.0.0.1:"));
+        assert_eq!(
+            count_before(a, "calls") + count_before(c, "calls"),
+            30,
+            "{out}"
+        );
+    }
 }

@@ -251,9 +251,30 @@ impl<S> ErrorResponse<S> {
     define_inner_service_accessors!();
 }
 
+/// The answer [`ErrorResponseLayer`] gives for `err`, for code that calls a balancer
+/// itself (an axum handler): the status ([`status_for`]), its text, and `Proxy-Status:
+/// tower-lb; error=…` ([`proxy_status_for`]); the details go to a `tracing` warning.
+///
+/// ```
+/// use tower_lb::{http::error_response, BoxError};
+///
+/// let err: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+/// let rsp = error_response(&err);
+/// assert_eq!(rsp.status(), 502);
+/// assert_eq!(rsp.headers()["proxy-status"], "tower-lb; error=connection_refused");
+/// ```
+pub fn error_response(err: &BoxError) -> Response<http_body_util::Full<Bytes>> {
+    answer::<Infallible>(err, &HeaderValue::from_static("tower-lb")).map(
+        |body: ErrorResponseBody<Infallible>| match body.kind {
+            Kind::Text { text } => http_body_util::Full::new(text.unwrap_or_default()),
+            Kind::Inner { body } => match body {},
+        },
+    )
+}
+
 /// The answer for `err`: its status, its text, and `Proxy-Status`; the details go to a
 /// `tracing` warning.
-fn error_response<B>(err: &BoxError, name: &HeaderValue) -> Response<ErrorResponseBody<B>> {
+fn answer<B>(err: &BoxError, name: &HeaderValue) -> Response<ErrorResponseBody<B>> {
     let status = status_for(err);
     let kind = proxy_status_for(err);
     let chain = crate::error::chain(&**err);
@@ -355,13 +376,13 @@ where
         match this.inner.project() {
             InnerProj::Call { fut } => Poll::Ready(Ok(match std::task::ready!(fut.poll(cx)) {
                 Ok(rsp) => rsp.map(ErrorResponseBody::inner),
-                Err(e) => error_response(&e.into(), this.name),
+                Err(e) => answer(&e.into(), this.name),
             })),
             InnerProj::Failed { error } => {
                 let e = error
                     .take()
                     .unwrap_or_else(|| "polled after completion".into());
-                Poll::Ready(Ok(error_response(&e, this.name)))
+                Poll::Ready(Ok(answer(&e, this.name)))
             }
         }
     }

@@ -61,8 +61,8 @@ mod replay;
 mod track;
 
 pub use error_response::{
-    proxy_status_for, status_for, ErrorResponse, ErrorResponseBody, ErrorResponseFuture,
-    ErrorResponseLayer,
+    error_response, proxy_status_for, status_for, ErrorResponse, ErrorResponseBody,
+    ErrorResponseFuture, ErrorResponseLayer,
 };
 pub use policy::{CloneBody, HttpPolicy, NoReplay, ReplayBodies};
 pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};

@@ -153,7 +153,11 @@ mod tests {
             let req = || Request::get("/").header("x-user", user).body(()).unwrap();
             let first = svc.clone().oneshot(req()).await.unwrap();
             for _ in 0..8 {
-                assert_eq!(svc.clone().oneshot(req()).await.unwrap(), first, "user {user}");
+                assert_eq!(
+                    svc.clone().oneshot(req()).await.unwrap(),
+                    first,
+                    "user {user}"
+                );
             }
         }
         // Without a key, round robin spreads requests.
