@@ -92,8 +92,9 @@ pub mod sticky;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-/// The README's examples, compiled and run as doc-tests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doc-tests (they use the `grpc`, `server`
+/// and `test-util` features: `cargo test --workspace --all-features`).
+#[cfg(all(doctest, feature = "grpc", feature = "test-util", feature = "server"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
