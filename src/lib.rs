@@ -79,6 +79,7 @@ pub mod balance;
 mod client_addr;
 pub mod discover;
 pub mod error;
+mod guard;
 #[cfg(any(feature = "health-passive", feature = "health-active"))]
 pub mod health;
 #[cfg(feature = "http")]
@@ -102,3 +103,4 @@ pub use backend::Backend;
 pub use balance::{Balance, Builder};
 pub use client_addr::ClientAddr;
 pub use error::BoxError;
+pub use guard::Guard;

@@ -57,7 +57,7 @@ async fn reloads_after_an_atomic_rename() {
     let path = dir.path().join("backends.toml");
     fs::write(&path, toml(&[("127.0.0.1:1", 1, false)])).unwrap();
     let b = balance();
-    let _guard = watched(&path).spawn(b.handle());
+    let _guard = watched(&path).spawn(b.handle()).unwrap();
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:1", 1, false)]).await);
 
     save_by_rename(
@@ -82,7 +82,7 @@ async fn a_partial_write_keeps_the_set_until_the_write_completes() {
     let path = dir.path().join("backends.toml");
     fs::write(&path, toml(&[("127.0.0.1:1", 1, false)])).unwrap();
     let b = balance();
-    let _guard = watched(&path).spawn(b.handle());
+    let _guard = watched(&path).spawn(b.handle()).unwrap();
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:1", 1, false)]).await);
 
     let full = toml(&[("127.0.0.1:1", 1, false), ("127.0.0.1:2", 2, false)]);
@@ -107,7 +107,7 @@ async fn invalid_or_missing_files_keep_the_previous_set() {
     let path = dir.path().join("backends.json");
     fs::write(&path, r#"[{"address": "127.0.0.1:1"}]"#).unwrap();
     let b = balance();
-    let _guard = watched(&path).spawn(b.handle());
+    let _guard = watched(&path).spawn(b.handle()).unwrap();
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:1", 1, false)]).await);
 
     for bad in [
@@ -140,7 +140,8 @@ async fn polling_alone_picks_up_changes() {
     let guard = FileSource::new(&path)
         .watch(false)
         .poll_interval(Duration::from_millis(100))
-        .spawn(b.handle());
+        .spawn(b.handle())
+        .unwrap();
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:1", 1, false)]).await);
     save_by_rename(&path, &toml(&[("127.0.0.1:2", 1, false)]));
     assert!(eventually(10, || table(&b) == [row("127.0.0.1:2", 1, false)]).await);

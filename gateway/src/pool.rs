@@ -18,7 +18,7 @@ use tower_lb::{
         MakeEndpoint, Target,
     },
     health::{
-        active::{BodyMatch, HttpProbe, Prober, ProberHandle},
+        active::{BodyMatch, HttpProbe, Prober},
         passive::{PassiveHealthLayer, Window},
     },
     http::{
@@ -45,7 +45,7 @@ pub(crate) struct Pool {
     /// Error answers, time limit, proxy header rules, affinity keys, replay, balancer.
     pub(crate) service: PoolService,
     /// Stops the active prober when the pool goes away.
-    _prober: Option<ProberHandle>,
+    _prober: Option<tower_lb::Guard>,
 }
 
 fn strategy(name: StrategyName) -> Arc<dyn Strategy> {

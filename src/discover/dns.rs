@@ -462,15 +462,17 @@ impl DnsSource {
     /// change to `handle`. The first resolution starts at once. Dropping the returned
     /// [`Guard`] stops the task.
     ///
-    /// Fails if no resolver was given and the system configuration cannot be read.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn spawn(self, handle: Handle<SocketAddr>) -> Result<Guard, BoxError> {
+    /// Fails with a [`ConfigError`](crate::error::ConfigError) if no resolver was given
+    /// and the system configuration cannot be read, or outside a Tokio runtime.
+    pub fn spawn(self, handle: Handle<SocketAddr>) -> Result<Guard, crate::error::ConfigError> {
         let resolver = match self.resolver {
             Some(r) => r,
-            None => Arc::new(HickoryResolver::from_system_conf()?),
+            None => Arc::new(HickoryResolver::from_system_conf().map_err(|e| {
+                crate::error::ConfigError::Invalid {
+                    setting: "dns resolver",
+                    reason: e.to_string(),
+                }
+            })?),
         };
         let max_ttl = self.max_ttl.max(self.min_ttl);
         let driver = Driver {
@@ -483,8 +485,7 @@ impl DnsSource {
             rng: self.seed.map_or_else(Rng::new, Rng::with_seed),
             sync: SetSync::new(handle),
         };
-        let task = tokio::spawn(driver.run());
-        Ok(Guard::new("dns", &task))
+        Guard::spawn("dns", driver.run())
     }
 }
 

@@ -66,7 +66,7 @@
 //!         service_fn(move |_: ()| async move { Ok::<_, std::io::Error>(addr) })
 //!     })
 //!     .unwrap();
-//! let _guard = FileSource::new(&path).spawn(balance.handle());
+//! let _guard = FileSource::new(&path).spawn(balance.handle()).unwrap();
 //! # for _ in 0..200 {
 //! #     if !balance.handle().keys().is_empty() { break; }
 //! #     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -363,22 +363,24 @@ impl FileSource {
     /// A watcher that cannot start (no such directory, no inotify instances left) is
     /// logged and the source polls; a missing or bad file is logged and retried.
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn spawn<K>(self, handle: Handle<K>) -> Guard
+    /// Fails with a [`ConfigError`](crate::error::ConfigError) outside a Tokio runtime.
+    pub fn spawn<K>(self, handle: Handle<K>) -> Result<Guard, crate::error::ConfigError>
     where
         K: Key + FromStr,
         K::Err: fmt::Display,
     {
+        // Checked first: the watcher thread must not start without a runtime to feed.
+        tokio::runtime::Handle::try_current().map_err(|_| crate::error::ConfigError::Invalid {
+            setting: "runtime",
+            reason: "the file task must be spawned within a Tokio runtime".into(),
+        })?;
         let changed = Arc::new(Notify::new());
         let watcher = if self.watch {
             self.start_watcher(changed.clone())
         } else {
             None
         };
-        let task = tokio::spawn(run(self, handle, changed, watcher));
-        Guard::new("file", &task)
+        Guard::spawn("file", run(self, handle, changed, watcher))
     }
 
     fn start_watcher(&self, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {

@@ -59,7 +59,7 @@
 //! let client = kube::Client::try_default().await?;
 //! let _guard = EndpointSlices::new(client, "default", "checkout")
 //!     .port("http")
-//!     .spawn(balance.handle());
+//!     .spawn(balance.handle())?;
 //! # Ok(())
 //! # }
 //! ```
@@ -151,12 +151,9 @@ impl EndpointSlices {
     /// Starts watching in a background task on the current tokio runtime, applying every
     /// change to `handle`. Dropping the returned [`Guard`] stops the watch.
     ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn spawn(self, handle: Handle<SocketAddr>) -> Guard {
-        let task = tokio::spawn(self.run(handle));
-        Guard::new("kube", &task)
+    /// Fails with a [`ConfigError`](crate::error::ConfigError) outside a Tokio runtime.
+    pub fn spawn(self, handle: Handle<SocketAddr>) -> Result<Guard, crate::error::ConfigError> {
+        Guard::spawn("kube", self.run(handle))
     }
 
     async fn run(self, handle: Handle<SocketAddr>) {

@@ -44,11 +44,10 @@ pub mod dns;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
-mod guard;
 mod handle;
 #[cfg(feature = "kube")]
 pub mod kube;
 
 #[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
-pub use guard::Guard;
+pub use crate::Guard;
 pub use handle::{Handle, WeakHandle};

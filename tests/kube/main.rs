@@ -68,7 +68,8 @@ async fn a_paged_initial_list_is_applied_as_one_snapshot() {
     let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
         .port("http")
         .page_size(1)
-        .spawn(b.handle());
+        .spawn(b.handle())
+        .unwrap();
     // While the later pages are pending, nothing is applied: no partial Service.
     assert!(eventually(10, || api.lists() >= 1).await);
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -92,7 +93,8 @@ async fn watch_events_drain_terminating_endpoints_and_remove_deleted_slices() {
     let b = balance();
     let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
         .port("http")
-        .spawn(b.handle());
+        .spawn(b.handle())
+        .unwrap();
     assert!(eventually(10, || keys(&b).len() == 3).await);
     assert!(eventually(10, || api.watches() >= 1).await);
 
@@ -133,7 +135,8 @@ async fn a_relist_keeps_the_set_through_errors_then_applies_the_new_list() {
     let b = balance();
     let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
         .port("http")
-        .spawn(b.handle());
+        .spawn(b.handle())
+        .unwrap();
     let before = [
         "10.0.0.1:8080",
         "10.0.0.2:8080",
@@ -174,7 +177,8 @@ async fn prefer_zone_serves_the_local_zone_then_falls_back() {
     let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
         .port("http")
         .prefer_zone("eu-west-1a")
-        .spawn(b.handle());
+        .spawn(b.handle())
+        .unwrap();
     assert!(eventually(10, || keys(&b).len() == 3).await);
     assert!(eventually(10, || api.watches() >= 1).await);
     let picks = |b: Balance<SocketAddr, Svc>| async move {

@@ -31,7 +31,7 @@
 //! - Endpoints present when the prober starts, and those discovery adds later, are probed
 //!   at once. They start [`Initial::Healthy`] (the default: traffic flows until `fall`
 //!   probes fail) or [`Initial::Unhealthy`] (no traffic until `rise` probes pass).
-//! - The prober is owned by its [`ProberHandle`]: dropping the handle stops it and marks
+//! - The prober is owned by its [`Guard`](crate::Guard): dropping the guard stops it and marks
 //!   up the endpoints it had marked down. It also stops when the balancer is dropped.
 //! - Every transition is a `tracing` event: `marked down` (warn, with the last error),
 //!   `marked up` (info), `marked down until probed` (info, for new endpoints).
@@ -106,7 +106,7 @@ mod tcp;
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcProbe, NotServing};
 pub use http::{BodyMatch, HttpProbe, UnexpectedBody, UnexpectedStatus, MAX_BODY};
-pub use prober::{Initial, Prober, ProberHandle};
+pub use prober::{Initial, Prober};
 pub use tcp::TcpProbe;
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::{
     balance::{set::Members, strategy::Rng, EndpointState, Key},
     error::{BoxError, ConfigError},
-    Balance,
+    Balance, Guard,
 };
 
 /// How endpoints start before their first probe; see [`Prober::initial`].
@@ -160,11 +160,12 @@ impl<P> Prober<P> {
     }
 
     /// Starts probing every endpoint of `balance`, including endpoints added later, in a
-    /// task on the current Tokio runtime. The task stops when the returned handle is
-    /// dropped, or when the balancer is.
+    /// task on the current Tokio runtime. The task stops when the returned [`Guard`] is
+    /// dropped (endpoints it had marked down are marked up again: nothing would ever mark
+    /// them up otherwise), or when the balancer is.
     ///
     /// Fails with a [`ConfigError`] on an invalid setting or outside a Tokio runtime.
-    pub fn spawn<K, S, Pol>(self, balance: &Balance<K, S, Pol>) -> Result<ProberHandle, ConfigError>
+    pub fn spawn<K, S, Pol>(self, balance: &Balance<K, S, Pol>) -> Result<Guard, ConfigError>
     where
         K: Key,
         S: Clone + Send + Sync + 'static,
@@ -173,10 +174,6 @@ impl<P> Prober<P> {
         P::Error: Into<BoxError>,
     {
         self.check()?;
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::Invalid {
-            setting: "runtime",
-            reason: "a prober must be spawned within a Tokio runtime".into(),
-        })?;
         let members = balance.members();
         let cfg = Settings {
             interval: self.interval,
@@ -188,38 +185,7 @@ impl<P> Prober<P> {
             initial: self.initial,
         };
         let rng = self.seed.map_or_else(Rng::new, Rng::with_seed);
-        let task = rt.spawn(run(members, cfg, rng, self.probe));
-        Ok(ProberHandle {
-            task: task.abort_handle(),
-        })
-    }
-}
-
-/// Owns a running [`Prober`]: dropping it stops the probes, and endpoints the prober had
-/// marked down are marked up again (nothing would ever mark them up otherwise).
-#[must_use = "dropping the handle stops the prober"]
-pub struct ProberHandle {
-    task: tokio::task::AbortHandle,
-}
-
-impl ProberHandle {
-    /// Whether the prober still runs (it stops by itself when the balancer is dropped).
-    pub fn is_running(&self) -> bool {
-        !self.task.is_finished()
-    }
-}
-
-impl fmt::Debug for ProberHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProberHandle")
-            .field("running", &self.is_running())
-            .finish()
-    }
-}
-
-impl Drop for ProberHandle {
-    fn drop(&mut self) {
-        self.task.abort();
+        Guard::spawn("prober", run(members, cfg, rng, self.probe))
     }
 }
 

@@ -225,7 +225,7 @@ async fn dropping_the_handle_stops_probing_and_marks_endpoints_up() {
         .unwrap();
     run_until(&script, 0.0).await;
     assert_eq!(status(&b, "b"), Status::Down);
-    assert!(prober.is_running());
+    assert!(!prober.is_finished());
     drop(prober);
     run_until(&script, 0.0).await;
     assert_eq!(status(&b, "b"), Status::Healthy);
@@ -242,7 +242,7 @@ async fn the_prober_stops_with_the_balancer() {
     run_until(&script, 0.0).await;
     drop(b);
     run_until(&script, 5.0).await;
-    assert!(!prober.is_running());
+    assert!(prober.is_finished());
 }
 
 #[tokio::test(start_paused = true)]
