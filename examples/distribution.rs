@@ -48,13 +48,13 @@ async fn run(out: &mut impl std::io::Write, name: &str, strategy: impl Strategy)
         .strategy(strategy)
         .backends([
             Backend::new("fast-a".to_string())
-                .weight(1)
+                .with_weight(1)
                 .with_meta(Duration::from_millis(2)),
             Backend::new("fast-b".to_string())
-                .weight(1)
+                .with_weight(1)
                 .with_meta(Duration::from_millis(2)),
             Backend::new("slow-c".to_string())
-                .weight(1)
+                .with_weight(1)
                 .with_meta(Duration::from_millis(20)),
         ])
         .build(backend)

@@ -14,12 +14,12 @@ use std::{
 /// ```
 /// use tower_lb::Backend;
 ///
-/// let primary = Backend::new("10.0.0.1:8080").weight(5);
+/// let primary = Backend::new("10.0.0.1:8080").with_weight(5);
 /// let spare = Backend::new("10.0.0.9:8080").backup(true);
-/// let last_resort = Backend::new("10.0.9.9:8080").priority(2);
-/// assert_eq!(primary.get_weight(), 5);
+/// let last_resort = Backend::new("10.0.9.9:8080").with_priority(2);
+/// assert_eq!(primary.weight(), 5);
 /// assert!(spare.is_backup() && last_resort.is_backup());
-/// assert_eq!((primary.get_priority(), spare.get_priority(), last_resort.get_priority()), (0, 1, 2));
+/// assert_eq!((primary.priority(), spare.priority(), last_resort.priority()), (0, 1, 2));
 /// ```
 #[derive(Clone)]
 pub struct Backend<K> {
@@ -45,13 +45,13 @@ impl<K> Backend<K> {
     /// Sets the weight (nginx `weight=`). Zero is refused with
     /// [`ConfigError::ZeroWeight`](crate::error::ConfigError) when the backend is added.
     #[must_use]
-    pub fn weight(mut self, weight: u32) -> Self {
+    pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
     }
 
     /// Marks the backend as a backup (nginx `backup`): it gets traffic only while the
-    /// primaries cannot take it (ejected, down, or already failed for this request). The same as [`priority(1)`](Self::priority); `false` makes
+    /// primaries cannot take it (ejected, down, or already failed for this request). The same as [`with_priority(1)`](Self::with_priority); `false` makes
     /// it a primary again.
     #[must_use]
     pub fn backup(mut self, backup: bool) -> Self {
@@ -67,7 +67,7 @@ impl<K> Backend<K> {
     /// available, and a request every endpoint of its level failed moves on to the next
     /// level within its retries.
     #[must_use]
-    pub fn priority(mut self, level: u8) -> Self {
+    pub fn with_priority(mut self, level: u8) -> Self {
         self.priority = level;
         self
     }
@@ -75,7 +75,7 @@ impl<K> Backend<K> {
     /// Caps concurrent requests to this backend (nginx `max_conns`); `0`, the default,
     /// means no cap. A backend at its cap is skipped.
     #[must_use]
-    pub fn max_conns(mut self, max: usize) -> Self {
+    pub fn with_max_conns(mut self, max: usize) -> Self {
         self.max_conns = max;
         self
     }
@@ -94,7 +94,7 @@ impl<K> Backend<K> {
     }
 
     /// The weight.
-    pub fn get_weight(&self) -> u32 {
+    pub fn weight(&self) -> u32 {
         self.weight
     }
 
@@ -104,12 +104,12 @@ impl<K> Backend<K> {
     }
 
     /// The priority level (0: primary).
-    pub fn get_priority(&self) -> u8 {
+    pub fn priority(&self) -> u8 {
         self.priority
     }
 
     /// The concurrency cap (`0`: none).
-    pub fn get_max_conns(&self) -> usize {
+    pub fn max_conns(&self) -> usize {
         self.max_conns
     }
 

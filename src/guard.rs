@@ -73,7 +73,16 @@ mod tests {
     #[test]
     fn spawning_outside_a_runtime_is_a_typed_error() {
         let err = Guard::spawn("test", async {}).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { setting: "runtime", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "runtime",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

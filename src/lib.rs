@@ -28,7 +28,7 @@
 //! assert!(answer.ends_with("got hi"));
 //!
 //! // Change the set at runtime.
-//! balance.handle().insert(Backend::new("10.0.0.3:80").weight(2)).unwrap();
+//! balance.handle().insert(Backend::new("10.0.0.3:80").with_weight(2)).unwrap();
 //! assert_eq!(balance.stats().backends.len(), 3);
 //! # }
 //! ```

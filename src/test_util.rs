@@ -14,7 +14,7 @@
 //! let balance = test_util::echo(
 //!     Balance::builder()
 //!         .strategy(WeightedRoundRobin::new())
-//!         .backends([Backend::new("a").weight(3), Backend::new("b")]),
+//!         .backends([Backend::new("a").with_weight(3), Backend::new("b")]),
 //! );
 //! let dist = test_util::drive(&balance, 400, |_| ()).await;
 //! assert_eq!(dist.count(&"a"), 300);

@@ -102,7 +102,7 @@ async fn a_waiting_request_takes_an_endpoint_added_within_the_bound() {
 #[tokio::test]
 async fn zero_weights_are_config_errors() {
     let err = Balance::builder()
-        .backends([Backend::new("a").weight(0)])
+        .backends([Backend::new("a").with_weight(0)])
         .build(|t: &Target<'_, &'static str>| test_util_echo(t))
         .unwrap_err();
     assert_eq!(
@@ -114,7 +114,7 @@ async fn zero_weights_are_config_errors() {
     let balance = echo(&["a"]);
     let h = balance.handle();
     assert!(matches!(
-        h.insert(Backend::new("b").weight(0)),
+        h.insert(Backend::new("b").with_weight(0)),
         Err(ConfigError::ZeroWeight { .. })
     ));
     assert!(matches!(
@@ -126,7 +126,7 @@ async fn zero_weights_are_config_errors() {
         Err(ConfigError::UnknownBackend { .. })
     ));
     assert!(matches!(
-        h.replace([Backend::new("a"), Backend::new("c").weight(0)]),
+        h.replace([Backend::new("a"), Backend::new("c").with_weight(0)]),
         Err(ConfigError::ZeroWeight { .. })
     ));
     // A refused replace changes nothing.
@@ -294,7 +294,7 @@ async fn duplicate_insert_keeps_state() {
     }
     balance
         .handle()
-        .insert(Backend::new("a").weight(2))
+        .insert(Backend::new("a").with_weight(2))
         .unwrap();
     let s = balance.stats();
     assert_eq!(s.backends.len(), 1);
@@ -413,7 +413,7 @@ async fn max_conns_skips_full_backends() {
     let (balance, mut handles) = test_util::mock::<_, u32, u32, ()>(
         Balance::builder()
             .strategy(RoundRobin::new())
-            .backends([Backend::new("a").max_conns(1), Backend::new("b")]),
+            .backends([Backend::new("a").with_max_conns(1), Backend::new("b")]),
     );
     let mut a = handles.remove("a").unwrap();
     let mut b = handles.remove("b").unwrap();
@@ -538,9 +538,9 @@ async fn wrr_distribution_through_the_balancer() {
         Balance::builder()
             .strategy(WeightedRoundRobin::new())
             .backends([
-                Backend::new("a").weight(5),
-                Backend::new("b").weight(1),
-                Backend::new("c").weight(1),
+                Backend::new("a").with_weight(5),
+                Backend::new("b").with_weight(1),
+                Backend::new("c").with_weight(1),
             ]),
     );
     let mut order = String::new();

@@ -253,7 +253,7 @@ proptest! {
             Ok(backends) => {
                 prop_assert_eq!(backends.len(), entries.len());
                 for b in &backends {
-                    prop_assert!(b.get_weight() >= 1);
+                    prop_assert!(b.weight() >= 1);
                 }
             }
             Err(e) => prop_assert!(!e.reason().is_empty()),

@@ -28,7 +28,7 @@ pub(crate) struct Args {
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// A backend of the default pool: URL[,weight=N][,backup][,priority=N]. `backup` is
+    /// A backend of the default pool: `URL[,weight=N][,backup][,priority=N]`. `backup` is
     /// priority 1; a priority level serves only while no lower level can. Repeatable; with
     /// none (and no --pool), three demo backends are started in-process.
     #[arg(long = "backend", value_name = "URL[,weight=N][,backup]", value_parser = parse_backend)]
@@ -67,7 +67,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) rewrite_host: bool,
 
-    /// A named pool for path routing: NAME=URL[,weight=N][,backup],URL,… (repeatable).
+    /// A named pool for path routing: `NAME=URL[,weight=N][,backup],URL,…` (repeatable).
     #[arg(long = "pool", value_name = "NAME=URL,URL…", value_parser = parse_pool)]
     pub(crate) pools: Vec<PoolSpec>,
 

@@ -169,8 +169,8 @@ pub(crate) fn build(
         .track_latency(true)
         .backends(specs.iter().map(|s| {
             Backend::new(s.url.clone())
-                .weight(s.weight)
-                .priority(s.priority)
+                .with_weight(s.weight)
+                .with_priority(s.priority)
         }))
         .policy(HttpPolicy::new().replay_body())
         .build(Maker(maker))

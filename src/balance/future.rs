@@ -221,7 +221,7 @@ fn next_level<K, S>(snap: &Snapshot<K, S>, tried: &[u64]) -> Vec<Candidate> {
     let mut level: Option<u8> = None;
     let mut out = Vec::new();
     for (pos, e) in snap.entries.iter().enumerate() {
-        let l = e.backend.get_priority();
+        let l = e.backend.priority();
         if l <= snap.level
             || level.is_some_and(|best| l > best)
             || tried.contains(&e.id)

@@ -5,7 +5,7 @@
 //! 1. `call` reads the request's affinity key through the [`RequestPolicy`] (none by
 //!    default) and returns a future; nothing is chosen yet in `poll_ready`.
 //! 2. The future loads the current endpoint snapshot (lock-free) and its candidate list,
-//!    from one [priority level](crate::Backend::priority): the lowest level whose share of
+//!    from one [priority level](crate::Backend::with_priority): the lowest level whose share of
 //!    available endpoints (healthy or on probation) is at least the
 //!    [panic threshold](Builder::panic_threshold) (default 50 %) serves with its available
 //!    endpoints. If no level is that healthy, panic mode: every non-draining endpoint of
@@ -34,7 +34,7 @@
 //!
 //! The flip side: a `Balance` exerts no backpressure through `poll_ready`. To bound
 //! concurrency, put a `ConcurrencyLimit` in front or cap each backend with
-//! [`Backend::max_conns`](crate::Backend::max_conns).
+//! [`Backend::with_max_conns`](crate::Backend::with_max_conns).
 //!
 //! In-flight counts rise when an endpoint is picked and fall when its response (the
 //! `Response` value, e.g. HTTP headers) arrives or the request is dropped. Work that goes
@@ -77,7 +77,7 @@
 //!
 //! let balance = Balance::builder()
 //!     .strategy(WeightedRoundRobin::new())
-//!     .backends([Backend::new("a").weight(5), Backend::new("b"), Backend::new("c")])
+//!     .backends([Backend::new("a").with_weight(5), Backend::new("b"), Backend::new("c")])
 //!     .build(|t: &Target<'_, &'static str>| {
 //!         let name = *t.key();
 //!         service_fn(move |_req: ()| async move { Ok::<_, Infallible>(name) })

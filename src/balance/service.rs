@@ -301,7 +301,7 @@ impl<K: Clone> BackendStats<K> {
         now: tokio::time::Instant,
         slow_start: Option<Duration>,
     ) -> Self {
-        let weight = backend.get_weight();
+        let weight = backend.weight();
         let share = slow_start
             .and_then(|window| super::set::ramp_share(window, state.ramp_start(), now))
             .unwrap_or(1.0);
@@ -310,7 +310,7 @@ impl<K: Clone> BackendStats<K> {
             weight,
             effective_weight: f64::from(weight) * share,
             backup: backend.is_backup(),
-            priority: backend.get_priority(),
+            priority: backend.priority(),
             status: state.status_at(now),
             requests: state.requests(),
             failures: state.failures(),

@@ -185,7 +185,7 @@ impl Counts {
 }
 
 fn level_of<K, S>(e: &Entry<K, S>) -> u8 {
-    e.backend.get_priority()
+    e.backend.priority()
 }
 
 /// What the writer keeps between edits, under the writer lock.
@@ -756,8 +756,8 @@ impl<K: Key, S: Clone> Core<K, S> {
             Some(e) => e.state.clone(),
             None => Arc::new(EndpointState::new(
                 self.pool.clone(),
-                backend.get_max_conns(),
-                backend.get_priority(),
+                backend.max_conns(),
+                backend.priority(),
             )),
         }
     }
@@ -827,7 +827,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             Some(i) => {
                 let old = &edit.entries[i];
                 let entry = Entry {
-                    backend: old.backend.clone().weight(weight),
+                    backend: old.backend.clone().with_weight(weight),
                     service: old.service.clone(),
                     state: old.state.clone(),
                     id: old.id,
@@ -887,14 +887,14 @@ impl Ramp {
 pub(crate) fn candidate<K, S>(e: &Arc<Entry<K, S>>, pos: usize) -> Candidate {
     Candidate {
         state: e.state.clone(),
-        weight: e.backend.get_weight().max(1),
+        weight: e.backend.weight().max(1),
         id: e.id,
         pos,
     }
 }
 
 fn check_weight<K: Key>(backend: &Backend<K>) -> Result<(), ConfigError> {
-    if backend.get_weight() == 0 {
+    if backend.weight() == 0 {
         return Err(ConfigError::ZeroWeight {
             backend: backend.key().to_string(),
         });
@@ -921,8 +921,8 @@ fn upsert<K: Key, S>(
     match edit.position(backend.key()) {
         Some(i) => {
             // Same key: new service and settings, same state.
-            state.set_max_conns(backend.get_max_conns());
-            state.set_level(backend.get_priority());
+            state.set_max_conns(backend.max_conns());
+            state.set_level(backend.priority());
             let id = edit.entries[i].id;
             edit.set(
                 i,
@@ -988,7 +988,7 @@ mod tests {
             let e = &snap.entries[c.pos];
             assert_eq!(e.id, c.id, "candidate position");
             assert_eq!(view.position(c.id), Some(i), "candidate id index");
-            assert_eq!(c.weight, e.backend.get_weight());
+            assert_eq!(c.weight, e.backend.weight());
             total += u64::from(c.weight);
             assert_eq!(view.cumulative()[i], total, "weight sums");
         }
@@ -1044,7 +1044,7 @@ mod tests {
             insert(&core, Backend::new(k));
         }
         let b = state(&core, "b");
-        insert(&core, Backend::new("b").weight(3));
+        insert(&core, Backend::new("b").with_weight(3));
         core.set_weight(&"a", 2).unwrap();
         assert_eq!(keys(&core), ["a", "b", "c"]);
         assert!(Arc::ptr_eq(&b, &state(&core, "b")));
@@ -1114,8 +1114,8 @@ mod tests {
                 let key = KEYS[next(KEYS.len() as u64) as usize];
                 match next(10) {
                     0..=3 => {
-                        let b = Backend::new(key).weight(1 + next(2) as u32);
-                        let b = b.priority(match next(8) {
+                        let b = Backend::new(key).with_weight(1 + next(2) as u32);
+                        let b = b.with_priority(match next(8) {
                             0 => 1,
                             1 => 2,
                             _ => 0,

@@ -45,9 +45,9 @@ struct Applied {
 impl Applied {
     fn of<K>(d: &Desired<K>) -> Self {
         Self {
-            weight: d.backend.get_weight().max(1),
-            priority: d.backend.get_priority(),
-            max_conns: d.backend.get_max_conns(),
+            weight: d.backend.weight().max(1),
+            priority: d.backend.priority(),
+            max_conns: d.backend.max_conns(),
             draining: d.draining,
         }
     }
@@ -279,7 +279,7 @@ mod tests {
 
     fn set(keys: &[(u32, u32)]) -> Vec<Desired<u32>> {
         keys.iter()
-            .map(|&(k, w)| Desired::new(Backend::new(k).weight(w)))
+            .map(|&(k, w)| Desired::new(Backend::new(k).with_weight(w)))
             .collect()
     }
 

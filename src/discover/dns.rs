@@ -7,7 +7,7 @@
 //!   backend `SocketAddr(ip, port)` of weight 1.
 //! - **SRV** ([`DnsSource::srv`]): each record's target is resolved to its addresses and
 //!   paired with the record's port. SRV priorities become [priority
-//!   levels](crate::Backend::priority) in order (RFC 2782): the lowest priority present
+//!   levels](crate::Backend::with_priority) in order (RFC 2782): the lowest priority present
 //!   is the primary level 0, the next level 1, and so on, so with priorities 10, 20 and
 //!   30, priority 20 serves only while no priority-10 backend is available and 30 only
 //!   while neither is. SRV weights become weights, with `0` mapped to `1`. An address
@@ -639,8 +639,8 @@ fn srv_backends(
             if seen.insert(addr) {
                 out.push(Desired::new(
                     Backend::new(addr)
-                        .weight(u32::from(r.weight.max(1)))
-                        .priority(level(r.priority)),
+                        .with_weight(u32::from(r.weight.max(1)))
+                        .with_priority(level(r.priority)),
                 ));
             }
         }

@@ -293,7 +293,9 @@ where
                 (Some(level), _) => level,
                 (None, backup) => u8::from(backup),
             };
-            Ok(Backend::new(key).weight(e.weight).priority(priority))
+            Ok(Backend::new(key)
+                .with_weight(e.weight)
+                .with_priority(priority))
         })
         .collect()
 }
@@ -510,9 +512,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.len(), 2);
-        assert_eq!((b[0].get_weight(), b[0].is_backup()), (3, false));
-        assert_eq!((b[1].get_weight(), b[1].is_backup()), (1, true));
-        assert_eq!(b[1].get_priority(), 1);
+        assert_eq!((b[0].weight(), b[0].is_backup()), (3, false));
+        assert_eq!((b[1].weight(), b[1].is_backup()), (1, true));
+        assert_eq!(b[1].priority(), 1);
         assert_eq!(toml("").unwrap().len(), 0);
     }
 
@@ -522,7 +524,7 @@ mod tests {
             "[[backend]]\naddress = \"10.0.0.1:80\"\npriority = 2\n\n[[backend]]\naddress = \"10.0.0.2:80\"\nbackup = true\npriority = 3\n",
         )
         .unwrap();
-        assert_eq!((b[0].get_priority(), b[1].get_priority()), (2, 3));
+        assert_eq!((b[0].priority(), b[1].priority()), (2, 3));
         let err = toml("[[backend]]\naddress = \"10.0.0.1:80\"\nbackup = true\npriority = 0\n")
             .unwrap_err();
         assert!(err.contains("contradicts"), "{err}");
@@ -538,7 +540,7 @@ mod tests {
             Format::Json,
         )
         .unwrap();
-        assert_eq!(a[0].get_weight(), 2);
+        assert_eq!(a[0].weight(), 2);
         assert_eq!(t[0].key(), a[0].key());
     }
 

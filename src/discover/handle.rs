@@ -84,7 +84,7 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
 ///     })
 ///     .unwrap();
 /// let handle = balance.handle();
-/// handle.insert(Backend::new("b").weight(3)).unwrap();
+/// handle.insert(Backend::new("b").with_weight(3)).unwrap();
 /// handle.set_weight(&"a", 2).unwrap();
 /// handle.drain(&"a").unwrap();
 /// assert!(handle.set_weight(&"b", 0).is_err()); // zero weight: a typed error

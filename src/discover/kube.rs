@@ -127,7 +127,7 @@ impl EndpointSlices {
 
     /// Keeps traffic in `zone` while it can serve, as Kubernetes' `trafficDistribution:
     /// PreferClose` does: endpoints whose slice places them in `zone` are primaries, the
-    /// others [priority level](crate::Backend::priority) 1, used only while no endpoint of
+    /// others [priority level](crate::Backend::with_priority) 1, used only while no endpoint of
     /// `zone` is available (ejected, down or gone). Endpoints without a zone count as
     /// elsewhere. Typically the zone of the node this process runs on.
     pub fn prefer_zone(mut self, zone: impl Into<String>) -> Self {
@@ -339,7 +339,7 @@ fn backends<'a>(
             let elsewhere = local_zone.is_some_and(|z| topology.zone.as_deref() != Some(z));
             Desired {
                 backend: Backend::new(addr)
-                    .priority(u8::from(elsewhere))
+                    .with_priority(u8::from(elsewhere))
                     .with_meta(topology),
                 draining: any_ready && c == Condition::Terminating,
             }

@@ -28,10 +28,10 @@
 //! | [`passive::PassiveHealthLayer::max_ejection_share`] | 50 % | — | `max_ejection_percent` | — |
 //! | [`passive::FailureStatuses`] | errors, 502–504 | `proxy_next_upstream` classes | `consecutive_gateway_failure` / `consecutive_5xx` | `observe layer7` |
 //! | [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold) | 50 % | — | `healthy_panic_threshold` | — |
-//! | [`Backend::backup`](crate::Backend::backup) / [`priority`](crate::Backend::priority) | off / 0 | `backup` | priority levels | `backup` |
+//! | [`Backend::backup`](crate::Backend::backup) / [`with_priority`](crate::Backend::with_priority) | off / 0 | `backup` | priority levels | `backup` |
 //! | [`Handle::drain`](crate::discover::Handle::drain) | — | `down` | `DRAINING` health status | `drain` state |
 //! | [`Builder::slow_start`](crate::balance::Builder::slow_start) | off | `slow_start` (Plus) | `slow_start_window` | `slowstart` |
-//! | [`Backend::max_conns`](crate::Backend::max_conns) | off | `max_conns` | `per_host_thresholds` (circuit breaker) | `maxconn` |
+//! | [`Backend::with_max_conns`](crate::Backend::with_max_conns) | off | `max_conns` | `per_host_thresholds` (circuit breaker) | `maxconn` |
 //! | [`active::Prober::interval`] | 2 s | `interval` (Plus) | `interval` | `inter` |
 //! | [`active::Prober::fast_interval`] | 1 s | — | `unhealthy_interval` | `fastinter` (`downinter` while down) |
 //! | [`active::Prober::jitter`] | 10 % | — | `interval_jitter_percent` | `spread-checks` |

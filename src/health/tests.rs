@@ -242,8 +242,8 @@ async fn priority_levels_serve_in_order() {
     let rig = Rig::new(
         Balance::builder().backends([
             Backend::new("a"),
-            Backend::new("m").priority(1),
-            Backend::new("z").priority(2),
+            Backend::new("m").with_priority(1),
+            Backend::new("z").with_priority(2),
         ]),
         PassiveHealthLayer::new,
     );
@@ -273,7 +273,7 @@ async fn priority_levels_serve_in_order() {
     // A change within the serving level (a new level-1 backend) keeps the level.
     rig.balance
         .handle()
-        .insert(Backend::new("n").priority(1))
+        .insert(Backend::new("n").with_priority(1))
         .unwrap();
     assert_eq!(level(&rig), (Tier::Backup, 1));
     let mut seen: Vec<_> = Vec::new();
@@ -305,7 +305,10 @@ async fn priority_levels_serve_in_order() {
 #[tokio::test(start_paused = true)]
 async fn panic_mode_without_primaries_uses_the_lowest_live_backup_level() {
     let rig = Rig::new(
-        Balance::builder().backends([Backend::new("m").priority(1), Backend::new("z").priority(3)]),
+        Balance::builder().backends([
+            Backend::new("m").with_priority(1),
+            Backend::new("z").with_priority(3),
+        ]),
         PassiveHealthLayer::new,
     );
     let s = rig.balance.stats();
@@ -345,7 +348,7 @@ async fn draining_takes_no_new_requests_and_lets_in_flight_ones_finish() {
 #[tokio::test(start_paused = true)]
 async fn a_backend_at_max_conns_is_skipped() {
     let rig = Rig::new(
-        Balance::builder().backends([Backend::new("a").max_conns(1), Backend::new("b")]),
+        Balance::builder().backends([Backend::new("a").with_max_conns(1), Backend::new("b")]),
         PassiveHealthLayer::new,
     );
     rig.set("a", Outcome::Wait);
@@ -381,7 +384,7 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
     let rig = Rig::new(
         Balance::builder()
             .slow_start(Duration::from_secs(10))
-            .backends([Backend::new("a").weight(2), Backend::new("b")]),
+            .backends([Backend::new("a").with_weight(2), Backend::new("b")]),
         PassiveHealthLayer::new,
     );
     let keys = ["a", "b", "c"];
@@ -443,7 +446,7 @@ async fn slow_start_ramps_weight_after_join_and_recovery() {
 #[tokio::test(start_paused = true)]
 async fn without_slow_start_weights_are_the_configured_ones() {
     let rig = Rig::new(
-        Balance::builder().backends([Backend::new("a").weight(3), Backend::new("b")]),
+        Balance::builder().backends([Backend::new("a").with_weight(3), Backend::new("b")]),
         PassiveHealthLayer::new,
     );
     assert_eq!(

@@ -292,7 +292,7 @@ fn prefer_zone_makes_other_zones_a_backup_level() {
     let levels = |zone| {
         backends([&s], Some("http"), zone)
             .iter()
-            .map(|d| (d.backend.key().to_string(), d.backend.get_priority()))
+            .map(|d| (d.backend.key().to_string(), d.backend.priority()))
             .collect::<Vec<_>>()
     };
     assert_eq!(

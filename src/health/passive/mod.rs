@@ -31,7 +31,7 @@
 //!   `Healthy`); failure ejects it again at once for the policy's next, longer, ejection
 //!   time. With probation off, the endpoint is readmitted when its ejection ends.
 //! - **Max ejection share** (Envoy `max_ejection_percent`, default 50 %), counted per
-//!   [priority level](crate::Backend::priority): an ejection that would put more than this
+//!   [priority level](crate::Backend::with_priority): an ejection that would put more than this
 //!   share of its level out is refused, unless another level has an available endpoint
 //!   to take over (so primaries backed by backups can all be ejected, as nginx marks
 //!   every failed primary down and serves from `backup`); the first ejection of a level is
