@@ -19,6 +19,8 @@ pub struct Guard {
     name: &'static str,
 }
 
+// Unused when no feature with a background task is on.
+#[allow(dead_code)]
 impl Guard {
     pub(crate) fn new<T>(name: &'static str, task: &JoinHandle<T>) -> Self {
         Self {

@@ -95,6 +95,7 @@ thread_local! {
 /// Runs `call` with `key` handed to the first [`Balance`](crate::Balance) that `call`
 /// calls synchronously on this thread, so a key layer in front of a balancer works with
 /// any request policy (the policy's own key wins). The previous hand-off is restored.
+#[cfg(feature = "sticky")]
 pub(crate) fn with_key<R>(key: Option<RequestKey>, call: impl FnOnce() -> R) -> R {
     let Some(key) = key else { return call() };
     let before = HANDOFF.with(|h| h.replace(Some(key)));

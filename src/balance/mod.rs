@@ -110,8 +110,10 @@ pub(crate) use endpoint::later;
 pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
+pub(crate) use key::take_key;
+#[cfg(feature = "sticky")]
+pub(crate) use key::with_key;
 pub use key::ExtractKey;
-pub(crate) use key::{take_key, with_key};
 pub use service::{
     Around, BackendStats, Balance, Builder, EndpointLayer, MakeEndpoint, PerEndpoint, Stats, Target,
 };

@@ -43,11 +43,9 @@ mod diff;
 pub mod dns;
 #[cfg(feature = "file")]
 pub mod file;
-#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
 mod handle;
 #[cfg(feature = "kube")]
 pub mod kube;
 
-#[cfg(any(feature = "dns", feature = "kube", feature = "file"))]
 pub use crate::Guard;
 pub use handle::{Handle, WeakHandle};
