@@ -83,8 +83,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    balance::WeakHandle,
     balance::{Key, Stats, Status, Target},
-    discover::WeakHandle,
 };
 
 type Labels = [(&'static str, String); 2];

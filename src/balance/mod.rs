@@ -97,6 +97,7 @@ mod budget;
 mod cow;
 mod endpoint;
 mod future;
+mod handle;
 mod key;
 mod service;
 pub(crate) mod set;
@@ -110,6 +111,7 @@ pub(crate) use endpoint::later;
 pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
+pub use handle::{Handle, WeakHandle};
 pub(crate) use key::take_key;
 #[cfg(feature = "sticky")]
 pub(crate) use key::with_key;

@@ -15,13 +15,13 @@ pub use super::stack::{Around, EndpointLayer, PerEndpoint};
 use super::{
     endpoint::{EndpointState, Status},
     future::ResponseFuture,
+    handle::Handle,
     set::{Config, Core, Key, Snapshot, Tier},
     strategy::{P2c, Strategy},
     Keyed, RequestPolicy,
 };
 use crate::{
     backend::Backend,
-    discover::Handle,
     error::{BoxError, ConfigError, DiscoverError},
 };
 
@@ -146,13 +146,6 @@ where
     {
         let mut svc = self.clone();
         Box::pin(svc.call(req))
-    }
-
-    /// The endpoint set, for background tasks that must not keep the balancer alive.
-    #[cfg(feature = "health-active")]
-    pub(crate) fn members(&self) -> std::sync::Weak<dyn super::set::Members<K>> {
-        let core: Arc<dyn super::set::Members<K>> = self.core.clone();
-        Arc::downgrade(&core)
     }
 }
 

@@ -322,27 +322,6 @@ impl Default for Config {
     }
 }
 
-#[cfg(feature = "health-active")]
-/// The endpoint set as background tasks (the active prober) see it, type-erased over the
-/// service type.
-pub(crate) trait Members<K>: Send + Sync {
-    /// Every endpoint's key and live state.
-    fn members(&self) -> Vec<(K, Arc<EndpointState>)>;
-    /// Changes whenever the set (or its health) changes.
-    fn subscribe(&self) -> watch::Receiver<u64>;
-}
-
-#[cfg(feature = "health-active")]
-impl<K: Key, S: Clone + Send + Sync + 'static> Members<K> for Core<K, S> {
-    fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
-        Self::members(self)
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        Self::subscribe(self)
-    }
-}
-
 /// A type-erased endpoint maker.
 pub(crate) type Maker<K, S> = Arc<dyn Fn(&Target<'_, K>) -> Result<S, BoxError> + Send + Sync>;
 
@@ -652,8 +631,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         self.published.load(Relaxed).wrapping_add(1)
     }
 
-    /// Every endpoint's key and live state (for the active prober).
-    #[cfg(feature = "health-active")]
+    /// Every endpoint's key and live state.
     pub(crate) fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
         self.peek()
             .entries

@@ -39,7 +39,7 @@
 //! - **A bad file keeps the previous set**: a file that does not parse (a partial write, a
 //!   typo), is missing or unreadable changes nothing, and a `warn` event says why. The next
 //!   change is read again. Before the first good file, the error is also reported through
-//!   [`Handle::report_error`](crate::discover::Handle::report_error), so requests fail with
+//!   [`Handle::report_error`](crate::balance::Handle::report_error), so requests fail with
 //!   [`DiscoverError`](crate::error::DiscoverError) rather than `NoEndpoints`.
 //! - **Only differences are applied**: unchanged backends keep their service and state; each
 //!   change is an `info` event. The source owns the balancer's set.

@@ -28,7 +28,7 @@
 //! - **Errors keep the last good set**: a watch or list error changes nothing; the watcher
 //!   retries with kube-runtime's default backoff (800 ms doubling to 30 s, jittered).
 //!   Before the first complete list, the error is reported through
-//!   [`Handle::report_error`](crate::discover::Handle::report_error), so requests fail
+//!   [`Handle::report_error`](crate::balance::Handle::report_error), so requests fail
 //!   with [`DiscoverError`](crate::error::DiscoverError) rather than `NoEndpoints`.
 //! - **Only differences are applied**: unchanged backends keep their service and state.
 //!   Each change is an `info` event, each error a `warn` event. A complete list that is

@@ -43,9 +43,9 @@ mod diff;
 pub mod dns;
 #[cfg(feature = "file")]
 pub mod file;
-mod handle;
 #[cfg(feature = "kube")]
 pub mod kube;
 
+/// The set's write API, which every source uses; it lives with the balancer.
+pub use crate::balance::{Handle, WeakHandle};
 pub use crate::Guard;
-pub use handle::{Handle, WeakHandle};

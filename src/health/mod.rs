@@ -29,7 +29,7 @@
 //! | [`passive::FailureStatuses`] | errors, 502–504 | `proxy_next_upstream` classes | `consecutive_gateway_failure` / `consecutive_5xx` | `observe layer7` |
 //! | [`Builder::panic_threshold`](crate::balance::Builder::panic_threshold) | 50 % | — | `healthy_panic_threshold` | — |
 //! | [`Backend::backup`](crate::Backend::backup) / [`with_priority`](crate::Backend::with_priority) | off / 0 | `backup` | priority levels | `backup` |
-//! | [`Handle::drain`](crate::discover::Handle::drain) | — | `down` | `DRAINING` health status | `drain` state |
+//! | [`Handle::drain`](crate::balance::Handle::drain) | — | `down` | `DRAINING` health status | `drain` state |
 //! | [`Builder::slow_start`](crate::balance::Builder::slow_start) | off | `slow_start` (Plus) | `slow_start_window` | `slowstart` |
 //! | [`Backend::with_max_conns`](crate::Backend::with_max_conns) | off | `max_conns` | `per_host_thresholds` (circuit breaker) | `maxconn` |
 //! | [`active::Prober::interval`] | 2 s | `interval` (Plus) | `interval` | `inter` |
@@ -45,7 +45,7 @@
 //!
 //! # Reading health from the stats
 //!
-//! [`Balance::stats`](crate::Balance::stats) (or [`Handle::stats`](crate::discover::Handle::stats))
+//! [`Balance::stats`](crate::Balance::stats) (or [`Handle::stats`](crate::balance::Handle::stats))
 //! returns a [`Stats`](crate::balance::Stats) snapshot, with health refreshed first:
 //!
 //! - `stats.tier`: [`Primary`](crate::balance::Tier::Primary) in normal operation,

@@ -1,9 +1,4 @@
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -11,7 +6,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::{
-    balance::{set::Members, strategy::Rng, EndpointState, Key},
+    balance::{strategy::Rng, EndpointState, Key, WeakHandle},
     error::{BoxError, ConfigError},
     Balance, Guard,
 };
@@ -174,7 +169,7 @@ impl<P> Prober<P> {
         P::Error: Into<BoxError>,
     {
         self.check()?;
-        let members = balance.members();
+        let members = balance.handle().downgrade();
         let cfg = Settings {
             interval: self.interval,
             fast_interval: self.fast_interval,
@@ -354,7 +349,7 @@ where
     (key, state, res)
 }
 
-async fn run<K, P>(members: Weak<dyn Members<K>>, cfg: Settings, rng: Rng, probe: P)
+async fn run<K, P>(members: WeakHandle<K>, cfg: Settings, rng: Rng, probe: P)
 where
     K: Key,
     P: Service<K> + Clone + Send + 'static,
@@ -362,7 +357,7 @@ where
     P::Error: Into<BoxError>,
 {
     let Some(set) = members.upgrade() else { return };
-    let mut changed = set.subscribe();
+    let mut changed = set.watch();
     drop(set);
     let mut book = Book {
         tracks: HashMap::new(),
@@ -371,7 +366,7 @@ where
     loop {
         // Re-read the set each turn: endpoints added or removed since are followed.
         let Some(set) = members.upgrade() else { return };
-        let list = set.members();
+        let list = set.endpoints();
         drop(set);
         let now = Instant::now();
         book.sync(list, &cfg, now);

@@ -2,11 +2,11 @@ use std::{fmt, sync::Arc};
 
 use crate::{
     backend::Backend,
-    balance::{Key, Stats},
+    balance::{EndpointState, Key, Stats},
     error::{BoxError, ConfigError, DiscoverError},
 };
 
-use crate::balance::set::Core;
+use super::set::Core;
 
 /// Changes applied to a balancer's endpoint set, type-erased over the service type.
 pub(crate) trait Apply<K>: Send + Sync {
@@ -18,6 +18,8 @@ pub(crate) trait Apply<K>: Send + Sync {
     fn keys(&self) -> Vec<K>;
     fn stats(&self) -> Stats<K>;
     fn set_error(&self, error: Option<DiscoverError>);
+    fn members(&self) -> Vec<(K, Arc<EndpointState>)>;
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
@@ -60,6 +62,14 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
 
     fn set_error(&self, error: Option<DiscoverError>) {
         self.set_discover_error(error);
+    }
+
+    fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
+        Core::members(self)
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        Core::subscribe(self)
     }
 }
 
@@ -114,6 +124,37 @@ impl<K: Key> fmt::Debug for Handle<K> {
 impl<K: Key> Handle<K> {
     pub(crate) fn new<S: Clone + Send + Sync + 'static>(core: Arc<Core<K, S>>) -> Self {
         Self { apply: core }
+    }
+
+    /// Every endpoint of the set now: its key and its live state, to watch the set from
+    /// a task of your own (a custom prober: it marks endpoints down with
+    /// [`EndpointState::set_down`], as the stock prober does).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower_lb::{test_util, Backend, Balance};
+    ///
+    /// let balance = test_util::echo(Balance::builder().backends(["a", "b"].map(Backend::new)));
+    /// let handle = balance.handle();
+    /// let mut changes = handle.watch();
+    /// handle.insert(Backend::new("c")).unwrap();
+    /// changes.changed().await.unwrap(); // wakes on every change of the set or its health
+    /// let keys: Vec<_> = handle.endpoints().into_iter().map(|(k, _)| k).collect();
+    /// assert_eq!(keys.len(), 3);
+    /// for (_key, state) in handle.endpoints() {
+    ///     state.set_down(false); // a probe's verdict
+    /// }
+    /// # }
+    /// ```
+    pub fn endpoints(&self) -> Vec<(K, Arc<EndpointState>)> {
+        self.apply.members()
+    }
+
+    /// A receiver that changes whenever the set or an endpoint's health changes; read
+    /// [`endpoints`](Self::endpoints) again then.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.apply.subscribe()
     }
 
     /// A handle that does not keep the balancer alive: for observers (metrics, a status
