@@ -65,11 +65,11 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
     }
 
     fn members(&self) -> Vec<(K, Arc<EndpointState>)> {
-        Core::members(self)
+        Self::members(self)
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        Core::subscribe(self)
+        Self::subscribe(self)
     }
 }
 
