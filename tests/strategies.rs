@@ -2,10 +2,12 @@
 
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
+use std::sync::Arc;
 use tower_lb::balance::strategy::{
     list_of, Candidate, CandidateList, LeastConn, P2c, Random, RoundRobin, Strategy,
     WeightedRoundRobin,
 };
+use tower_lb::balance::EndpointState;
 
 fn all_strategies() -> Vec<Box<dyn Strategy>> {
     vec![
@@ -71,15 +73,32 @@ fn round_robin_rotates_evenly() {
     assert_eq!(counts, [100; 4]);
 }
 
-/// Sets each candidate's in-flight count.
-fn with_loads(weights: &[u32], loads: &[usize]) -> CandidateList {
-    let list = list_of(weights);
-    for (c, &l) in list.view().iter().zip(loads) {
+/// Candidates with these weights over states the test keeps, each with its in-flight
+/// count set.
+fn with_states(weights: &[u32], loads: &[usize]) -> (CandidateList, Vec<Arc<EndpointState>>) {
+    let states: Vec<Arc<EndpointState>> = weights
+        .iter()
+        .map(|_| Arc::new(EndpointState::detached()))
+        .collect();
+    for (state, &l) in states.iter().zip(loads) {
         for _ in 0..l {
-            c.state().start_request();
+            state.start_request();
         }
     }
-    list
+    let list = CandidateList::new(
+        weights
+            .iter()
+            .zip(&states)
+            .enumerate()
+            .map(|(i, (&w, st))| Candidate::with_state(st.clone(), i as u64, w))
+            .collect(),
+    );
+    (list, states)
+}
+
+/// Sets each candidate's in-flight count.
+fn with_loads(weights: &[u32], loads: &[usize]) -> CandidateList {
+    with_states(weights, loads).0
 }
 
 fn loads_and_weights() -> impl proptest::strategy::Strategy<Value = (Vec<u32>, Vec<usize>)> {
@@ -222,17 +241,17 @@ fn peak_ewma_forgets_a_stall_after_fast_answers() {
     use std::time::Duration;
     use tokio::time::Instant;
 
-    let list = with_loads(&[1, 1, 1], &[15, 15, 0]);
+    let (list, states) = with_states(&[1, 1, 1], &[15, 15, 0]);
     let view = list.view();
     let now = Instant::now();
     let ms = Duration::from_millis;
-    let (fast, slow) = (&view[0..2], &view[2]);
-    slow.state().observe_rtt(ms(20), now);
+    let (fast, slow) = (&states[0..2], &states[2]);
+    slow.observe_rtt(ms(20), now);
     for c in fast {
-        c.state().observe_rtt(Duration::from_micros(500), now);
+        c.observe_rtt(Duration::from_micros(500), now);
         // The stall: every in-flight answer comes back late at once.
         for _ in 0..15 {
-            c.state().observe_rtt(ms(8), now);
+            c.observe_rtt(ms(8), now);
         }
     }
     let p = P2c::with_seed(3).peak_ewma();
@@ -243,10 +262,10 @@ fn peak_ewma_forgets_a_stall_after_fast_answers() {
     // A few hundred fast answers later (well under a second at this rate) the peak is gone.
     for c in fast {
         for _ in 0..500 {
-            c.state().observe_rtt(Duration::from_micros(500), now);
+            c.observe_rtt(Duration::from_micros(500), now);
         }
     }
     assert_eq!(picks_of_slow(&p), 0);
     // An endpoint that stays slow keeps its peak.
-    assert!(slow.state().ewma().unwrap() >= ms(20));
+    assert!(slow.ewma().unwrap() >= ms(20));
 }

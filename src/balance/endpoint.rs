@@ -191,22 +191,14 @@ pub struct EndpointState {
     probation: AtomicBool,
     active_down: AtomicBool,
     draining: AtomicBool,
-    /// Smooth weighted round robin's current weight (nginx `current_weight`).
-    pub(crate) wrr_current: AtomicI64,
-    /// Consecutive failures, for policies that need a streak.
-    pub(crate) streak: AtomicU64,
+    /// The balancer's strategy's own per-endpoint word (smooth weighted round robin keeps
+    /// nginx's `current_weight` here); see [`Candidate::scratch`](super::strategy::Candidate::scratch).
+    pub(crate) scratch: AtomicI64,
     /// A probation trial request is in flight: no other request is sent until its verdict.
     trial: AtomicBool,
-    /// Start of the current passive-health failure window (ns since `base`, offset by 1 so
-    /// 0 means "no window").
-    pub(crate) window_start: AtomicU64,
-    /// Ejection backoff level ("times ejected", decayed while healthy).
-    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
-    pub(crate) eject_level: AtomicU64,
-    /// When the last ejection ended or will end, ns since `base`: where the decay of
-    /// `eject_level` starts.
-    #[cfg_attr(not(feature = "health-passive"), allow(dead_code))]
-    pub(crate) eject_level_at: AtomicU64,
+    /// State owned by other parts (passive health's memory, your own layers'), one value
+    /// per type, kept with the endpoint across discovery updates; see [`Self::slot`].
+    slots: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// When the endpoint last joined or recovered (ns since `base`): slow start ramps from
     /// here.
     ramp_from: AtomicU64,
@@ -242,12 +234,9 @@ impl EndpointState {
             probation: AtomicBool::new(false),
             active_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            wrr_current: AtomicI64::new(0),
-            streak: AtomicU64::new(0),
+            scratch: AtomicI64::new(0),
             trial: AtomicBool::new(false),
-            window_start: AtomicU64::new(0),
-            eject_level: AtomicU64::new(0),
-            eject_level_at: AtomicU64::new(0),
+            slots: Mutex::new(Vec::new()),
             ramp_from: AtomicU64::new(0),
             last_failure: Mutex::new(None),
         }
@@ -571,8 +560,36 @@ impl EndpointState {
             self.count_ejected(false);
             self.touch();
         }
-        self.streak.store(0, Relaxed);
-        self.window_start.store(0, Relaxed);
+    }
+
+    /// This endpoint's value of type `T`, made with `T::default()` the first time: state
+    /// a layer or policy owns but keeps with the endpoint (it survives discovery updates
+    /// and re-made services, as the rest of the endpoint's state does). Passive health
+    /// keeps its failure window and ejection backoff here
+    /// ([`health::passive::Memory`](crate::health::passive::Memory), feature
+    /// `health-passive`). Takes a lock: read it once, when the layer is made.
+    ///
+    /// ```
+    /// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+    /// use tower_lb::balance::EndpointState;
+    ///
+    /// #[derive(Default)]
+    /// struct Retries(AtomicU64);
+    ///
+    /// let state = EndpointState::detached();
+    /// state.slot::<Retries>().0.fetch_add(1, Ordering::Relaxed);
+    /// assert_eq!(state.slot::<Retries>().0.load(Ordering::Relaxed), 1);
+    /// ```
+    pub fn slot<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for s in slots.iter() {
+            if let Ok(t) = s.clone().downcast::<T>() {
+                return t;
+            }
+        }
+        let t = Arc::new(T::default());
+        slots.push(t.clone());
+        t
     }
 
     /// Whether this endpoint may be ejected under the max ejection share `max_share`

@@ -195,7 +195,7 @@ mod tests {
         let home = b.pick(&all.view(), Some(&key)).unwrap();
         // Load the home endpoint: 3 in flight, 3 in total; bound ⌈1.25 × 4 ÷ 4⌉ = 2.
         for _ in 0..3 {
-            all.view()[home].state().start_request();
+            all.view()[home].state.start_request();
         }
         let other = b.pick(&all.view(), Some(&key)).unwrap();
         assert_ne!(other, home);

@@ -172,7 +172,7 @@ proptest! {
             if arrive || in_flight.is_empty() {
                 let key = RequestKey::from_hash(mix64(key));
                 let i = s.pick(&view, Some(&key)).unwrap();
-                view[i].state().start_request();
+                view[i].state.start_request();
                 in_flight.push(i);
                 let total = in_flight.len();
                 let bound = (c * total as f64 / n as f64 - 1e-9).ceil() as usize;
@@ -182,11 +182,11 @@ proptest! {
                 );
             } else {
                 let j = in_flight.swap_remove(usize::from(which) % in_flight.len());
-                view[j].state().finish_request();
+                view[j].state.finish_request();
             }
         }
         for i in in_flight {
-            view[i].state().finish_request();
+            view[i].state.finish_request();
         }
     }
 }

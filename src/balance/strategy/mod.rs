@@ -215,16 +215,96 @@ impl Candidate {
         self.state.in_flight()
     }
 
-    /// The full live state.
+    /// What a strategy may read of the endpoint's live state: load, latency, health.
+    /// (Health is written by the passive layer and the prober, never by a strategy.)
     #[inline]
-    pub fn state(&self) -> &EndpointState {
-        &self.state
+    pub fn load(&self) -> Load<'_> {
+        Load(&self.state)
+    }
+
+    /// The balancer's strategy's own word of per-endpoint state, kept with the endpoint
+    /// across discovery updates and candidate-list rebuilds: a balancer has one strategy,
+    /// and this is its memory (smooth weighted round robin keeps nginx's `current_weight`
+    /// here). Starts at 0.
+    #[inline]
+    pub fn scratch(&self) -> &std::sync::atomic::AtomicI64 {
+        &self.state.scratch
+    }
+
+    /// A candidate over `state`, which the test keeps to set the load a strategy sees
+    /// (`state.start_request()`, `state.observe_rtt(..)`): for unit tests of strategies.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_lb::balance::{strategy::{Candidate, CandidateList, LeastConn, Strategy}, EndpointState};
+    ///
+    /// let busy = Arc::new(EndpointState::detached());
+    /// busy.start_request();
+    /// let list = CandidateList::new(vec![
+    ///     Candidate::with_state(busy.clone(), 1, 1),
+    ///     Candidate::detached(2, 1),
+    /// ]);
+    /// assert_eq!(LeastConn::new().pick(&list.view(), None), Some(1));
+    /// ```
+    pub fn with_state(state: Arc<EndpointState>, id: u64, weight: u32) -> Self {
+        Self {
+            state,
+            weight,
+            id,
+            pos: 0,
+        }
     }
 
     /// Peak-EWMA RTT in nanoseconds at `now` (30 ms without samples).
     #[inline]
     pub fn ewma_nanos(&self, now: Instant) -> f64 {
         self.state.ewma_nanos_at(now)
+    }
+}
+
+/// A read-only view of an endpoint's live state, for strategies; from
+/// [`Candidate::load`].
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a>(&'a EndpointState);
+
+impl Load<'_> {
+    /// Requests in flight.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+
+    /// Requests sent in total.
+    pub fn requests(&self) -> u64 {
+        self.0.requests()
+    }
+
+    /// Requests that failed.
+    pub fn failures(&self) -> u64 {
+        self.0.failures()
+    }
+
+    /// The latest peak-EWMA RTT, if any sample was observed.
+    pub fn ewma(&self) -> Option<std::time::Duration> {
+        self.0.ewma()
+    }
+
+    /// The peak-EWMA RTT in nanoseconds at `now`, decayed; 30 ms without samples.
+    #[inline]
+    pub fn ewma_nanos_at(&self, now: Instant) -> f64 {
+        self.0.ewma_nanos_at(now)
+    }
+
+    /// The endpoint's health status at `now`.
+    pub fn status_at(&self, now: Instant) -> super::Status {
+        self.0.status_at(now)
+    }
+
+    /// Whether the endpoint is at its concurrency cap (or has its probation trial in
+    /// flight).
+    #[inline]
+    pub fn at_capacity(&self) -> bool {
+        self.0.at_capacity()
     }
 }
 

@@ -47,8 +47,8 @@ impl Strategy for WeightedRoundRobin {
         let mut best = 0;
         let mut best_cur = i64::MIN;
         for (i, c) in candidates.iter().enumerate() {
-            let cur = c.state.wrr_current.load(Relaxed) + i64::from(c.weight.max(1));
-            c.state.wrr_current.store(cur, Relaxed);
+            let cur = c.state.scratch.load(Relaxed) + i64::from(c.weight.max(1));
+            c.state.scratch.store(cur, Relaxed);
             if cur > best_cur {
                 best = i;
                 best_cur = cur;
@@ -56,7 +56,7 @@ impl Strategy for WeightedRoundRobin {
         }
         candidates[best]
             .state
-            .wrr_current
+            .scratch
             .store(best_cur - total, Relaxed);
         Some(best)
     }

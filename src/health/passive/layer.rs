@@ -134,6 +134,7 @@ impl<S, C: Clone> Layer<S> for PassiveHealthLayer<C> {
             Arc::new(Shared {
                 backend: self.backend.clone(),
                 state: self.state.clone(),
+                memory: self.state.slot::<super::Memory>(),
                 policy: self.policy.clone(),
                 probation: self.probation,
                 max_share: self.max_share,

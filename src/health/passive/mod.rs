@@ -105,7 +105,7 @@ pub use body::ResponseBody;
 pub use classify::{Failure, FailureStatuses, GrpcEos};
 pub use future::ResponseFuture;
 pub use layer::PassiveHealthLayer;
-pub use policy::{Consecutive, Policy, Window};
+pub use policy::{Consecutive, Memory, Policy, Window};
 pub use service::PassiveHealth;
 
 #[cfg(test)]

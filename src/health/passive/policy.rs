@@ -1,10 +1,117 @@
 //! Ejection policies: when failures eject an endpoint, and for how long.
 
-use std::{fmt, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
-use crate::balance::EndpointState;
+/// Passive health's memory of one endpoint: the failure streak or window, and how many
+/// times it was ejected lately. It belongs to passive health alone (the balancer reads
+/// only the verdict), and is kept with the endpoint
+/// ([`EndpointState::slot`](crate::balance::EndpointState::slot)), so it survives
+/// discovery updates. A [`Policy`] reads and writes it through these methods.
+#[derive(Debug)]
+pub struct Memory {
+    base: Instant,
+    /// Failures in a row, or within the window.
+    streak: AtomicU64,
+    /// Start of the failure window, ns since `base` + 1 (0: no window).
+    window: AtomicU64,
+    /// "Times ejected", decayed while healthy.
+    level: AtomicU64,
+    /// When the last ejection ended or will end, ns since `base`: where the decay starts.
+    level_at: AtomicU64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            streak: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            level: AtomicU64::new(0),
+            level_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Memory {
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// Failures counted in the current streak or window.
+    pub fn streak(&self) -> u64 {
+        self.streak.load(Relaxed)
+    }
+
+    /// Counts one more failure; returns the new count.
+    pub fn extend_streak(&self) -> u64 {
+        self.streak.fetch_add(1, Relaxed) + 1
+    }
+
+    /// A success: the streak starts again from zero.
+    pub fn reset_streak(&self) {
+        self.streak.store(0, Relaxed);
+    }
+
+    /// When the current failure window opened, if one is open.
+    pub fn window_start(&self) -> Option<Instant> {
+        match self.window.load(Relaxed) {
+            0 => None,
+            ns => Some(self.base + Duration::from_nanos(ns - 1)),
+        }
+    }
+
+    /// Opens a new failure window at `now`, with this failure as its first.
+    pub fn start_window(&self, now: Instant) {
+        self.window.store(self.nanos(now) + 1, Relaxed);
+        self.streak.store(1, Relaxed);
+    }
+
+    /// The next ejection's time: `base × times ejected`, capped at `max`. "Times ejected"
+    /// drops by one for every `base` spent healthy since the last ejection ended (Envoy
+    /// decays its multiplier the same way), so an endpoint that failed once long ago
+    /// starts again from `base`.
+    pub fn backoff(&self, now: Instant, base: Duration, max: Duration) -> Duration {
+        let level = self.level.load(Relaxed);
+        let last_end = self.base + Duration::from_nanos(self.level_at.load(Relaxed));
+        let healthy = now.saturating_duration_since(last_end);
+        let decay = if base.is_zero() {
+            0
+        } else {
+            (healthy.as_nanos() / base.as_nanos()).min(u128::from(u64::MAX)) as u64
+        };
+        // Levels past the cap add nothing but would slow the decay.
+        let top = if base.is_zero() {
+            1
+        } else {
+            max.as_nanos().div_ceil(base.as_nanos()).clamp(1, 1 << 20) as u64
+        };
+        let level = level.saturating_sub(decay).saturating_add(1).min(top);
+        let time = base
+            .checked_mul(u32::try_from(level).unwrap_or(u32::MAX))
+            .map_or(max, |t| t.min(max));
+        self.level.store(level, Relaxed);
+        self.level_at
+            .store(self.nanos(crate::balance::later(now, time)), Relaxed);
+        time
+    }
+
+    /// "Times ejected" as of the last ejection (before its decay while healthy).
+    pub fn times_ejected(&self) -> u64 {
+        self.level.load(Relaxed)
+    }
+
+    /// The endpoint was readmitted: no streak, no window.
+    pub(crate) fn clear(&self) {
+        self.streak.store(0, Relaxed);
+        self.window.store(0, Relaxed);
+    }
+}
 
 /// Decides when an endpoint's failures eject it, and for how long. See the
 /// [module docs](super) for the stock policies, [`Window`] (nginx) and [`Consecutive`]
@@ -13,20 +120,20 @@ use crate::balance::EndpointState;
 /// The [`PassiveHealth`](super::PassiveHealth) service calls the policy for every outcome
 /// of an endpoint that is neither ejected nor on probation, and owns everything else:
 /// probation trials, the max ejection share, readmission, `tracing` events. A policy keeps
-/// its per-endpoint memory in the [`EndpointState`] it is handed (the stock ones do) or in
+/// its per-endpoint memory in the [`Memory`] it is handed (the stock ones do) or in
 /// itself: one policy value serves one endpoint's layer.
 pub trait Policy: fmt::Debug + Send + Sync + 'static {
     /// A request succeeded.
-    fn on_success(&self, state: &EndpointState, now: Instant);
+    fn on_success(&self, memory: &Memory, now: Instant);
 
     /// A request failed. Returns why the endpoint should be ejected (for logs), or `None`
     /// if the failure is only counted.
-    fn on_failure(&self, state: &EndpointState, now: Instant) -> Option<String>;
+    fn on_failure(&self, memory: &Memory, now: Instant) -> Option<String>;
 
     /// How long the endpoint is ejected, called once per ejection: when
     /// [`on_failure`](Self::on_failure) asked for one, and when a probation trial failed.
-    /// Policies grow this with repeated ejections.
-    fn ejection_time(&self, state: &EndpointState, now: Instant) -> Duration;
+    /// Policies grow this with repeated ejections ([`Memory::backoff`]).
+    fn ejection_time(&self, memory: &Memory, now: Instant) -> Duration;
 }
 
 /// nginx's passive health: `max_fails` failures within `fail_timeout` eject the endpoint
@@ -93,20 +200,20 @@ impl Window {
 }
 
 impl Policy for Window {
-    fn on_success(&self, _state: &EndpointState, _now: Instant) {}
+    fn on_success(&self, _memory: &Memory, _now: Instant) {}
 
-    fn on_failure(&self, state: &EndpointState, now: Instant) -> Option<String> {
+    fn on_failure(&self, memory: &Memory, now: Instant) -> Option<String> {
         if self.max_fails == 0 {
             return None;
         }
-        let start = state.window_start.load(Relaxed);
-        let open = start != 0 && now < state.instant(start - 1) + self.fail_timeout;
+        let open = memory
+            .window_start()
+            .is_some_and(|start| now < crate::balance::later(start, self.fail_timeout));
         let count = if open {
-            state.streak.fetch_add(1, Relaxed) + 1
+            memory.extend_streak()
         } else {
             // A new window opens at this failure.
-            state.window_start.store(state.nanos(now) + 1, Relaxed);
-            state.streak.store(1, Relaxed);
+            memory.start_window(now);
             1
         };
         (count >= u64::from(self.max_fails)).then(|| {
@@ -117,8 +224,8 @@ impl Policy for Window {
         })
     }
 
-    fn ejection_time(&self, state: &EndpointState, now: Instant) -> Duration {
-        backoff(state, now, self.fail_timeout, self.max_ejection_time)
+    fn ejection_time(&self, memory: &Memory, now: Instant) -> Duration {
+        memory.backoff(now, self.fail_timeout, self.max_ejection_time)
     }
 }
 
@@ -182,15 +289,15 @@ impl Consecutive {
 }
 
 impl Policy for Consecutive {
-    fn on_success(&self, state: &EndpointState, _now: Instant) {
-        state.streak.store(0, Relaxed);
+    fn on_success(&self, memory: &Memory, _now: Instant) {
+        memory.reset_streak();
     }
 
-    fn on_failure(&self, state: &EndpointState, _now: Instant) -> Option<String> {
+    fn on_failure(&self, memory: &Memory, _now: Instant) -> Option<String> {
         if self.consecutive == 0 {
             return None;
         }
-        let streak = state.streak.fetch_add(1, Relaxed) + 1;
+        let streak = memory.extend_streak();
         (streak >= u64::from(self.consecutive)).then(|| {
             format!(
                 "{streak} consecutive failures (consecutive {})",
@@ -199,38 +306,9 @@ impl Policy for Consecutive {
         })
     }
 
-    fn ejection_time(&self, state: &EndpointState, now: Instant) -> Duration {
-        backoff(state, now, self.base, self.max)
+    fn ejection_time(&self, memory: &Memory, now: Instant) -> Duration {
+        memory.backoff(now, self.base, self.max)
     }
-}
-
-/// `base × times ejected`, capped at `max`. "Times ejected" drops by one for every `base`
-/// spent healthy since the last ejection ended (Envoy decays its multiplier the same way),
-/// so an endpoint that failed once long ago starts again from `base`.
-fn backoff(state: &EndpointState, now: Instant, base: Duration, max: Duration) -> Duration {
-    let level = state.eject_level.load(Relaxed);
-    let last_end = state.instant(state.eject_level_at.load(Relaxed));
-    let healthy = now.saturating_duration_since(last_end);
-    let decay = if base.is_zero() {
-        0
-    } else {
-        (healthy.as_nanos() / base.as_nanos()).min(u128::from(u64::MAX)) as u64
-    };
-    // Levels past the cap add nothing but would slow the decay.
-    let top = if base.is_zero() {
-        1
-    } else {
-        max.as_nanos().div_ceil(base.as_nanos()).clamp(1, 1 << 20) as u64
-    };
-    let level = level.saturating_sub(decay).saturating_add(1).min(top);
-    let time = base
-        .checked_mul(u32::try_from(level).unwrap_or(u32::MAX))
-        .map_or(max, |t| t.min(max));
-    state.eject_level.store(level, Relaxed);
-    state
-        .eject_level_at
-        .store(state.nanos(crate::balance::later(now, time)), Relaxed);
-    time
 }
 
 #[cfg(test)]
@@ -239,7 +317,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn window_counts_failures_within_fail_timeout_only() {
-        let st = EndpointState::detached();
+        let st = Memory::default();
         let w = Window::new()
             .max_fails(2)
             .fail_timeout(Duration::from_secs(10));
@@ -254,7 +332,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn window_max_fails_zero_never_trips() {
-        let st = EndpointState::detached();
+        let st = Memory::default();
         let w = Window::new().max_fails(0);
         for _ in 0..10 {
             assert!(w.on_failure(&st, Instant::now()).is_none());
@@ -263,7 +341,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn consecutive_success_resets_streak() {
-        let st = EndpointState::detached();
+        let st = Memory::default();
         let c = Consecutive::new().consecutive(3);
         let now = Instant::now();
         assert!(c.on_failure(&st, now).is_none());
@@ -276,7 +354,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_grows_caps_and_decays() {
-        let st = EndpointState::detached();
+        let st = Memory::default();
         let c = Consecutive::new();
         let mut now = Instant::now();
         let mut times = Vec::new();

@@ -103,6 +103,8 @@ where
 pub(crate) struct Shared {
     pub(crate) backend: Arc<str>,
     pub(crate) state: Arc<EndpointState>,
+    /// Passive health's memory of this endpoint, kept with its state.
+    pub(crate) memory: Arc<super::Memory>,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) probation: bool,
     pub(crate) max_share: f64,
@@ -161,13 +163,14 @@ impl Shared {
     pub(crate) fn success(&self) {
         let now = Instant::now();
         match phase(&self.state, now) {
-            Phase::Normal => self.policy.on_success(&self.state, now),
+            Phase::Normal => self.policy.on_success(&self.memory, now),
             Phase::Ejected => {
                 tracing::debug!(backend = %self.backend,
                     "tower_lb: success while ejected (panic mode); the ejection stands");
             }
             Phase::Probation => {
                 self.state.readmit();
+                self.memory.clear();
                 if self.probation {
                     tracing::info!(backend = %self.backend,
                         "tower_lb: readmitted: the probation trial request succeeded");
@@ -194,7 +197,7 @@ impl Shared {
                     "tower_lb: failure while ejected (panic mode); the ejection stands");
             }
             Phase::Probation if self.probation => {
-                let time = self.policy.ejection_time(&self.state, now);
+                let time = self.policy.ejection_time(&self.memory, now);
                 self.state.eject_until(crate::balance::later(now, time));
                 tracing::warn!(backend = %self.backend, %reason, ejected_for = ?time,
                     times_ejected = self.state.ejections(),
@@ -202,6 +205,7 @@ impl Shared {
             }
             Phase::Probation => {
                 self.state.readmit();
+                self.memory.clear();
                 tracing::info!(backend = %self.backend,
                     "tower_lb: readmitted: the ejection ended (probation off)");
                 self.judge(reason, now);
@@ -212,7 +216,7 @@ impl Shared {
     /// Feeds a failure of a serving endpoint to the policy, and ejects if it says so and
     /// the pool allows it.
     fn judge(&self, reason: &dyn fmt::Display, now: Instant) {
-        let Some(why) = self.policy.on_failure(&self.state, now) else {
+        let Some(why) = self.policy.on_failure(&self.memory, now) else {
             tracing::debug!(backend = %self.backend, %reason,
                 "tower_lb: failure counted by passive health");
             return;
@@ -236,7 +240,7 @@ impl Shared {
                 return;
             }
         }
-        let time = self.policy.ejection_time(&self.state, now);
+        let time = self.policy.ejection_time(&self.memory, now);
         self.state.eject_until(crate::balance::later(now, time));
         tracing::warn!(backend = %self.backend, %why, last_failure = %reason,
             ejected_for = ?time, times_ejected = self.state.ejections(),

@@ -113,8 +113,8 @@ async fn probation_at_timeout_then_success_readmits() {
     assert_eq!(rig.status("b"), Status::Healthy);
     assert_eq!(
         rig.state("b")
-            .eject_level
-            .load(std::sync::atomic::Ordering::Relaxed),
+            .slot::<crate::health::passive::Memory>()
+            .times_ejected(),
         1
     );
 }
