@@ -62,11 +62,23 @@ impl fmt::Display for Status {
     }
 }
 
+/// Rebuilds the balancer's candidate list at once, from the thread that changed health.
+pub(crate) struct Rebuild(pub(crate) Box<dyn Fn() + Send + Sync>);
+
+impl fmt::Debug for Rebuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Rebuild")
+    }
+}
+
 /// Counters shared by every endpoint of one balancer.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     /// Bumped on every health change, so the balancer rebuilds its candidate list.
     pub(crate) changed: AtomicU64,
+    /// Called after every health change: the writer of the change rebuilds the list, so
+    /// requests find it current.
+    pub(crate) rebuild: std::sync::OnceLock<Rebuild>,
     /// Endpoints in the set.
     pub(crate) members: AtomicUsize,
     /// Per priority level: endpoints ejected or on probation, and the live and available
@@ -165,7 +177,9 @@ pub(crate) enum Refusal {
 /// Live state of one endpoint, keyed by its backend key and kept across discovery
 /// updates of other backends and re-weights.
 ///
-/// Everything here is atomics: the request path never takes a lock. Endpoint layers get
+/// What the request path reads and counts is atomics, so it never takes a lock here;
+/// locks are taken only on failure paths (the last failure's text, per-level ejection
+/// counts) and when a layer is made ([`slot`](Self::slot)). Endpoint layers get
 /// this state from [`Target::state`](crate::balance::Target::state) when the endpoint is
 /// made, so passive health checks and load trackers write to the same place the balancer
 /// reads from.
@@ -255,9 +269,13 @@ impl EndpointState {
         self.base + Duration::from_nanos(ns)
     }
 
-    /// Tells the balancer its candidate list is stale.
+    /// Tells the balancer its candidate list is stale, and has it rebuilt now, on this
+    /// thread (the one that changed health), rather than by the next request.
     fn touch(&self) {
         self.pool.changed.fetch_add(1, Release);
+        if let Some(rebuild) = self.pool.rebuild.get() {
+            (rebuild.0)();
+        }
     }
 
     // === load ===

@@ -24,6 +24,15 @@
 //!    fails with [`NoEndpoints`](crate::error::NoEndpoints) or
 //!    [`AllUnavailable`](crate::error::AllUnavailable). It never pends forever.
 //!
+//! # Who does the work
+//!
+//! Discovery changes and health changes (an ejection, a readmission, the prober's
+//! verdict, a drain) rebuild the candidate list on the thread that makes them, and
+//! publish it copy-on-write: a request only loads the published snapshot, without a lock.
+//! The one exception is time: when an ejection ends or a slow-start step passes, nobody
+//! writes, so the first request after that moment rebuilds the list under the writer lock
+//! (once; the others find it rebuilt).
+//!
 //! # Readiness contract
 //!
 //! `Balance` is `Clone + Send + Sync`; clones share one endpoint set behind an `Arc`. Its

@@ -646,6 +646,7 @@ impl<K: Key, P, L> Builder<K, P, L> {
         let maker: super::set::Maker<K, L::Service> =
             Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t).map(|s| layer.layer(t, s)));
         let core = Core::new(self.strategy, self.cfg, Some(maker.clone()));
+        core.rebuild_on_health_changes();
         core.replace_with(self.backends, |t| maker(t))?;
         Ok(Balance::from_core(core, self.policy))
     }
@@ -676,6 +677,7 @@ impl<K: Key, P> Builder<K, P> {
             reason: "build_discover must be called within a Tokio runtime".into(),
         })?;
         let core = Core::new(self.strategy, self.cfg, None);
+        core.rebuild_on_health_changes();
         let task = rt.spawn(drive(Arc::downgrade(&core), discover));
         core.set_driver(task.abort_handle());
         Ok(Balance::from_core(core, self.policy))

@@ -389,6 +389,23 @@ impl<K: Key, S: Clone> Core<K, S> {
         })
     }
 
+    /// Has every health change rebuild the candidate list on the thread that made it.
+    pub(crate) fn rebuild_on_health_changes(self: &Arc<Self>)
+    where
+        K: 'static,
+        S: Send + Sync + 'static,
+    {
+        let me = Arc::downgrade(self);
+        let _ = self
+            .pool
+            .rebuild
+            .set(super::endpoint::Rebuild(Box::new(move || {
+                if let Some(core) = me.upgrade() {
+                    core.refresh_now();
+                }
+            })));
+    }
+
     pub(crate) fn set_driver(&self, task: tokio::task::AbortHandle) {
         *self.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
@@ -455,6 +472,23 @@ impl<K: Key, S: Clone> Core<K, S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = err;
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Rebuilds the candidate list now if the writer lock is free (a health writer calls
+    /// this; under contention, or with the lock already held by this thread, the next
+    /// request rebuilds it instead).
+    fn refresh_now(&self) {
+        let Ok(mut writer) = self.write.try_lock() else {
+            return;
+        };
+        let cur = self.snap.load_full();
+        if self.is_current(&cur) {
+            return;
+        }
+        let epoch = self.pool.changed.load(Acquire);
+        let next = self.build(cur.entries.clone(), cur.index.clone(), epoch);
+        drop(cur);
+        self.publish(&mut writer, next, false);
     }
 
     /// Rebuilds the candidate list from the same entries (health changed).

@@ -454,3 +454,21 @@ async fn without_slow_start_weights_are_the_configured_ones() {
         HashMap::from([("a", 3), ("b", 1)])
     );
 }
+
+/// The thread that changes health rebuilds the candidate list: the published snapshot is
+/// current before any request comes (so requests take no lock for it).
+#[tokio::test(start_paused = true)]
+async fn a_health_change_is_published_by_its_writer() {
+    let rig = Rig::new(
+        Balance::builder().backends(["a", "b", "c"].map(Backend::new)),
+        PassiveHealthLayer::new,
+    );
+    let published = |rig: &Rig| rig.balance.core.peek().candidates.view().len();
+    assert_eq!(published(&rig), 3);
+    rig.state("a").set_down(true);
+    assert_eq!(published(&rig), 2, "rebuilt by set_down itself");
+    rig.balance.handle().drain(&"b").unwrap();
+    assert_eq!(published(&rig), 1);
+    rig.state("a").set_down(false);
+    assert_eq!(published(&rig), 2);
+}
