@@ -523,13 +523,22 @@ impl<K: Key, P, L> Builder<K, P, L> {
     /// Sets the request policy: how to read a request's affinity key and replay a failed
     /// request. See [`RequestPolicy`].
     pub fn policy<P2>(self, policy: P2) -> Builder<K, P2, L> {
+        self.map_parts(|_| policy, |l| l)
+    }
+
+    /// The same builder with its policy and endpoint layers replaced.
+    fn map_parts<P2, L2>(
+        self,
+        policy: impl FnOnce(P) -> P2,
+        layer: impl FnOnce(L) -> L2,
+    ) -> Builder<K, P2, L2> {
         Builder {
             strategy: self.strategy,
             wrap_with: self.wrap_with,
             cfg: self.cfg,
             backends: self.backends,
-            policy,
-            layer: self.layer,
+            policy: policy(self.policy),
+            layer: layer(self.layer),
             error: self.error,
         }
     }
@@ -561,16 +570,7 @@ impl<K: Key, P, L> Builder<K, P, L> {
     /// # }
     /// ```
     pub fn sticky_key<E>(self, extractor: E) -> Builder<K, Keyed<P, E>, L> {
-        let policy = Keyed::new(self.policy, extractor);
-        Builder {
-            strategy: self.strategy,
-            wrap_with: self.wrap_with,
-            cfg: self.cfg,
-            backends: self.backends,
-            policy,
-            layer: self.layer,
-            error: self.error,
-        }
+        self.map_parts(|p| Keyed::new(p, extractor), |l| l)
     }
 
     /// Wraps every endpoint the maker makes in a layer made from its [`Target`]. Each
@@ -592,18 +592,13 @@ impl<K: Key, P, L> Builder<K, P, L> {
     /// # let _ = balance;
     /// ```
     pub fn endpoint_layer<F>(self, make: F) -> Builder<K, P, Around<L, PerEndpoint<F>>> {
-        Builder {
-            strategy: self.strategy,
-            wrap_with: self.wrap_with,
-            cfg: self.cfg,
-            backends: self.backends,
-            policy: self.policy,
-            layer: Around {
-                inner: self.layer,
+        self.map_parts(
+            |p| p,
+            |inner| Around {
+                inner,
                 outer: PerEndpoint(make),
             },
-            error: self.error,
-        }
+        )
     }
 
     /// Bounds every call to an endpoint (each attempt, not the whole request) with a

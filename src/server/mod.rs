@@ -105,6 +105,13 @@ impl Server {
         self
     }
 
+    fn limits(&self) -> Arc<conn::Limits> {
+        Arc::new(conn::Limits {
+            header: self.header_timeout,
+            keepalive: self.keepalive_timeout,
+        })
+    }
+
     /// Serves one connection accepted elsewhere (a TLS stream, an in-memory pipe) with
     /// this server's timeouts, until it closes; requests carry `peer` as their
     /// [`ClientAddr`](crate::ClientAddr). The connection cap and the drain do not apply
@@ -142,10 +149,7 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let limits = Arc::new(conn::Limits {
-            header: self.header_timeout,
-            keepalive: self.keepalive_timeout,
-        });
+        let limits = self.limits();
         // Never stopped: the caller owns this connection's lifetime.
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let builder = auto::Builder::new(TokioExecutor::new());
@@ -178,10 +182,7 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let limits = Arc::new(conn::Limits {
-            header: self.header_timeout,
-            keepalive: self.keepalive_timeout,
-        });
+        let limits = self.limits();
         let permits = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let builder = auto::Builder::new(TokioExecutor::new());
