@@ -177,6 +177,15 @@ pub(crate) enum Refusal {
 /// Live state of one endpoint, keyed by its backend key and kept across discovery
 /// updates of other backends and re-weights.
 ///
+/// Who writes what: the balancer counts requests; endpoint layers count load that outlives
+/// a response ([`track`](Self::track)) and latency; the health verdict is written by
+/// passive health ([`eject_until`](Self::eject_until), [`readmit`](Self::readmit): the
+/// stock [`PassiveHealthLayer`](crate::health::passive::PassiveHealthLayer), or yours) and
+/// by active probing ([`set_down`](Self::set_down): the stock prober, or yours, over
+/// [`Handle::endpoints`](super::Handle::endpoints)); draining goes through
+/// [`Handle::drain`](super::Handle::drain). Strategies only read, through
+/// [`Candidate::load`](super::strategy::Candidate::load).
+///
 /// What the request path reads and counts is atomics, so it never takes a lock here;
 /// locks are taken only on failure paths (the last failure's text, per-level ejection
 /// counts) and when a layer is made ([`slot`](Self::slot)). Endpoint layers get
@@ -683,8 +692,8 @@ impl EndpointState {
         self.active_down.load(Relaxed)
     }
 
-    /// Starts or stops draining (nginx `down`).
-    pub fn set_draining(&self, draining: bool) {
+    /// Starts or stops draining (nginx `down`); through [`Handle::drain`](super::Handle::drain).
+    pub(crate) fn set_draining(&self, draining: bool) {
         if self.draining.swap(draining, Relaxed) != draining {
             self.touch();
         }
