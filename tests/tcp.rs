@@ -1,0 +1,1 @@
+//! TCP balancing against real redis-server processes.
