@@ -65,8 +65,8 @@ impl TcpRequest {
 /// Replaying is always safe: a TCP endpoint's only work is to connect (and write the
 /// PROXY header), so whatever it fails with (refused, unreachable, a host name that does
 /// not resolve, a timeout, an endpoint layer's timeout) happened before any byte of the
-/// client's went out. Nothing has been sent yet, as nginx's `proxy_next_upstream` in its
-/// stream module assumes.
+/// client's went out. nginx's stream module retries the same way (`proxy_next_upstream`,
+/// on by default).
 ///
 /// ```
 /// use tower_lb::{balance::RequestPolicy, tcp::{TcpPolicy, TcpRequest}};

@@ -286,3 +286,19 @@ async fn passive_health_ejects_a_backend_whose_connects_fail() {
     assert_eq!((down.failures, down.ejections), (1, 1), "{down:?}");
     assert!(matches!(down.status, Status::Ejected { .. }), "{down:?}");
 }
+
+/// Compiles: `serve` can be spawned whatever the key type, also over an endpoint stack
+/// whose error is a `BoxError` (an endpoint timeout layer).
+#[allow(dead_code)]
+fn serve_spawns_with_any_key(
+    a: Balance<&'static str, TcpEndpoint, TcpPolicy>,
+    b: Balance<String, TcpEndpoint, TcpPolicy>,
+    c: Balance<SocketAddr, tower::timeout::Timeout<TcpEndpoint>, TcpPolicy>,
+    l1: TcpListener,
+    l2: TcpListener,
+    l3: TcpListener,
+) {
+    tokio::spawn(serve(l3, c, std::future::pending::<()>()));
+    tokio::spawn(serve(l1, a, std::future::pending::<()>()));
+    tokio::spawn(serve(l2, b, std::future::pending::<()>()));
+}
