@@ -366,7 +366,8 @@ pub fn forward_response_headers(status: http::StatusCode, headers: &mut HeaderMa
 ///   which [`ErrorResponseLayer`](super::ErrorResponseLayer) answers `400`;
 /// - [`forward_request_headers`] on the way in, with the client from the request's
 ///   [`ClientAddr`](crate::ClientAddr) extension (put there by
-///   `server::Server`, or by you) and the configured `X-Forwarded-Proto`;
+///   `server::Server`, or by you) and the configured `X-Forwarded-Proto` (`https`
+///   for a request with a `server::tls::TlsInfo` extension, feature `server-tls`);
 /// - [`forward_response_headers`] on the way out;
 /// - upgrades (WebSocket, `Connection: upgrade`): when the backend answers
 ///   `101 Switching Protocols`, the client's and the backend's connections are spliced
@@ -419,7 +420,9 @@ impl ProxyLayer {
         Self::default()
     }
 
-    /// The `X-Forwarded-Proto` to send: `"https"` behind a TLS listener.
+    /// The `X-Forwarded-Proto` to send: `"https"` behind a TLS listener. Requests that
+    /// carry a `server::tls::TlsInfo` (feature `server-tls`: `server::Server` terminated
+    /// TLS for them) are sent `https` whatever this says.
     #[must_use]
     pub fn proto(mut self, proto: &'static str) -> Self {
         self.proto = proto;
@@ -485,7 +488,15 @@ where
         let upgrade = upgrade_protocol(&req)
             .is_some()
             .then(|| hyper::upgrade::on(&mut req));
-        forward(&mut req, client, self.cfg.proto);
+        // A request `server::Server` received over TLS says so (feature `server-tls`).
+        #[cfg(feature = "server-tls")]
+        let proto = match req.extensions().get::<crate::server::tls::TlsInfo>() {
+            Some(_) => "https",
+            None => self.cfg.proto,
+        };
+        #[cfg(not(feature = "server-tls"))]
+        let proto = self.cfg.proto;
+        forward(&mut req, client, proto);
         if self.cfg.rewrite_host {
             req.headers_mut().remove(header::HOST);
         }
@@ -572,6 +583,30 @@ async fn splice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "server-tls")]
+    #[tokio::test]
+    async fn requests_received_over_tls_are_forwarded_as_https() {
+        use tower::ServiceExt;
+        use tower_layer::Layer;
+        let backend = tower::service_fn(|req: Request<()>| async move {
+            let proto = req.headers()["x-forwarded-proto"].clone();
+            Ok::<_, BoxError>(http::Response::new(proto))
+        });
+        let proxy = ProxyLayer::new().layer(backend);
+        let req = || {
+            Request::get("/")
+                .header("host", "a.example")
+                .body(())
+                .unwrap()
+        };
+        let plain = proxy.clone().oneshot(req()).await.unwrap();
+        assert_eq!(plain.body(), "http");
+        let mut tls = req();
+        let info = crate::server::tls::TlsInfo::new(Some("a.example"), Some(b"h2"));
+        tls.extensions_mut().insert(info);
+        assert_eq!(proxy.oneshot(tls).await.unwrap().body(), "https");
+    }
 
     #[test]
     fn ip_values_match_display() {

@@ -144,6 +144,8 @@ pin_project! {
         _permit: Option<OwnedSemaphorePermit>,
         // The first bytes, until it is known whether they are the HTTP/2 preface.
         sniff: u8,
+        // What the first bytes must be (ALPN chose): the preface, not it, or either.
+        expect_h2: Option<bool>,
     }
 }
 
@@ -175,8 +177,24 @@ impl<T> Io<T> {
             limits,
             _permit: permit,
             sniff: 0,
+            expect_h2: None,
         }
     }
+
+    /// Requires the client to speak HTTP/2 (`Some(true)`) or HTTP/1 (`Some(false)`), as
+    /// the protocol negotiated by TLS ALPN; a client whose first bytes say otherwise fails.
+    #[cfg_attr(not(feature = "server-tls"), allow(dead_code))]
+    pub(super) fn expect_h2(mut self, h2: Option<bool>) -> Self {
+        self.expect_h2 = h2;
+        self
+    }
+}
+
+fn not_alpn() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the client does not speak the protocol it chose through ALPN",
+    )
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncRead for Io<T> {
@@ -209,9 +227,15 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Io<T> {
             if got[..n] == H2_START[seen..seen + n] {
                 *this.sniff += n as u8;
                 if usize::from(*this.sniff) == H2_START.len() {
+                    if *this.expect_h2 == Some(false) {
+                        return Poll::Ready(Err(not_alpn()));
+                    }
                     watch.h2.store(true, Relaxed);
                 }
             } else {
+                if *this.expect_h2 == Some(true) {
+                    return Poll::Ready(Err(not_alpn()));
+                }
                 *this.sniff = H2_START.len() as u8 + 1; // not HTTP/2
             }
         }

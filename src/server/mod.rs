@@ -14,6 +14,10 @@
 //! | [`max_connections`](Server::max_connections) | beyond this many open connections (upgraded ones included) new ones wait in the kernel's accept queue until one closes; never a crash or file-descriptor exhaustion | unlimited | `worker_connections` |
 //! | [`drain_timeout`](Server::drain_timeout) | on shutdown, stop accepting, let open connections finish their requests, close them after this long | 30 s | `worker_shutdown_timeout` |
 //!
+//! With the `server-tls` feature, `Server::tls` terminates TLS on every connection:
+//! certificates chosen by SNI, ALPN `h2` and `http/1.1`, a handshake timeout, reload
+//! without a restart (module `server::tls`).
+//!
 //! Every request carries the peer's [`ClientAddr`](crate::ClientAddr) in its extensions.
 //! Timing is on Tokio's clock. A request whose head has arrived is not bounded here
 //! (bound it with a timeout layer in the service); for HTTP/2 the header timeout bounds
@@ -38,6 +42,8 @@
 //! ```
 
 mod conn;
+#[cfg(feature = "server-tls")]
+pub mod tls;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -57,6 +63,8 @@ pub struct Server {
     keepalive_timeout: Duration,
     max_connections: Option<usize>,
     drain_timeout: Duration,
+    #[cfg(feature = "server-tls")]
+    tls: Option<tls::TlsConfig>,
 }
 
 impl Default for Server {
@@ -66,6 +74,8 @@ impl Default for Server {
             keepalive_timeout: Duration::from_secs(75),
             max_connections: None,
             drain_timeout: Duration::from_secs(30),
+            #[cfg(feature = "server-tls")]
+            tls: None,
         }
     }
 }
@@ -102,6 +112,17 @@ impl Server {
     /// How long open connections may take to finish after shutdown begins (default 30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Terminates TLS on every connection [`serve`](Self::serve) accepts (feature
+    /// `server-tls`): the handshake, bounded by the config's handshake timeout, runs in
+    /// the connection's task within the connection cap, then HTTP is served over it with
+    /// the protocol ALPN chose, and each request carries a [`tls::TlsInfo`]. See
+    /// [`tls`] for the semantics.
+    #[cfg(feature = "server-tls")]
+    pub fn tls(mut self, config: tls::TlsConfig) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -185,7 +206,12 @@ impl Server {
         let limits = self.limits();
         let permits = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        #[cfg(feature = "server-tls")]
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.accept(builder.clone(), limits.clone()));
         let mut conns = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -211,6 +237,16 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let svc = make(peer);
+            #[cfg(feature = "server-tls")]
+            if let Some(tls) = &tls {
+                // The handshake runs in the connection's task, never here.
+                conns.spawn(
+                    tls.clone()
+                        .serve(stream, permit, svc, stopped.clone(), peer),
+                );
+                while conns.try_join_next().is_some() {}
+                continue;
+            }
             let io = conn::Io::new(stream, permit, limits.clone());
             let serving =
                 conn::Serving::new(&builder, io, svc, limits.clone(), stopped.clone(), peer);
