@@ -63,6 +63,7 @@
 //! | `sticky` | yes | [`sticky`]: session affinity keys and the sticky cookie |
 //! | `metrics` | no | [`metrics`]: Prometheus metrics (prometheus-client) |
 //! | `server` | no | [`server`]: the HTTP server loop with nginx's client limits |
+//! | `server-tls` | no | `server::tls`: TLS termination for [`server::Server`] (SNI, ALPN, handshake timeout, reload; rustls on `ring`; implies `server`) |
 //! | `axum` | no | [`sticky::ClientIp`] reads axum's `ConnectInfo<SocketAddr>` |
 //! | `test-util` | no | [`test_util`] |
 //! | `dns` | no | `discover::dns`: DNS discovery (A/AAAA, SRV) through hickory-resolver |
