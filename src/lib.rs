@@ -42,7 +42,7 @@
 //! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
 //! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
-//! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping |
+//! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping; `http::tls` (feature `tls`) for HTTPS backends |
 //! | [`health`] | (features `health-passive`, `health-active`, default; `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
 //! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |
@@ -70,6 +70,7 @@
 //! | `kube` | no | `discover::kube`: Kubernetes EndpointSlice discovery through kube-runtime |
 //! | `file` | no | `discover::file`: discovery from a watched TOML or JSON file |
 //! | `tcp` | no | [`tcp`]: layer-4 balancing of TCP connections (connectors, PROXY protocol, splice, accept loop) |
+//! | `tls` | no | `http::tls`: HTTPS to backends through rustls on `ring` (implies `http`) |
 //! | `full` | no | everything |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -98,9 +99,15 @@ pub mod tcp;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-/// The README's examples, compiled and run as doc-tests (they use the `grpc`, `server`
-/// and `test-util` features: `cargo test --workspace --all-features`).
-#[cfg(all(doctest, feature = "grpc", feature = "test-util", feature = "server"))]
+/// The README's examples, compiled and run as doc-tests (they use the `grpc`, `server`,
+/// `test-util` and `tls` features: `cargo test --workspace --all-features`).
+#[cfg(all(
+    doctest,
+    feature = "grpc",
+    feature = "test-util",
+    feature = "server",
+    feature = "tls"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

@@ -185,7 +185,7 @@ where
     }
 
     /// Reaches `https://` backends over TLS as `tls` says (see the
-    /// [`tls`](crate::http::tls) module), `http://` ones in plain text as before. ALPN
+    /// [`tls`] module), `http://` ones in plain text as before. ALPN
     /// offers `h2` and `http/1.1` (`h2` alone after [`http2_only`](Self::http2_only)), and
     /// a backend that picks `h2` is spoken to over HTTP/2. The handshake must end within
     /// the connect timeout.
