@@ -1,9 +1,18 @@
 //! The command line: flags and their parsers.
 
-use std::{net::SocketAddr, time::Duration};
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use tower_lb::{http::parse_base, sticky::Cidr};
+use tower_lb::sticky::Cidr;
+
+pub(crate) use parse::{
+    backend_url, parse_backend, parse_cidr, parse_dns, parse_duration, parse_hash_key,
+    parse_json_expect, parse_pool, parse_route, parse_tcp_backend, parse_tcp_proxy,
+};
 
 /// The command line. Every value is checked when parsed; a bad one exits with status 2
 /// and one line naming the flag (clap's own error format).
@@ -33,6 +42,24 @@ pub(crate) struct Args {
     /// none (and no --pool), three demo backends are started in-process.
     #[arg(long = "backend", value_name = "URL[,weight=N][,backup]", value_parser = parse_backend)]
     pub(crate) backends: Vec<BackendSpec>,
+
+    /// The default pool's backends come from this watched TOML or JSON file
+    /// (`[[backend]]` tables: `address` as `HOST:PORT` or an `http://` URL, `weight`,
+    /// `backup`, `priority`). Backends that leave are drained, then removed once their
+    /// requests in flight have finished; new ones take traffic at once.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["backends", "dns"])]
+    pub(crate) backends_file: Option<PathBuf>,
+
+    /// The default pool's backends come from DNS: `HOST:PORT` (every A and AAAA
+    /// address), or an SRV name such as `_http._tcp.api.example` (priorities become
+    /// levels, weights weights), re-resolved at the records' TTL.
+    #[arg(long, value_name = "NAME", conflicts_with = "backends", value_parser = parse_dns)]
+    pub(crate) dns: Option<String>,
+
+    /// The DNS server `--dns` (and pools with `dns:`) ask, `IP:PORT` (repeatable).
+    /// Default: the system's resolver configuration.
+    #[arg(long = "dns-server", value_name = "IP:PORT")]
+    pub(crate) dns_servers: Vec<SocketAddr>,
 
     /// Backends as a comma-separated list of URLs (used when no --backend is given).
     #[arg(long = "backends-env", env = "BACKENDS", hide = true, value_delimiter = ',', value_parser = parse_backend)]
@@ -67,7 +94,8 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) rewrite_host: bool,
 
-    /// A named pool for path routing: `NAME=URL[,weight=N][,backup],URL,…` (repeatable).
+    /// A named pool for path routing: `NAME=URL[,weight=N][,backup],URL,…`, or
+    /// `NAME=file:PATH` (a watched backend file), or `NAME=dns:NAME` (repeatable).
     #[arg(long = "pool", value_name = "NAME=URL,URL…", value_parser = parse_pool)]
     pub(crate) pools: Vec<PoolSpec>,
 
@@ -113,9 +141,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) workers: Option<u16>,
 
-    /// Active health: probe interval (jittered ±10 %; 1 s while a backend is down).
-    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
-    pub(crate) health_interval: Duration,
+    /// Active health: probe interval (jittered ±10 %; 1 s while a backend is down);
+    /// 2 s for --health-path when not given. For TCP proxies, giving it turns TCP connect
+    /// probes on.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) health_interval: Option<Duration>,
 
     /// Slow start (nginx Plus `slow_start`): a backend that joins or recovers gets a
     /// share of its weight rising from 10 % to 100 % over this time. Off unless given.
@@ -146,7 +176,30 @@ pub(crate) struct Args {
     /// (nginx `worker_connections`). Default: no cap.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: Option<u32>,
+
+    /// Layer 4: accept TCP connections here and balance them over --tcp-backend
+    /// (least connections by default).
+    #[arg(long, value_name = "ADDR", requires = "tcp_backends")]
+    pub(crate) tcp_listen: Option<SocketAddr>,
+
+    /// A backend of the --tcp-listen proxy: `HOST:PORT[,weight=N][,backup][,priority=N]`
+    /// (repeatable).
+    #[arg(long = "tcp-backend", value_name = "HOST:PORT[,weight=N][,backup]", requires = "tcp_listen", value_parser = parse_tcp_backend)]
+    pub(crate) tcp_backends: Vec<TcpBackendSpec>,
+
+    /// The strategy of the --tcp-listen proxy (default: least-conn, over open
+    /// connections).
+    #[arg(long, value_enum, requires = "tcp_listen")]
+    pub(crate) tcp_strategy: Option<StrategyName>,
+
+    /// A TCP proxy: `LISTEN=[strategy=NAME,]HOST:PORT[,weight=N][,backup],…`
+    /// (repeatable; what a `[[tcp]]` section of the configuration file becomes).
+    #[arg(long = "tcp-proxy", value_name = "LISTEN=HOST:PORT,…", value_parser = parse_tcp_proxy)]
+    pub(crate) tcp_proxies: Vec<TcpSpec>,
 }
+
+/// The default probe interval (HAProxy `inter`).
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum StrategyName {
@@ -162,8 +215,18 @@ pub(crate) enum StrategyName {
     Rendezvous,
 }
 
+impl StrategyName {
+    /// Whether the strategy hashes a request key.
+    pub(crate) fn is_hash(self) -> bool {
+        matches!(
+            self,
+            Self::IpHash | Self::RingHash | Self::Maglev | Self::BoundedLoad | Self::Rendezvous
+        )
+    }
+}
+
 /// Where a request's affinity key comes from (`--hash-key`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HashKey {
     Header(String),
     Cookie(String),
@@ -171,25 +234,8 @@ pub(crate) enum HashKey {
     ClientIp,
 }
 
-pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
-    match s.split_once(':') {
-        Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
-            .map(|_| HashKey::Header(name.to_ascii_lowercase()))
-            .map_err(|_| format!("invalid header name {name:?}")),
-        Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
-        Some(("query", name)) if !name.is_empty() => Ok(HashKey::Query(name.to_string())),
-        None if s == "client-ip" => Ok(HashKey::ClientIp),
-        _ => Err(format!(
-            "expected header:NAME, cookie:NAME, query:NAME or client-ip, got {s:?}"
-        )),
-    }
-}
-
-pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    s.parse::<Cidr>().map_err(|e| format!("{s:?}: {e}"))
-}
-
-#[derive(Debug, Clone)]
+/// An HTTP backend: a normalized `scheme://host:port` URL and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BackendSpec {
     pub(crate) url: String,
     pub(crate) weight: u32,
@@ -197,183 +243,35 @@ pub(crate) struct BackendSpec {
     pub(crate) priority: u8,
 }
 
+/// Where a pool's backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A fixed list (changed only by a reload).
+    List(Vec<BackendSpec>),
+    /// A watched backend file.
+    File(PathBuf),
+    /// A DNS name: `HOST:PORT` or an SRV name.
+    Dns(String),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct PoolSpec {
     pub(crate) name: String,
-    pub(crate) backends: Vec<BackendSpec>,
+    pub(crate) source: Source,
 }
 
-pub(crate) fn parse_backend(s: &str) -> Result<BackendSpec, String> {
-    let mut parts = s.split(',');
-    let url = parts.next().unwrap_or_default().trim();
-    let url = if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    };
-    let (scheme, authority) = parse_base(&url).map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    let mut spec = BackendSpec {
-        url: format!("{scheme}://{authority}"),
-        weight: 1,
-        priority: 0,
-    };
-    for opt in parts {
-        match opt.trim().split_once('=') {
-            Some(("weight", w)) => {
-                spec.weight = w
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|&w| w > 0)
-                    .ok_or_else(|| format!("weight must be a whole number ≥ 1, got {w:?}"))?;
-            }
-            Some(("priority", p)) => {
-                spec.priority = p
-                    .parse::<u8>()
-                    .map_err(|_| format!("priority must be a whole number 0-255, got {p:?}"))?;
-            }
-            None if opt.trim() == "backup" => spec.priority = spec.priority.max(1),
-            _ => return Err(format!("unknown backend option {opt:?}")),
-        }
-    }
-    Ok(spec)
+/// A TCP backend: `host:port` and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TcpBackendSpec {
+    pub(crate) addr: String,
+    pub(crate) weight: u32,
+    pub(crate) priority: u8,
 }
 
-pub(crate) fn parse_pool(s: &str) -> Result<PoolSpec, String> {
-    let (name, urls) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=URL,URL…, got {s:?}"))?;
-    if name.is_empty() {
-        return Err("pool name is empty".into());
-    }
-    // `URL,weight=2,backup,URL2`: options attach to the URL before them.
-    let mut specs: Vec<String> = Vec::new();
-    for part in urls.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let option =
-            part == "backup" || part.starts_with("weight=") || part.starts_with("priority=");
-        match specs.last_mut() {
-            Some(last) if option => {
-                last.push(',');
-                last.push_str(part);
-            }
-            _ => specs.push(part.to_string()),
-        }
-    }
-    let backends = specs
-        .iter()
-        .map(|s| parse_backend(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    if backends.is_empty() {
-        return Err(format!("pool {name:?} has no backend"));
-    }
-    Ok(PoolSpec {
-        name: name.to_string(),
-        backends,
-    })
-}
-
-pub(crate) fn parse_route(s: &str) -> Result<(String, String), String> {
-    let (prefix, pool) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected PREFIX=POOL, got {s:?}"))?;
-    if !prefix.starts_with('/') {
-        return Err(format!("prefix must start with '/', got {prefix:?}"));
-    }
-    Ok((prefix.to_string(), pool.to_string()))
-}
-
-/// Parses `250ms`, `2s`, `1m`, `1h` (a bare number is seconds).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 500ms, 2s or 1m, got {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown duration unit {unit:?} in {s:?}")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration out of range: {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Parses `POINTER=VALUE` for `--health-expect-json`.
-pub(crate) fn parse_json_expect(s: &str) -> Result<(String, String), String> {
-    let (pointer, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected POINTER=VALUE such as /status=healthy, got {s:?}"))?;
-    tower_lb::health::active::BodyMatch::json(pointer, value).map_err(|e| e.to_string())?;
-    Ok((pointer.to_string(), value.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        for bad in ["", "s", "-1s", "1d", "1e400", "NaN", "inf"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1024))]
-
-        /// Every flag parser over arbitrary text: a value, or an error saying why; what
-        /// parses holds what the flag promises.
-        #[test]
-        fn flag_values_parse_or_say_why(text in "\\PC{0,60}|[0-9a-z.:/=,\\[\\]-]{0,40}") {
-            match parse_backend(&text) {
-                Ok(b) => {
-                    prop_assert!(b.weight >= 1);
-                    prop_assert!(parse_base(&b.url).is_ok(), "{}", b.url);
-                }
-                Err(e) => prop_assert!(!e.is_empty()),
-            }
-            match parse_pool(&text) {
-                Ok(p) => prop_assert!(!p.name.is_empty() && !p.backends.is_empty()),
-                Err(e) => prop_assert!(!e.is_empty()),
-            }
-            if let Ok((prefix, _)) = parse_route(&text) {
-                prop_assert!(prefix.starts_with('/'));
-            }
-            if let Ok(d) = parse_duration(&text) {
-                prop_assert!(d <= Duration::from_secs(1_000_000_000));
-            }
-            let _ = parse_hash_key(&text);
-            let _ = parse_cidr(&text);
-            let _ = parse_json_expect(&text);
-        }
-
-        /// Whole command lines built from the flags' words: parsed or refused, never a
-        /// panic.
-        #[test]
-        fn command_lines_parse_or_are_refused(words in prop::collection::vec(
-            prop_oneof![
-                prop::sample::select(vec![
-                    "--backend", "--pool", "--route", "--strategy", "--retries", "--timeout",
-                    "--max-fails", "--fail-timeout", "--hash-key", "--sticky-cookie",
-                    "--trusted-proxy", "--workers", "--max-connections", "--health-path",
-                    "--health-expect-json", "--client-header-timeout", "--slow-start",
-                ]).prop_map(str::to_owned),
-                "[ -~]{0,16}",
-            ],
-            0..10,
-        )) {
-            let argv = std::iter::once("tower-lb-gateway".to_owned()).chain(words);
-            let _ = Args::try_parse_from(argv);
-        }
-    }
+/// One TCP proxy: where it listens, how it picks, and its backends.
+#[derive(Debug, Clone)]
+pub(crate) struct TcpSpec {
+    pub(crate) listen: SocketAddr,
+    pub(crate) strategy: Option<StrategyName>,
+    pub(crate) backends: Vec<TcpBackendSpec>,
 }

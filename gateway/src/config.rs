@@ -21,17 +21,33 @@
 //! name = "api"
 //! backends = [{ url = "10.0.1.1:9000" }, { url = "10.0.1.2:9000", weight = 2 }]
 //!
+//! [[pool]]
+//! name = "web"
+//! backends_file = "web-backends.toml"   # watched; or dns = "_http._tcp.web.internal"
+//!
 //! [[route]]
 //! prefix = "/api/"
 //! pool = "api"
+//!
+//! [[tcp]]                   # a layer-4 proxy
+//! listen = "127.0.0.1:6380"
+//! strategy = "least-conn"   # the default
+//! backends = [{ address = "10.0.2.1:6379" }, { address = "10.0.2.2:6379", backup = true }]
 //! ```
+//!
+//! Top-level keys may be written with `_` for `-` (`backends_file`). A relative
+//! `backends-file` path is relative to the configuration file's directory.
 //!
 //! The file becomes command-line words placed before the real ones, so a flag given on
 //! the command line wins over the file for single values, and adds to it for repeatable
 //! ones (`--backend`). Each value is checked by the flag's own parser; a bad file is one
-//! line naming the file, the line and the field.
+//! line naming the file, the line and the field. SIGHUP reads the file again.
 
-use std::{fmt, ops::Range, path::Path};
+use std::{
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -74,10 +90,26 @@ struct BackendEntry {
     priority: Option<Spanned<i64>>,
 }
 
+/// A pool: a list of backends, a watched backend file, or a DNS name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PoolEntry {
     name: Spanned<String>,
+    #[serde(default, alias = "backend")]
+    backends: Option<Vec<BackendEntry>>,
+    #[serde(default, alias = "backends-file")]
+    backends_file: Option<String>,
+    #[serde(default)]
+    dns: Option<String>,
+}
+
+/// A TCP proxy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpEntry {
+    listen: Spanned<String>,
+    #[serde(default)]
+    strategy: Option<String>,
     #[serde(alias = "backend")]
     backends: Vec<BackendEntry>,
 }
@@ -98,9 +130,16 @@ struct File {
     pool: Vec<PoolEntry>,
     #[serde(default, alias = "routes")]
     route: Vec<RouteEntry>,
+    #[serde(default)]
+    tcp: Vec<TcpEntry>,
 }
 
-const TABLES: [&str; 6] = ["backend", "backends", "pool", "pools", "route", "routes"];
+const TABLES: [&str; 7] = [
+    "backend", "backends", "pool", "pools", "route", "routes", "tcp",
+];
+
+/// Flags whose value is a path, read relative to the configuration file.
+const PATHS: [&str; 1] = ["backends-file"];
 
 /// Flags the file may not set.
 const NOT_IN_FILE: [&str; 3] = ["config", "check", "backends-env"];
@@ -150,11 +189,25 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
             (k.into_inner().into_owned(), span)
         })
         .collect();
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let relative = |p: &str| -> String {
+        let p = PathBuf::from(p);
+        if p.is_absolute() || dir.as_os_str().is_empty() {
+            p.display().to_string()
+        } else {
+            dir.join(p).display().to_string()
+        }
+    };
     let mut out: Vec<Word> = Vec::new();
-    for (key, span) in spans {
-        if TABLES.contains(&key.as_str()) {
+    for (name, span) in spans {
+        if TABLES.contains(&name.as_str()) {
             continue;
         }
+        let Some(value) = values.get(&name) else {
+            continue;
+        };
+        // `backends_file` is `--backends-file`.
+        let key = name.replace('_', "-");
         if NOT_IN_FILE.contains(&key.as_str()) {
             return Err(err(
                 Some(line_of(&text, span.start)),
@@ -162,12 +215,10 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
                 "cannot be set in the configuration file".into(),
             ));
         }
-        let Some(value) = values.get(&key) else {
-            continue;
-        };
         let key = &key;
         let scalar = |v: &Value| -> Option<String> {
             match v {
+                Value::String(s) if PATHS.contains(&key.as_str()) => Some(relative(s)),
                 Value::String(s) => Some(s.clone()),
                 Value::Integer(i) => Some(i.to_string()),
                 Value::Float(f) => Some(f.to_string()),
@@ -234,11 +285,31 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
         });
     }
     for p in &parsed.pool {
-        let list: Vec<String> = p.backends.iter().map(backend_spec).collect();
+        let source = match (&p.backends, &p.backends_file, &p.dns) {
+            (Some(list), None, None) => list.iter().map(backend_spec).collect::<Vec<_>>().join(","),
+            (None, Some(file), None) => format!("file:{}", relative(file)),
+            (None, None, Some(name)) => format!("dns:{name}"),
+            _ => {
+                return Err(err(
+                    Some(line_of(&text, p.name.span().start)),
+                    Some("pool"),
+                    "give exactly one of backends, backends_file and dns".into(),
+                ))
+            }
+        };
         out.push(Word {
             flag: "pool".into(),
-            value: Some(format!("{}={}", p.name.get_ref(), list.join(","))),
+            value: Some(format!("{}={source}", p.name.get_ref())),
             span: p.name.span(),
+        });
+    }
+    for t in &parsed.tcp {
+        let mut list: Vec<String> = t.strategy.iter().map(|s| format!("strategy={s}")).collect();
+        list.extend(t.backends.iter().map(backend_spec));
+        out.push(Word {
+            flag: "tcp-proxy".into(),
+            value: Some(format!("{}={}", t.listen.get_ref(), list.join(","))),
+            span: t.listen.span(),
         });
     }
     for r in &parsed.route {
@@ -254,7 +325,7 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
         argv.extend(w.value.clone());
         if let Err(e) = Args::try_parse_from(&argv) {
             let field = match w.flag.as_str() {
-                "backend" | "pool" | "route" => w.flag.clone(),
+                "tcp-proxy" => "tcp".to_owned(),
                 flag => flag.to_owned(),
             };
             return Err(err(
@@ -278,123 +349,4 @@ fn clap_reason(e: &clap::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<Vec<String>, String> {
-        let dir = std::env::temp_dir().join(format!("tower-lb-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("{n}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let out = words(&path).map_err(|e| {
-            let s = e.to_string();
-            s[s.find(".toml").map_or(0, |i| i + 5)..].to_owned()
-        });
-        let _ = std::fs::remove_file(&path);
-        out
-    }
-
-    #[test]
-    fn a_file_becomes_the_same_flags() {
-        let words = load(
-            r#"
-listen = "127.0.0.1:9000"
-strategy = "least-conn"
-fail-timeout = "5s"
-http2 = true
-rewrite-host = false
-trusted-proxy = ["10.0.0.0/8", "192.168.0.0/16"]
-
-[[backend]]
-url = "10.0.0.1:8080"
-weight = 3
-
-[[backend]]
-address = "10.0.0.9:8080"
-backup = true
-
-[[pool]]
-name = "api"
-backends = [{ url = "10.0.1.1:9000" }, { url = "10.0.1.2:9000", weight = 2 }]
-
-[[route]]
-prefix = "/api/"
-pool = "api"
-"#,
-        )
-        .unwrap();
-        let args = Args::try_parse_from(std::iter::once("gw".to_owned()).chain(words)).unwrap();
-        assert_eq!(args.listen.port(), 9000);
-        assert_eq!(args.fail_timeout, std::time::Duration::from_secs(5));
-        assert!(args.http2 && !args.rewrite_host);
-        assert_eq!(args.trusted_proxies.len(), 2);
-        assert_eq!(args.backends.len(), 2);
-        assert_eq!((args.backends[0].weight, args.backends[1].priority), (3, 1));
-        assert_eq!(args.pools[0].backends[1].weight, 2);
-        assert_eq!(args.routes, [("/api/".to_owned(), "api".to_owned())]);
-    }
-
-    #[test]
-    fn errors_name_the_line_and_the_field() {
-        assert_eq!(
-            load("strategy = \"p2c\"\nfail-timeout = \"5x\"\n").unwrap_err(),
-            ":2: fail-timeout: invalid value '5x' for '--fail-timeout <DUR>': unknown duration unit \"x\" in \"5x\""
-        );
-        assert!(load("\n\nmax-fails = \"many\"")
-            .unwrap_err()
-            .starts_with(":3: max-fails:"));
-        assert!(
-            load("[[backend]]\nurl = \"10.0.0.1:80\"\nweigth = 2\n")
-                .unwrap_err()
-                .starts_with(":3: unknown field `weigth`"),
-            "{:?}",
-            load("[[backend]]\nurl = \"10.0.0.1:80\"\nweigth = 2\n")
-        );
-        assert!(load("[[backend]]\nurl = \"10.0.0.1:80\"\nweight = 0\n")
-            .unwrap_err()
-            .starts_with(":2: backend:"));
-        assert!(load("no-such-flag = 1\n")
-            .unwrap_err()
-            .starts_with(":1: no-such-flag:"));
-        assert!(load("check = true\n")
-            .unwrap_err()
-            .starts_with(":1: check:"));
-        let unclosed = load("strategy = [\n").unwrap_err();
-        assert!(
-            unclosed.starts_with(":1:") || unclosed.starts_with(":2:"),
-            "{unclosed}"
-        );
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
-
-        /// Arbitrary files, and near-valid ones: words or one error line, never a panic.
-        #[test]
-        fn any_file_is_read_or_refused_on_one_line(
-            text in "\\PC{0,200}",
-            keys in proptest::collection::vec(
-                proptest::sample::select(vec!["strategy", "max-fails", "timeout", "listen", "backend", "pool", "route", "http2"]),
-                0..5,
-            ),
-            values in proptest::collection::vec("[ -~]{0,12}", 0..5),
-        ) {
-            if let Err(e) = load(&text) {
-                proptest::prop_assert_eq!(e.lines().count(), 1);
-            }
-            let doc: String = keys
-                .iter()
-                .zip(values.iter())
-                .map(|(k, v)| format!("{k} = {v:?}\n"))
-                .collect();
-            match load(&doc) {
-                Ok(words) => {
-                    proptest::prop_assert!(Args::try_parse_from(std::iter::once("gw".to_owned()).chain(words)).is_ok());
-                }
-                Err(e) => proptest::prop_assert_eq!(e.lines().count(), 1),
-            }
-        }
-    }
-}
+mod tests;

@@ -12,26 +12,27 @@
 //! (Prometheus text) and `/status` (JSON).
 
 mod admin;
+mod app;
 mod cli;
 mod config;
 mod pool;
+mod reconcile;
+mod source;
+mod state;
+mod tcp;
+mod upkeep;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    body::Body,
-    extract::Request,
-    http::{header, HeaderValue, Response, StatusCode},
-    routing::get,
-    Router,
-};
+use arc_swap::ArcSwap;
+use axum::{extract::Request, routing::get, Router};
 use clap::Parser;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{net::TcpListener, sync::watch};
 use tower_lb::server::Server;
 
 use crate::{
-    admin::Gateway,
     cli::{Args, BackendSpec},
+    state::{Fixed, Shared, State},
 };
 
 /// glibc's allocator spends ~5 % of the gateway's time per request (arena locking and
@@ -54,13 +55,14 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2);
 }
 
-/// The command line, with the configuration file's settings before the flags.
-fn args() -> Args {
-    let first = Args::parse();
+/// The command line, with the configuration file's settings before the flags; `Err`
+/// says why it cannot be used. The first reading exits on `--help` and bad flags
+/// instead (clap's own output).
+fn read_args(first: Args) -> Result<Args, String> {
     let Some(path) = &first.config else {
-        return first;
+        return Ok(first);
     };
-    let words = config::words(path).unwrap_or_else(|e| fail(e));
+    let words = config::words(path).map_err(|e| e.to_string())?;
     let mut argv = std::env::args_os();
     let argv: Vec<std::ffi::OsString> = argv
         .next()
@@ -68,11 +70,38 @@ fn args() -> Args {
         .chain(words.into_iter().map(Into::into))
         .chain(argv)
         .collect();
-    Args::try_parse_from(argv).unwrap_or_else(|e| e.exit())
+    Args::try_parse_from(argv).map_err(|e| {
+        let text = e.to_string();
+        text.lines()
+            .next()
+            .unwrap_or("invalid arguments")
+            .trim_start_matches("error: ")
+            .to_owned()
+    })
+}
+
+/// The command line and configuration file as they are now, for a reload.
+fn reread_args() -> Result<Args, String> {
+    let first = Args::try_parse().map_err(|e| e.to_string())?;
+    read_args(first)
+}
+
+/// Stops a task when dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn main() {
-    let args = args();
+    let first = Args::parse();
+    let args = match first.config.clone() {
+        None => first,
+        Some(_) => read_args(first).unwrap_or_else(|e| fail(e)),
+    };
     let mut rt = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -89,10 +118,10 @@ fn main() {
     rt.block_on(run(args));
 }
 
-/// Refuses to start over a backend whose host name does not resolve (nginx: "host not
-/// found in upstream"; HAProxy too): the name is looked up once, here; connections
-/// resolve it again as they are made.
-async fn check_resolves(flag: &str, specs: &[BackendSpec]) {
+/// Refuses a backend whose host name does not resolve (nginx: "host not found in
+/// upstream"; HAProxy too): the name is looked up once, here; connections resolve it
+/// again as they are made.
+pub(crate) async fn check_resolves(flag: &str, specs: &[BackendSpec]) -> Result<(), String> {
     for spec in specs {
         let Ok((_, authority)) = tower_lb::http::parse_base(&spec.url) else {
             continue; // validated when parsed
@@ -111,144 +140,158 @@ async fn check_resolves(flag: &str, specs: &[BackendSpec]) {
         )
         .await;
         match found {
-            Ok(Ok(addrs)) => {
-                if addrs.count() == 0 {
-                    fail(format!("{flag}: host not found: {host}"));
+            Ok(Ok(mut addrs)) => {
+                if addrs.next().is_none() {
+                    return Err(format!("{flag}: host not found: {host}"));
                 }
             }
-            Ok(Err(e)) => fail(format!("{flag}: host not found: {host}: {e}")),
-            Err(_) => fail(format!("{flag}: host not found: {host}: lookup timed out")),
+            Ok(Err(e)) => return Err(format!("{flag}: host not found: {host}: {e}")),
+            Err(_) => return Err(format!("{flag}: host not found: {host}: lookup timed out")),
         }
     }
+    Ok(())
 }
 
-async fn run(mut args: Args) {
+async fn run(args: Args) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    if args.backends.is_empty() {
-        args.backends = std::mem::take(&mut args.backends_env);
-    }
-    let demo = args.backends.is_empty() && args.pools.is_empty();
-    if demo {
-        args.backends = demo_backends().await;
-    }
-    check_resolves("--backend", &args.backends).await;
-    for spec in &args.pools {
-        check_resolves("--pool", &spec.backends).await;
-    }
-
-    let metrics = tower_lb::metrics::BalanceMetrics::new();
-    let mut registry = tower_lb::metrics::prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let mut pools = HashMap::new();
-    if !args.backends.is_empty() {
-        let pool = pool::build("default", &args.backends, &args, &metrics)
-            .unwrap_or_else(|e| fail(format!("--backend: {e}")));
-        pools.insert("default".to_string(), Arc::new(pool));
-    }
-    for spec in &args.pools {
-        let pool = pool::build(&spec.name, &spec.backends, &args, &metrics)
-            .unwrap_or_else(|e| fail(format!("--pool: {e}")));
-        if pools.insert(spec.name.clone(), Arc::new(pool)).is_some() {
-            fail(format!("--pool: pool {:?} is defined twice", spec.name));
-        }
-    }
-    for (prefix, pool) in &args.routes {
-        if !pools.contains_key(pool) {
-            fail(format!("--route: {prefix}={pool} names an unknown pool"));
-        }
-    }
-    if args.check {
+    let demo = args.backends.is_empty()
+        && args.backends_env.is_empty()
+        && args.backends_file.is_none()
+        && args.dns.is_none()
+        && args.pools.is_empty()
+        && args.tcp_listen.is_none()
+        && args.tcp_proxies.is_empty();
+    let demo = if demo {
+        demo_backends().await
+    } else {
+        Vec::new()
+    };
+    let (down_tx, down_rx) = watch::channel(false);
+    let shared = Arc::new(Shared::new(demo, down_rx.clone()));
+    let check = args.check;
+    let fixed = Fixed::of(&args);
+    let (listen, header_timeout, keepalive) = (
+        args.listen,
+        args.client_header_timeout,
+        args.keepalive_timeout,
+    );
+    let max_connections = args.max_connections;
+    let state = State::build(args, &shared, None, !check)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    if check {
         say!("configuration OK");
         return;
     }
-    let gw = Arc::new(Gateway {
-        pools,
-        registry,
-        started: Instant::now(),
-    });
-    let app = router(&gw, &args.routes);
-
-    let listener = TcpListener::bind(args.listen)
+    let listener = TcpListener::bind(listen)
         .await
-        .unwrap_or_else(|e| fail(format!("--listen {}: {e}", args.listen)));
-    let addr = listener.local_addr().unwrap_or(args.listen);
+        .unwrap_or_else(|e| fail(format!("--listen {listen}: {e}")));
+    // Before the first line: a SIGHUP sent once the address is printed is a reload.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .unwrap_or_else(|e| fail(format!("cannot handle SIGHUP: {e}")));
+    state.start();
+    shared.record_reload(Ok(()));
+    let state = Arc::new(state);
+    let current = Arc::new(ArcSwap::from_pointee(app::router(&state)));
+
+    let addr = listener.local_addr().unwrap_or(listen);
     say!("gateway listening on http://{addr}");
-    let mut names: Vec<_> = gw.pools.keys().collect();
-    names.sort();
-    for name in names {
-        let stats = gw.pools[name].balance.stats();
+    for (name, pool) in &state.pools {
+        let stats = pool.balance.stats();
         let list: Vec<String> = stats.backends.iter().map(|b| b.key.clone()).collect();
         say!("  pool {name} ({}): {}", stats.strategy, list.join(", "));
     }
-    if demo {
+    for (listen, proxy) in &state.tcp {
+        let stats = proxy.balance.stats();
+        let list: Vec<String> = stats.backends.iter().map(|b| b.key.clone()).collect();
+        let at = proxy.local_addr().unwrap_or(*listen);
+        say!("  tcp {at} ({}): {}", stats.strategy, list.join(", "));
+    }
+    if !shared.demo.is_empty() {
         say!("\nno --backend given: started three demo backends. Try:");
         say!("  curl http://{addr}/hello        # repeat: answers come from different backends");
         say!("  curl http://{addr}/status       # per-backend counters and health (JSON)");
         say!("  curl http://{addr}/metrics      # Prometheus text");
         say!("press Ctrl-C to stop");
     }
+    #[cfg(unix)]
+    tokio::spawn(reloads(hangups, state, fixed, current.clone()));
+    #[cfg(not(unix))]
+    let _ = (state, fixed);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = down_tx.send(true);
+    });
+
     let mut server = Server::new()
-        .header_timeout(args.client_header_timeout)
-        .keepalive_timeout(args.keepalive_timeout);
-    if let Some(max) = args.max_connections {
+        .header_timeout(header_timeout)
+        .keepalive_timeout(keepalive);
+    if let Some(max) = max_connections {
         server = server.max_connections(max as usize);
     }
+    let mut down = down_rx;
+    let stopping = async move {
+        let _ = down.wait_for(|d| *d).await;
+    };
     if let Err(e) = server
-        .serve(listener, move |_peer| app.clone(), shutdown_signal())
+        .serve(
+            listener,
+            move |_peer| app::Current(current.clone()),
+            stopping,
+        )
         .await
     {
         fail(format!("server: {e}"));
     }
+    // TCP proxies stopped accepting at the same signal; their connections get as long
+    // as tower-lb's TCP proxy gives them on shutdown.
+    shared.tcp_drained(Duration::from_secs(30)).await;
 }
 
-/// Admin endpoints, then one route per prefix (the URI is passed on unchanged, as nginx
-/// `proxy_pass` without a URI does), then the default pool.
-fn router(gw: &Arc<Gateway>, routes: &[(String, String)]) -> Router {
-    let mut app: Router = Router::new()
-        .route("/health", get(|| async { "OK\n" }))
-        .route(
-            "/metrics",
-            get({
-                let gw = gw.clone();
-                move || async move {
-                    let mut rsp = Response::new(Body::from(admin::metrics(&gw)));
-                    rsp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(tower_lb::metrics::prometheus_text::CONTENT_TYPE),
+/// Reloads the whole configuration on each SIGHUP (nginx `-s reload`): a configuration
+/// that cannot be used changes nothing, and is logged and counted in `/status`.
+#[cfg(unix)]
+async fn reloads(
+    mut hangups: tokio::signal::unix::Signal,
+    mut state: Arc<State>,
+    fixed: Fixed,
+    current: Arc<ArcSwap<Router>>,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let next = match reread_args() {
+            Ok(args) => {
+                for flag in fixed.changed(&Fixed::of(&args)) {
+                    tracing::warn!(
+                        flag,
+                        "this setting changes only with a restart; the running value is kept"
                     );
-                    rsp
                 }
-            }),
-        )
-        .route(
-            "/status",
-            get({
-                let gw = gw.clone();
-                move || async move { axum::Json(admin::status_json(&gw)) }
-            }),
-        );
-    for (prefix, pool_name) in routes {
-        let svc = gw.pools[pool_name].service.clone();
-        let base = prefix.trim_end_matches('/');
-        app = app
-            .route_service(&format!("{base}/{{*rest}}"), svc.clone())
-            .route_service(if base.is_empty() { "/" } else { base }, svc.clone());
-        if !base.is_empty() {
-            app = app.route_service(&format!("{base}/"), svc);
+                State::build(args, &state.shared, Some(&state), true).await
+            }
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok(next) => {
+                state.stop();
+                next.start();
+                let next = Arc::new(next);
+                current.store(Arc::new(app::router(&next)));
+                state.shared.record_reload(Ok(()));
+                state = next;
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+                state.shared.record_reload(Err(e));
+            }
         }
-    }
-    match gw.pools.get("default") {
-        Some(default) => app.fallback_service(default.service.clone()),
-        None => app.fallback(|| async {
-            let mut rsp = Response::new(Body::from("404 Not Found: no route\n"));
-            *rsp.status_mut() = StatusCode::NOT_FOUND;
-            rsp
-        }),
     }
 }
 

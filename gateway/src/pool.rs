@@ -25,12 +25,16 @@ use tower_lb::{
         proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints, HttpPolicy, PooledEndpoints,
         ReplayBodies, ReplayBody,
     },
-    metrics::BalanceMetrics,
+    metrics::PoolMetrics,
     sticky::{ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, StickyLayer},
     Backend, Balance, BoxError,
 };
 
-use crate::cli::{Args, BackendSpec, HashKey, StrategyName};
+use crate::{
+    cli::{Args, HashKey, StrategyName, HEALTH_INTERVAL},
+    source::Feed,
+    upkeep::{SpawnProbe, Upkeep},
+};
 
 /// What the balancer sends upstream: the client's body, its first bytes kept for replay.
 pub(crate) type UpstreamBody = ReplayBody<Body>;
@@ -39,16 +43,59 @@ pub(crate) type Endpoint = BoxCloneSyncService<Request<UpstreamBody>, Response<B
 /// A pool as the router sees it.
 pub(crate) type PoolService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-pub(crate) struct Pool {
-    pub(crate) name: String,
-    pub(crate) balance: Balance<String, Endpoint, HttpPolicy<ReplayBodies>>,
-    /// Error answers, time limit, proxy header rules, affinity keys, replay, balancer.
-    pub(crate) service: PoolService,
-    /// Stops the active prober when the pool goes away.
-    _prober: Option<tower_lb::Guard>,
+/// What the balancer of a pool is built from: a reload with the same settings keeps the
+/// balancer, and so the state of every backend that stays (health, counters, latency).
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    strategy: StrategyName,
+    sticky_cookie: Option<String>,
+    http2: bool,
+    connect_timeout: Duration,
+    max_fails: u32,
+    fail_timeout: Duration,
+    retries: usize,
+    fail_fast: Duration,
+    slow_start: Option<Duration>,
 }
 
-fn strategy(name: StrategyName) -> Arc<dyn Strategy> {
+impl Settings {
+    fn of(args: &Args) -> Self {
+        Self {
+            strategy: args.strategy,
+            sticky_cookie: args.sticky_cookie.clone(),
+            http2: args.http2,
+            connect_timeout: args.connect_timeout,
+            max_fails: args.max_fails,
+            fail_timeout: args.fail_timeout,
+            retries: args.retries,
+            fail_fast: args.fail_fast,
+            slow_start: args.slow_start,
+        }
+    }
+}
+
+pub(crate) type HttpBalance = Balance<String, Endpoint, HttpPolicy<ReplayBodies>>;
+
+pub(crate) struct Pool {
+    pub(crate) balance: HttpBalance,
+    /// Error answers, time limit, proxy header rules, affinity keys, replay, balancer.
+    pub(crate) service: PoolService,
+    pub(crate) upkeep: Upkeep,
+    settings: Settings,
+    cookie: Option<SessionCookie>,
+    metrics: PoolMetrics,
+}
+
+impl Pool {
+    /// Takes effect: the metrics read this balancer, the set follows the feed, the
+    /// prober runs.
+    pub(crate) fn start(&self) {
+        self.metrics.watch(&self.balance);
+        self.upkeep.start();
+    }
+}
+
+pub(crate) fn strategy(name: StrategyName) -> Arc<dyn Strategy> {
     match name {
         StrategyName::RoundRobin => Arc::new(WeightedRoundRobin::new()),
         StrategyName::LeastConn => Arc::new(LeastConn::new()),
@@ -70,15 +117,7 @@ fn key_extractor(
     args: &Args,
     cookie: Option<&SessionCookie>,
 ) -> Result<Option<Arc<dyn ExtractKey<Body>>>, String> {
-    let is_hash = matches!(
-        args.strategy,
-        StrategyName::IpHash
-            | StrategyName::RingHash
-            | StrategyName::Maglev
-            | StrategyName::BoundedLoad
-            | StrategyName::Rendezvous
-    );
-    let source = match (&args.hash_key, is_hash) {
+    let source = match (&args.hash_key, args.strategy.is_hash()) {
         (None, true) => Some(HashKey::ClientIp),
         (k, _) => k.clone(),
     };
@@ -100,21 +139,107 @@ fn key_extractor(
     })
 }
 
-pub(crate) fn build(
-    name: &str,
-    specs: &[BackendSpec],
-    args: &Args,
-    metrics: &BalanceMetrics,
-) -> Result<Pool, String> {
-    let cookie = match &args.sticky_cookie {
-        None => None,
-        Some(name) => Some(
+/// The sticky cookie, with the gateway's secret: the same backend gets the same value in
+/// every configuration, so a reload keeps clients on their backends.
+fn session_cookie(args: &Args, secret: [u8; 16]) -> Result<Option<SessionCookie>, String> {
+    args.sticky_cookie
+        .as_ref()
+        .map(|name| {
             SessionCookie::new()
                 .name(name.clone())
-                .map_err(|e| format!("--sticky-cookie: {e}"))?,
-        ),
+                .map(|c| c.secret(secret))
+                .map_err(|e| format!("--sticky-cookie: {e}"))
+        })
+        .transpose()
+}
+
+/// The active prober `args` ask for, not started: its settings (to compare across
+/// reloads) and how to start it on `balance`.
+fn prober(args: &Args, balance: &HttpBalance) -> Result<Option<(String, SpawnProbe)>, String> {
+    let Some(path) = &args.health_path else {
+        return Ok(None);
+    };
+    let interval = args.health_interval.unwrap_or(HEALTH_INTERVAL);
+    let mut probe = HttpProbe::new(path).map_err(|e| format!("--health-path: {e}"))?;
+    if let Some(text) = &args.health_expect_body {
+        probe = probe.expect_body(BodyMatch::contains(text.clone()));
+    }
+    if let Some((pointer, value)) = &args.health_expect_json {
+        let want =
+            BodyMatch::json(pointer, value).map_err(|e| format!("--health-expect-json: {e}"))?;
+        probe = probe.expect_body(want);
+    }
+    let settings = format!(
+        "{path:?} {interval:?} {:?} {:?}",
+        args.health_expect_body, args.health_expect_json
+    );
+    let balance = balance.clone();
+    let spawn: SpawnProbe = Box::new(move || {
+        Prober::new(probe)
+            .interval(interval)
+            .spawn(&balance)
+            .map_err(|e| format!("--health-interval: {e}"))
+    });
+    Ok(Some((settings, spawn)))
+}
+
+/// Builds pool `name` over what `feed` wants. With `previous` (the pool of that name in
+/// the configuration being replaced) built from the same settings, its balancer is kept
+/// and only the set's differences are applied when the pool starts; the layers in front
+/// (time limit, header rules, affinity keys) are always rebuilt. Nothing runs until
+/// [`Pool::start`].
+pub(crate) fn build(
+    name: &str,
+    feed: Arc<Feed>,
+    args: &Args,
+    metrics: PoolMetrics,
+    cookie_secret: [u8; 16],
+    previous: Option<&Pool>,
+) -> Result<Pool, String> {
+    let settings = Settings::of(args);
+    let fresh = balancer(name, &feed, args, &metrics, cookie_secret)?;
+    let (balance, cookie, previous) = match previous {
+        Some(p) if p.settings == settings => (p.balance.clone(), p.cookie.clone(), Some(p)),
+        _ => (fresh.0, fresh.1, None),
     };
     let keys = key_extractor(args, cookie.as_ref())?;
+    let probe = prober(args, &balance)?;
+    let upkeep = Upkeep::new(
+        name,
+        balance.handle(),
+        feed,
+        probe,
+        previous.map(|p| &p.upkeep),
+    );
+    let replay_cap = args.replay_buffer;
+    let front = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(TimeoutLayer::new(args.timeout))
+        .layer(ProxyLayer::new().rewrite_host(args.rewrite_host))
+        .layer(StickyLayer::new(keys))
+        .map_request(move |req: Request<Body>| req.map(|b| ReplayBody::new(b, replay_cap)))
+        .service(balance.clone())
+        .map_response(|r| r.map(Body::new));
+    Ok(Pool {
+        balance,
+        service: BoxCloneSyncService::new(front),
+        upkeep,
+        settings,
+        cookie,
+        metrics,
+    })
+}
+
+/// A new balancer over what `feed` wants now (which also checks every backend: a bad
+/// one fails the whole configuration).
+fn balancer(
+    name: &str,
+    feed: &Feed,
+    args: &Args,
+    metrics: &PoolMetrics,
+    cookie_secret: [u8; 16],
+) -> Result<(HttpBalance, Option<SessionCookie>), String> {
+    let cookie = session_cookie(args, cookie_secret)?;
     let strategy = strategy(args.strategy);
     let strategy: Arc<dyn Strategy> = match &cookie {
         Some(c) => Arc::new(c.strategy(strategy)),
@@ -125,8 +250,7 @@ pub(crate) fn build(
     let h2 = args
         .http2
         .then(|| HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout));
-    let pool_metrics = metrics.pool(name);
-    let timing = pool_metrics.clone();
+    let timing = metrics.clone();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
     let stamp = cookie.clone();
     let maker = move |t: &Target<'_, String>| -> Result<Endpoint, BoxError> {
@@ -167,50 +291,15 @@ pub(crate) fn build(
         .fail_fast(args.fail_fast)
         .slow_start(args.slow_start.unwrap_or(Duration::ZERO))
         .track_latency(true)
-        .backends(specs.iter().map(|s| {
-            Backend::new(s.url.clone())
-                .with_weight(s.weight)
-                .with_priority(s.priority)
+        .backends(feed.wanted().backends.into_iter().map(|w| {
+            Backend::new(w.key)
+                .with_weight(w.weight)
+                .with_priority(w.priority)
         }))
         .policy(HttpPolicy::new().replay_body())
         .build(Maker(maker))
         .map_err(|e| format!("pool {name}: {e}"))?;
-    pool_metrics.watch(&balance);
-    let prober = match &args.health_path {
-        None => None,
-        Some(path) => {
-            let mut probe = HttpProbe::new(path).map_err(|e| format!("--health-path: {e}"))?;
-            if let Some(text) = &args.health_expect_body {
-                probe = probe.expect_body(BodyMatch::contains(text.clone()));
-            }
-            if let Some((pointer, value)) = &args.health_expect_json {
-                let want = BodyMatch::json(pointer, value)
-                    .map_err(|e| format!("--health-expect-json: {e}"))?;
-                probe = probe.expect_body(want);
-            }
-            Some(
-                Prober::new(probe)
-                    .interval(args.health_interval)
-                    .spawn(&balance)
-                    .map_err(|e| format!("--health-interval: {e}"))?,
-            )
-        }
-    };
-    let replay_cap = args.replay_buffer;
-    let front = ServiceBuilder::new()
-        .layer(ErrorResponseLayer::new())
-        .layer(TimeoutLayer::new(args.timeout))
-        .layer(ProxyLayer::new().rewrite_host(args.rewrite_host))
-        .layer(StickyLayer::new(keys))
-        .map_request(move |req: Request<Body>| req.map(|b| ReplayBody::new(b, replay_cap)))
-        .service(balance.clone())
-        .map_response(|r| r.map(Body::new));
-    Ok(Pool {
-        name: name.to_string(),
-        balance,
-        service: BoxCloneSyncService::new(front),
-        _prober: prober,
-    })
+    Ok((balance, cookie))
 }
 
 /// A fallible endpoint maker from a closure.
