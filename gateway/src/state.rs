@@ -219,7 +219,9 @@ impl State {
         }
         let mut tcp = BTreeMap::new();
         for spec in tcp_specs(&args) {
-            if spec.listen == args.listen || tcp.contains_key(&spec.listen) {
+            // Port 0 is a fresh port each time it is bound (but names one proxy).
+            let http = spec.listen == args.listen && spec.listen.port() != 0;
+            if http || tcp.contains_key(&spec.listen) {
                 return Err(format!(
                     "--tcp-listen: {} is used twice (each proxy needs its own address)",
                     spec.listen

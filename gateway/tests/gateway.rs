@@ -70,6 +70,29 @@ async fn cli_rejects_bad_input_with_status_2() {
         &["--route", "api=x"],
         &["--backend", "127.0.0.1:1", "--route", "/api/=nopool"],
         &["--listen", "nowhere"],
+        &["--backends-file", "/nonexistent/backends.toml"],
+        &["--backend", "127.0.0.1:1", "--backends-file", "b.toml"],
+        &["--dns", "no-port"],
+        &["--dns", "localhost:1", "--dns-server", "nowhere"],
+        &["--pool", "api=dns:"],
+        &["--tcp-listen", "127.0.0.1:1"],
+        &["--tcp-listen", "127.0.0.1:0", "--tcp-backend", "nohost"],
+        &[
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--tcp-backend",
+            "127.0.0.1:1,weight=0",
+        ],
+        &[
+            "--tcp-listen",
+            "127.0.0.1:0",
+            "--tcp-backend",
+            "127.0.0.1:1",
+            "--tcp-strategy",
+            "fast",
+        ],
+        &["--tcp-proxy", "127.0.0.1:0=strategy=fastest,127.0.0.1:1"],
+        &["--tcp-proxy", "nowhere=127.0.0.1:1"],
     ];
     for args in cases {
         let out = tokio::task::spawn_blocking({
