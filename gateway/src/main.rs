@@ -10,6 +10,12 @@
 //!
 //! Reserved paths on the listener: `/health` (the gateway's own liveness), `/metrics`
 //! (Prometheus text) and `/status` (JSON).
+//!
+//! Backends may come from a list, a watched file (`--backends-file`) or DNS (`--dns`);
+//! TCP proxies (`--tcp-listen`, `[[tcp]]`) balance layer-4 connections. SIGHUP reloads
+//! the whole configuration (see [`state`] for what a reload keeps); the listener, open
+//! connections and requests in flight are not disturbed, and a configuration that
+//! cannot be used changes nothing.
 
 mod admin;
 mod app;
