@@ -13,8 +13,8 @@
 //! | SNI | [`add_sni`](TlsConfig::add_sni) serves a name (or `*.example.com`, one label deep) its own certificate; clients that send no name, or one with no certificate of its own, get the default one | — | `server_name` in `server` blocks, `default_server` |
 //! | ALPN | `h2` and `http/1.1` offered; the client's pick is the protocol it must speak (a client that chose `h2` and sends HTTP/1, or the reverse, is closed); a client that offers ALPN without either is refused with the `no_application_protocol` alert; without ALPN the first bytes tell, as on a plain connection | — | `http2 on` |
 //! | versions | TLS 1.3 and 1.2 only: rustls implements nothing older (no SSLv3, TLS 1.0 or 1.1), and rustls's safe default cipher suites | — | `ssl_protocols TLSv1.2 TLSv1.3` |
-//! | renegotiation | never: rustls does not implement TLS 1.2 renegotiation (a client's request for it is refused) | — | refused since 1.15.4 |
-//! | [`handshake_timeout`](TlsConfig::handshake_timeout) | a client that has not finished its handshake this long after connecting is closed; until then it holds its socket and a slot of the connection cap, nothing else | 10 s | `ssl_handshake_timeout` (60 s) |
+//! | renegotiation | never: rustls does not implement TLS 1.2 renegotiation (a client's request for it is refused) | — | client-initiated renegotiation refused |
+//! | [`handshake_timeout`](TlsConfig::handshake_timeout) | a client that has not finished its handshake this long after connecting is closed; until then it holds its socket, a small task and a slot of the connection cap, and delays no one else | 10 s | `ssl_handshake_timeout` (60 s) |
 //! | reload | [`reload`](TlsConfig::reload) re-reads every file: all of them good, the new certificates serve new handshakes at once; any of them bad, the old ones stay, and the error is returned and logged. Open connections keep the certificate they began with | — | `nginx -s reload` |
 //!
 //! The handshake runs in the connection's task, never in the accept loop, so a slow
