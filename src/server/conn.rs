@@ -146,6 +146,55 @@ pin_project! {
         sniff: u8,
         // What the first bytes must be (ALPN chose): the preface, not it, or either.
         expect_h2: Option<bool>,
+        // The first request head, read here in a small buffer until it is complete, so a
+        // client that connects and stalls costs this buffer, not hyper's connection.
+        head: Option<Head>,
+    }
+}
+
+/// The first request head of a connection, collected before hyper sees any byte.
+///
+/// hyper's HTTP/1 connection allocates 8 KiB for reading and 8 KiB for writing as soon
+/// as it exists (hyper-util makes it once the first bytes rule out HTTP/2), so a client
+/// that sends half a request head and stalls would hold about 16 KiB until the header
+/// timeout. nginx reads request heads into a 1 KiB `client_header_buffer_size` buffer;
+/// so does this, growing it up to [`HEAD_MAX`] and handing the bytes over when the head
+/// is complete (or the HTTP/2 preface starts, or the client closes, or the limit is
+/// reached: hyper then applies its own limits).
+struct Head {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed over.
+    given: usize,
+    /// The bytes are complete and being handed over.
+    ready: bool,
+}
+
+/// The pre-read buffer's first size (nginx `client_header_buffer_size`).
+const HEAD_FIRST: usize = 1024;
+/// The most a request head is collected here before hyper takes over.
+const HEAD_MAX: usize = 16 * 1024;
+
+impl Head {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            given: 0,
+            ready: false,
+        }
+    }
+
+    /// Whether the bytes read so far may be handed over: a complete head, the HTTP/2
+    /// preface, or as much as this buffer takes.
+    fn complete(&self, searched_from: usize) -> bool {
+        let b = &self.buf[..];
+        if b.len() >= HEAD_MAX || b.starts_with(&H2_START[..b.len().min(H2_START.len())]) {
+            return true;
+        }
+        let from = searched_from.saturating_sub(3);
+        b[from..].windows(4).any(|w| w == b"\r\n\r\n")
+            || b[searched_from.saturating_sub(1)..]
+                .windows(2)
+                .any(|w| w == b"\n\n")
     }
 }
 
@@ -178,6 +227,7 @@ impl<T> Io<T> {
             _permit: permit,
             sniff: 0,
             expect_h2: None,
+            head: Some(Head::new()),
         }
     }
 
@@ -186,6 +236,10 @@ impl<T> Io<T> {
     #[cfg_attr(not(feature = "server-tls"), allow(dead_code))]
     pub(super) fn expect_h2(mut self, h2: Option<bool>) -> Self {
         self.expect_h2 = h2;
+        if h2 == Some(true) {
+            // HTTP/2 has no request head to collect.
+            self.head = None;
+        }
         self
     }
 }
@@ -216,7 +270,40 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Io<T> {
             )));
         }
         let before = buf.filled().len();
-        ready!(this.stream.poll_read(cx, buf))?;
+        if let Some(head) = this.head.as_mut() {
+            while !head.ready {
+                let len = head.buf.len();
+                // Read into the zeroed rest of the buffer, doubling it when full.
+                let room = if len == 0 {
+                    HEAD_FIRST
+                } else {
+                    len.min(HEAD_MAX - len)
+                };
+                head.buf.resize(len + room, 0);
+                let mut dst = ReadBuf::new(&mut head.buf[len..]);
+                let polled = this.stream.as_mut().poll_read(cx, &mut dst);
+                let n = dst.filled().len();
+                head.buf.truncate(len + n);
+                ready!(polled)?;
+                if n == 0 {
+                    head.ready = true; // the client closed: hand over what came
+                } else {
+                    if watch.reading.load(Acquire) {
+                        watch.got_bytes.store(true, Release);
+                    }
+                    head.ready = head.complete(len);
+                }
+            }
+            let rest = &head.buf[head.given..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            head.given += n;
+            if head.given == head.buf.len() {
+                *this.head = None;
+            }
+        } else {
+            ready!(this.stream.poll_read(cx, buf))?;
+        }
         let got = &buf.filled()[before..];
         if got.is_empty() {
             return Poll::Ready(Ok(()));

@@ -209,3 +209,46 @@ async fn an_idle_http2_connection_gets_goaway_at_the_keepalive_timeout() {
     conn.await.unwrap().unwrap();
     assert_eq!(Instant::now() - t0, KEEPALIVE);
 }
+
+/// The first request head is collected in a small buffer before hyper sees it: heads
+/// that come in pieces, heads beyond that buffer, a pipelined request in the same bytes,
+/// and a bare LF line ending are all served as hyper serves them.
+#[tokio::test(start_paused = true)]
+async fn the_first_head_is_collected_before_hyper_and_served_whole() {
+    // In pieces, with pauses between them.
+    let (mut client, _stop) = connect();
+    for piece in ["GE", "T / HT", "TP/1.1\r\nHost: x\r", "\n", "\r\n"] {
+        client.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200"));
+
+    // Larger than the collecting buffer (16 KiB): handed over, served by hyper.
+    let (mut client, _stop) = connect();
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    client.write_all(big.as_bytes()).await.unwrap();
+    assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200"));
+
+    // A second, pipelined request in the same write.
+    let (mut client, _stop) = connect();
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut both = read_hi(&mut client).await;
+    if both.matches("HTTP/1.1 200").count() < 2 {
+        both += &read_hi(&mut client).await;
+    }
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+
+    // Bare LF line endings end the head too.
+    let (mut client, _stop) = connect();
+    client
+        .write_all(b"GET / HTTP/1.1\nHost: x\n\n")
+        .await
+        .unwrap();
+    assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200"));
+}
