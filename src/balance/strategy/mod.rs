@@ -9,7 +9,7 @@
 //! | strategy | picks | cost per pick |
 //! |---|---|---|
 //! | [`RoundRobin`] | the next endpoint in turn, weights ignored | O(1) |
-//! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) | O(n) |
+//! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) up to [`EXACT_UP_TO`] endpoints, an EDF schedule above | O(n) up to 32, O(log n) above |
 //! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`) | O(n) |
 //! | [`Random`] | uniformly, or by weight with [`Random::weighted`] | O(1) / O(log n) |
 //! | [`P2c`] | the less loaded of two distinct endpoints drawn by weight | O(log n) |
@@ -88,7 +88,7 @@ pub use random::Random;
 pub use rendezvous::Rendezvous;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
-pub use weighted_rr::WeightedRoundRobin;
+pub use weighted_rr::{WeightedRoundRobin, EXACT_UP_TO};
 
 /// Chooses an endpoint for a request. See the [module docs](self).
 pub trait Strategy: Send + Sync + 'static {
