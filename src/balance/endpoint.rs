@@ -85,7 +85,19 @@ pub(crate) struct Pool {
     /// counts of the last published snapshot. Read and written on failure paths only
     /// (ejections, readmissions, publications), never per request.
     pub(crate) levels: Mutex<Levels>,
+    /// Where endpoints report load changes for an indexed strategy (least connections
+    /// over large sets); set by that strategy when it first indexes an endpoint.
+    pub(crate) loads: std::sync::OnceLock<Arc<LoadQueue>>,
 }
+
+/// Positions, in a strategy's load index, of endpoints whose load changed since the
+/// index last looked. Each endpoint is queued at most once until the index reads it
+/// again (its `index_dirty` flag), so the queue never holds more than the set.
+#[derive(Debug, Default)]
+pub(crate) struct LoadQueue(pub(crate) Mutex<Vec<u32>>);
+
+/// `EndpointState::index_pos` of an endpoint no index holds.
+pub(crate) const NOT_INDEXED: u32 = u32::MAX;
 
 /// Per-level counts of one balancer's endpoints (index: priority level).
 #[derive(Debug, Default, Clone)]
@@ -194,7 +206,7 @@ pub(crate) enum Refusal {
 /// reads from.
 pub struct EndpointState {
     base: Instant,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     /// Requests in flight (low 24 bits) and in total (high 40 bits), in one atomic so the
     /// request path pays one read-modify-write to count both.
     load: AtomicU64,
@@ -227,6 +239,11 @@ pub struct EndpointState {
     ramp_from: AtomicU64,
     /// Why the last failure happened, for stats (written on failure paths only).
     last_failure: Mutex<Option<Box<str>>>,
+    /// The endpoint's position in its balancer's load index ([`NOT_INDEXED`] when none
+    /// holds it): set by the index, read on every load change.
+    pub(crate) index_pos: std::sync::atomic::AtomicU32,
+    /// A load change of this endpoint waits in the pool's [`LoadQueue`].
+    pub(crate) index_dirty: AtomicBool,
 }
 
 impl fmt::Debug for EndpointState {
@@ -262,6 +279,8 @@ impl EndpointState {
             slots: Mutex::new(Vec::new()),
             ramp_from: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            index_pos: std::sync::atomic::AtomicU32::new(NOT_INDEXED),
+            index_dirty: AtomicBool::new(false),
         }
     }
 
@@ -300,6 +319,7 @@ impl EndpointState {
     /// tests. Pair every call with [`finish_request`](Self::finish_request).
     pub fn start_request(&self) {
         self.load.fetch_add(ONE_REQUEST | 1, Relaxed);
+        self.load_changed();
     }
 
     /// Counts one unit of load in flight without counting a request: for load that
@@ -307,11 +327,34 @@ impl EndpointState {
     /// connect that the balancer counted. Pair with [`remove_load`](Self::remove_load).
     pub fn add_load(&self) {
         self.load.fetch_add(1, Relaxed);
+        self.load_changed();
     }
 
     /// Removes load added with [`add_load`](Self::add_load).
     pub fn remove_load(&self) {
         self.load.fetch_sub(1, Relaxed);
+        self.load_changed();
+    }
+
+    /// Tells the balancer's load index, if one holds this endpoint, that its load changed.
+    /// Without an index (every strategy but least connections over large sets) this is
+    /// one relaxed load.
+    #[inline]
+    fn load_changed(&self) {
+        if self.index_pos.load(Relaxed) != NOT_INDEXED {
+            self.queue_load_change();
+        }
+    }
+
+    fn queue_load_change(&self) {
+        // The swap pairs with the index's own swap before it reads the load: either the
+        // index reads this change, or this call sees the flag cleared and queues again.
+        if !self.index_dirty.swap(true, AcqRel) {
+            let pos = self.index_pos.load(Acquire);
+            if let Some(queue) = self.pool.loads.get() {
+                queue.0.lock().unwrap_or_else(|e| e.into_inner()).push(pos);
+            }
+        }
     }
 
     /// Counts one unit of load in flight until the returned guard (and every clone of
@@ -341,6 +384,7 @@ impl EndpointState {
     /// Counts a request started with [`start_request`](Self::start_request) as finished.
     pub fn finish_request(&self) {
         self.load.fetch_sub(1, Relaxed);
+        self.load_changed();
     }
 
     /// The concurrency cap (`0`: none).

@@ -71,7 +71,14 @@ pin_project! {
         // Choose another endpoint (after a failure), from `snap` or a newer snapshot.
         Pick { snap: Arc<Snapshot<K, S>>, req: Option<Req> },
         // Drive the chosen endpoint's readiness.
-        Ready { guard: Option<InFlight<K, S>>, svc: S, req: Option<Req> },
+        // `picked`: when the pick read the clock, the request's start time if the
+        // endpoint takes it at once.
+        Ready {
+            guard: Option<InFlight<K, S>>,
+            svc: S,
+            req: Option<Req>,
+            picked: Option<Instant>,
+        },
         // Wait on the endpoint's response.
         Call {
             guard: InFlight<K, S>,
@@ -120,10 +127,10 @@ where
         let key = policy.key(&req).or_else(super::take_key);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
-        let state = match pick(snap, key.as_ref(), &[]) {
-            Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
-            Some(Err(error)) => State::Failed { error: Some(error) },
-            None => {
+        let state = match super::strategy::timed(|| pick(snap, key.as_ref(), &[])) {
+            (Some(Ok(pos)), picked) => ready_state(snap.clone(), pos, req, picked),
+            (Some(Err(error)), _) => State::Failed { error: Some(error) },
+            (None, _) => {
                 let s: &mut Slow = slow.get_or_insert_with(Box::default);
                 wait_or_fail(core.clone(), &mut s.deadline, req)
             }
@@ -140,7 +147,12 @@ where
 }
 
 #[inline]
-fn ready_state<K: Key, S, Req>(snap: Arc<Snapshot<K, S>>, pos: usize, req: Req) -> State<K, S, Req>
+fn ready_state<K: Key, S, Req>(
+    snap: Arc<Snapshot<K, S>>,
+    pos: usize,
+    req: Req,
+    picked: Option<Instant>,
+) -> State<K, S, Req>
 where
     S: Service<Req> + Clone,
 {
@@ -152,6 +164,7 @@ where
         guard: Some(guard),
         svc,
         req: Some(req),
+        picked,
     }
 }
 
@@ -309,8 +322,10 @@ where
                 StateProj::Pick { snap, req } => {
                     let req = req.take().expect("request is present until called");
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
-                    let next = match pick(snap, this.key.as_ref(), &slow.tried) {
-                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
+                    let (picked, at) =
+                        super::strategy::timed(|| pick(snap, this.key.as_ref(), &slow.tried));
+                    let next = match picked {
+                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req, at),
                         Some(Err(error)) => State::Failed {
                             error: Some(slow.last.take().unwrap_or(error)),
                         },
@@ -338,8 +353,17 @@ where
                     let next = wait_or_fail(core.clone(), &mut slow.deadline, req);
                     this.state.set(next);
                 }
-                StateProj::Ready { guard, svc, req } => match svc.poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                StateProj::Ready {
+                    guard,
+                    svc,
+                    req,
+                    picked,
+                } => match svc.poll_ready(cx) {
+                    Poll::Pending => {
+                        // The wait is not the endpoint's latency: time from the call.
+                        *picked = None;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(())) => {
                         let req = req.take().expect("request is present until called");
                         let replay = if *this.retries > 0 {
@@ -347,7 +371,9 @@ where
                         } else {
                             None
                         };
-                        let started = this.track_latency.then(Instant::now);
+                        let started = this
+                            .track_latency
+                            .then(|| picked.unwrap_or_else(Instant::now));
                         let fut = svc.call(req);
                         let guard = guard.take().expect("guard is present until called");
                         this.state.set(State::Call {

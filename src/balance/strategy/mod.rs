@@ -81,7 +81,7 @@ mod weighted_rr;
 
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
-pub use least_conn::LeastConn;
+pub use least_conn::{LeastConn, SCAN_UP_TO};
 pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use p2c::P2c;
 pub use random::Random;
@@ -502,6 +502,66 @@ impl<'a> Candidates<'a> {
     pub fn generation(&self) -> u64 {
         self.list.generation
     }
+
+    /// The time of this pick, for strategies that weigh time (peak-EWMA decay).
+    ///
+    /// Inside the balancer the clock is read once per request: the first call during a
+    /// pick reads it, later calls of the same pick get the same instant, and the balancer
+    /// times the request's latency from it (when the endpoint takes the request at once),
+    /// so a strategy that reads the time costs no extra clock read. Outside a balancer's
+    /// pick (a strategy's unit test) each call reads the clock. It is Tokio's clock, so a
+    /// paused test clock is exact.
+    ///
+    /// ```
+    /// use tower_lb::balance::strategy::list_of;
+    ///
+    /// let c = list_of(&[1, 1]);
+    /// assert!(c.view().now() <= tokio::time::Instant::now());
+    /// ```
+    #[inline]
+    pub fn now(&self) -> Instant {
+        PICK_TIME.with(|cell| match cell.get() {
+            PickTime::Off => Instant::now(),
+            PickTime::Open(Some(t)) => t,
+            PickTime::Open(None) => {
+                let t = Instant::now();
+                cell.set(PickTime::Open(Some(t)));
+                t
+            }
+        })
+    }
+}
+
+/// Whether a balancer's pick is running on this thread, and the time it read if any.
+#[derive(Debug, Clone, Copy)]
+enum PickTime {
+    Off,
+    Open(Option<Instant>),
+}
+
+thread_local! {
+    static PICK_TIME: std::cell::Cell<PickTime> = const { std::cell::Cell::new(PickTime::Off) };
+}
+
+/// Runs a balancer's pick, returning its result and the time a strategy read through
+/// [`Candidates::now`], if it did.
+#[inline]
+pub(crate) fn timed<R>(pick: impl FnOnce() -> R) -> (R, Option<Instant>) {
+    struct Close;
+    impl Drop for Close {
+        fn drop(&mut self) {
+            PICK_TIME.with(|cell| cell.set(PickTime::Off));
+        }
+    }
+    PICK_TIME.with(|cell| cell.set(PickTime::Open(None)));
+    let close = Close;
+    let r = pick();
+    let t = PICK_TIME.with(|cell| match cell.get() {
+        PickTime::Open(t) => t,
+        PickTime::Off => None,
+    });
+    drop(close);
+    (r, t)
 }
 
 /// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.
