@@ -19,6 +19,8 @@ pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// Peak-EWMA decay in samples: each sample weighs at least `1 / DECAY_SAMPLES`, so a peak
 /// is also forgotten after about this many faster answers, however close together.
 pub(crate) const DECAY_SAMPLES: f64 = 100.0;
+/// `1 / DEFAULT_DECAY` in nanoseconds: a multiplication on the request path, not a division.
+const DECAY_PER_NANO: f64 = 1.0 / (DEFAULT_DECAY.as_nanos() as f64);
 
 /// `t + d`, or about a century later when `d` is too large to add (a configured
 /// `Duration::MAX` means "as long as possible", not a panic).
@@ -504,7 +506,8 @@ impl EndpointState {
     /// assert!(state.ewma().unwrap() < Duration::from_millis(2));
     /// ```
     pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
-        let sample = rtt.as_nanos() as f64;
+        // Through u64: a u128 to f64 conversion is a library call.
+        let sample = rtt.as_nanos() as u64 as f64;
         let now_ns = self.nanos(now);
         let prev_bits = self.ewma_bits.load(Relaxed);
         let next = if prev_bits == 0 {
@@ -515,7 +518,7 @@ impl EndpointState {
                 sample
             } else {
                 let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                let x = elapsed * DECAY_PER_NANO;
                 // e^-x > 1 - 1/N while x < 1/N: the sample-count floor decides, no `exp`
                 // needed (the usual case for a busy endpoint).
                 let w = if x < 1.0 / DECAY_SAMPLES {
@@ -549,7 +552,7 @@ impl EndpointState {
                 let elapsed =
                     self.nanos(now)
                         .saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                let x = elapsed * DECAY_PER_NANO;
                 // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
                 let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };
                 f64::from_bits(bits) * w

@@ -62,7 +62,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::endpoint::EndpointState;
+use super::{clock::Clock, endpoint::EndpointState};
 use crate::backend::mix64;
 
 mod bounded;
@@ -416,7 +416,19 @@ impl CandidateList {
 
     /// Borrows the list as strategies see it.
     pub fn view(&self) -> Candidates<'_> {
-        Candidates { list: self }
+        Candidates {
+            list: self,
+            time: None,
+        }
+    }
+
+    /// The list as a balancer's pick sees it: [`Candidates::now`] reads `time`'s clock
+    /// once and keeps the instant there.
+    pub(crate) fn view_timed<'a>(&'a self, time: &'a std::cell::Cell<PickTime>) -> Candidates<'a> {
+        Candidates {
+            list: self,
+            time: Some(time),
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -456,6 +468,7 @@ impl Hasher for IdHasher {
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     list: &'a CandidateList,
+    time: Option<&'a std::cell::Cell<PickTime>>,
 }
 
 impl<'a> Deref for Candidates<'a> {
@@ -509,8 +522,10 @@ impl<'a> Candidates<'a> {
     /// pick reads it, later calls of the same pick get the same instant, and the balancer
     /// times the request's latency from it (when the endpoint takes the request at once),
     /// so a strategy that reads the time costs no extra clock read. Outside a balancer's
-    /// pick (a strategy's unit test) each call reads the clock. It is Tokio's clock, so a
-    /// paused test clock is exact.
+    /// pick (a strategy's unit test) each call reads Tokio's clock. The balancer reads
+    /// the CPU's time-stamp counter (about a third of the cost of `Instant::now()`), or
+    /// Tokio's clock if that was paused when the balancer was built, so paused-time tests
+    /// are exact.
     ///
     /// ```
     /// use tower_lb::balance::strategy::list_of;
@@ -520,48 +535,29 @@ impl<'a> Candidates<'a> {
     /// ```
     #[inline]
     pub fn now(&self) -> Instant {
-        PICK_TIME.with(|cell| match cell.get() {
-            PickTime::Off => Instant::now(),
-            PickTime::Open(Some(t)) => t,
-            PickTime::Open(None) => {
-                let t = Instant::now();
-                cell.set(PickTime::Open(Some(t)));
-                t
+        match self.time {
+            None => Instant::now(),
+            Some(cell) => {
+                let mut time = cell.get();
+                match time.at {
+                    Some(t) => t,
+                    None => {
+                        let t = time.clock.now();
+                        time.at = Some(t);
+                        cell.set(time);
+                        t
+                    }
+                }
             }
-        })
-    }
-}
-
-/// Whether a balancer's pick is running on this thread, and the time it read if any.
-#[derive(Debug, Clone, Copy)]
-enum PickTime {
-    Off,
-    Open(Option<Instant>),
-}
-
-thread_local! {
-    static PICK_TIME: std::cell::Cell<PickTime> = const { std::cell::Cell::new(PickTime::Off) };
-}
-
-/// Runs a balancer's pick, returning its result and the time a strategy read through
-/// [`Candidates::now`], if it did.
-#[inline]
-pub(crate) fn timed<R>(pick: impl FnOnce() -> R) -> (R, Option<Instant>) {
-    struct Close;
-    impl Drop for Close {
-        fn drop(&mut self) {
-            PICK_TIME.with(|cell| cell.set(PickTime::Off));
         }
     }
-    PICK_TIME.with(|cell| cell.set(PickTime::Open(None)));
-    let close = Close;
-    let r = pick();
-    let t = PICK_TIME.with(|cell| match cell.get() {
-        PickTime::Open(t) => t,
-        PickTime::Off => None,
-    });
-    drop(close);
-    (r, t)
+}
+
+/// The time of one pick of a balancer: its clock, and the instant once read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PickTime {
+    pub(crate) clock: Clock,
+    pub(crate) at: Option<Instant>,
 }
 
 /// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.
