@@ -92,11 +92,19 @@ pub(crate) struct Pool {
     pub(crate) loads: std::sync::OnceLock<Arc<LoadQueue>>,
 }
 
-/// Positions, in a strategy's load index, of endpoints whose load changed since the
-/// index last looked. Each endpoint is queued at most once until the index reads it
-/// again (its `index_dirty` flag), so the queue never holds more than the set.
+/// A strategy's load index (least connections over large sets), where endpoints queue
+/// their position when their load changes. Each endpoint is queued at most once until
+/// the index reads it again (its `index_dirty` flag), so the queue never holds more than
+/// the set. One lock for the index and its queue: a request takes it once to queue its
+/// start and once to pick.
 #[derive(Debug, Default)]
-pub(crate) struct LoadQueue(pub(crate) Mutex<Vec<u32>>);
+pub(crate) struct LoadQueue(pub(crate) Mutex<super::strategy::LoadIndex>);
+
+impl LoadQueue {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, super::strategy::LoadIndex> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// `EndpointState::index_pos` of an endpoint no index holds.
 pub(crate) const NOT_INDEXED: u32 = u32::MAX;
@@ -354,7 +362,7 @@ impl EndpointState {
         if !self.index_dirty.swap(true, AcqRel) {
             let pos = self.index_pos.load(Acquire);
             if let Some(queue) = self.pool.loads.get() {
-                queue.0.lock().unwrap_or_else(|e| e.into_inner()).push(pos);
+                queue.lock().pending.push(pos);
             }
         }
     }

@@ -1,6 +1,6 @@
 use std::sync::{
     atomic::{AtomicUsize, Ordering::*},
-    Arc, Mutex,
+    Arc,
 };
 
 use super::{Candidates, RequestKey, Strategy};
@@ -41,7 +41,7 @@ pub const SCAN_UP_TO: usize = 32;
 pub struct LeastConn {
     offset: AtomicUsize,
     scan_up_to: usize,
-    index: Mutex<Index>,
+    /// The index and the queue its endpoints report to.
     queue: Arc<LoadQueue>,
 }
 
@@ -50,7 +50,6 @@ impl Default for LeastConn {
         Self {
             offset: AtomicUsize::new(0),
             scan_up_to: SCAN_UP_TO,
-            index: Mutex::new(Index::default()),
             queue: Arc::new(LoadQueue::default()),
         }
     }
@@ -100,7 +99,7 @@ impl Strategy for LeastConn {
         if n <= self.scan_up_to || candidates.generation() == 0 || n >= NOT_INDEXED as usize {
             return Some(self.scan(candidates));
         }
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.queue.lock();
         match index.pick(candidates, &self.queue) {
             Some(i) => Some(i),
             None => {
@@ -130,7 +129,9 @@ struct Leaf {
 
 /// A tournament tree over one candidate list's loads.
 #[derive(Debug, Default)]
-struct Index {
+pub(crate) struct Index {
+    /// Positions of endpoints whose load changed since the last pick.
+    pub(crate) pending: Vec<u32>,
     /// Which list the tree describes: its generation, address and length.
     list: (u64, usize, usize),
     /// The list's endpoints could not all be indexed (another index holds their pool):
@@ -158,7 +159,7 @@ impl Index {
             self.list = list;
             self.rebuild(candidates, queue);
         } else if !self.unindexed {
-            self.drain(candidates, queue);
+            self.drain(candidates);
         }
         if self.unindexed {
             return None;
@@ -171,7 +172,7 @@ impl Index {
         let n = candidates.len();
         self.unindexed = false;
         // Positions queued for an earlier list mean nothing now; every load is read anew.
-        queue.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.pending.clear();
         self.leaves.clear();
         for (pos, c) in candidates.iter().enumerate() {
             let state = &c.state;
@@ -200,15 +201,11 @@ impl Index {
     }
 
     /// Re-reads every endpoint that queued a load change and updates its path.
-    fn drain(&mut self, candidates: &Candidates<'_>, queue: &LoadQueue) {
-        {
-            let mut q = queue.0.lock().unwrap_or_else(|e| e.into_inner());
-            if q.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut *q, &mut self.spare);
+    fn drain(&mut self, candidates: &Candidates<'_>) {
+        if self.pending.is_empty() {
+            return;
         }
-        let mut changed = std::mem::take(&mut self.spare);
+        let mut changed = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
         for &pos in &changed {
             let pos = pos as usize;
             let Some(c) = candidates.get(pos) else {

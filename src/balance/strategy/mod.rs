@@ -81,6 +81,7 @@ mod weighted_rr;
 
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
+pub(crate) use least_conn::Index as LoadIndex;
 pub use least_conn::{LeastConn, SCAN_UP_TO};
 pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use p2c::P2c;
