@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`RoundRobin`] | the next endpoint in turn, weights ignored | O(1) |
 //! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) up to [`EXACT_UP_TO`] endpoints, an EDF schedule above | O(n) up to 32, O(log n) above |
-//! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`) | O(n) |
+//! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`); a tree above [`SCAN_UP_TO`] endpoints | O(n) up to 32, O(log n) above |
 //! | [`Random`] | uniformly, or by weight with [`Random::weighted`] | O(1) / O(log n) |
 //! | [`P2c`] | the less loaded of two distinct endpoints drawn by weight | O(log n) |
 //! | [`IpHash`] | nginx `ip_hash`: by client /24 (IPv4) or address (IPv6); rehash, then round robin | O(log n) |
