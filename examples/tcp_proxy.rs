@@ -1,14 +1,14 @@
-//! Layer-4 balancing of raw TCP connections (databases, caches): least connections over
-//! open connections, TCP connect probing, and connect failures retried on another
-//! backend, with the same `Balance` as HTTP, over a connector.
+//! Layer-4 balancing of raw TCP connections (databases, caches) with the library's `tcp`
+//! module: least connections over open connections, TCP connect probing, and connect
+//! failures retried on another backend, with the same `Balance` as HTTP.
 //!
 //! ```sh
-//! cargo run --example tcp_proxy
+//! cargo run --example tcp_proxy --features tcp
 //! ```
 //!
 //! It starts three echo backends in-process (one of them down), proxies a listener to
-//! them, opens client connections that stay open, waits for the probes to mark the down
-//! backend down, and prints where each connection went.
+//! them with `tcp::serve`, opens client connections that stay open, waits for the probes
+//! to mark the down backend down, and prints where each connection went.
 
 /// Writes one line of the demo's output (stdout from `main`, a buffer in the tests).
 macro_rules! say {
@@ -17,76 +17,18 @@ macro_rules! say {
     }};
 }
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tower::{Service, ServiceExt};
 use tower_lb::{
-    balance::{strategy::LeastConn, EndpointState, InFlight, RequestPolicy, Status, Target},
-    error::ConnectFailed,
+    balance::{strategy::LeastConn, Status},
     health::active::{Prober, TcpProbe},
+    tcp::{self, TcpEndpoints, TcpPolicy},
     Backend, Balance, BoxError,
 };
-
-/// A connection to one backend, counted as load until dropped (the library's
-/// `EndpointState::track` guard): least connections then balances open connections, not
-/// connection attempts.
-struct Conn {
-    stream: TcpStream,
-    _load: InFlight,
-}
-
-/// The endpoint service: connects to its backend.
-#[derive(Clone)]
-struct Connector {
-    addr: SocketAddr,
-    state: Arc<EndpointState>,
-}
-
-impl Service<()> for Connector {
-    type Response = Conn;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, (): ()) -> Self::Future {
-        let (addr, state) = (self.addr, self.state.clone());
-        Box::pin(async move {
-            let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr))
-                .await
-                .map_err(|_| ConnectFailed::new(format!("connect to {addr} timed out")))?
-                // Nothing was sent: the balancer may try another backend.
-                .map_err(ConnectFailed::new)?;
-            Ok(Conn {
-                stream,
-                _load: state.track(),
-            })
-        })
-    }
-}
-
-/// A connection request carries nothing, so it can always be tried again elsewhere.
-#[derive(Clone)]
-struct Reconnect;
-
-impl RequestPolicy<()> for Reconnect {
-    fn replay(&self, (): &()) -> Option<()> {
-        Some(())
-    }
-}
 
 async fn echo_backend(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -114,15 +56,14 @@ async fn run(out: &mut (impl std::io::Write + Send)) -> Result<(), BoxError> {
     // A backend that is down: its port refuses connections.
     let down = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
 
+    // Each connection counts as load on its backend until it closes, so least
+    // connections balances open connections; a refused connect goes to another backend.
     let balance = Balance::builder()
         .strategy(LeastConn::new())
         .retries(3)
-        .policy(Reconnect)
+        .policy(TcpPolicy::new())
         .backends([a, b, down].map(Backend::new))
-        .build(|t: &Target<'_, SocketAddr>| Connector {
-            addr: *t.key(),
-            state: t.state_arc(),
-        })?;
+        .build(TcpEndpoints::new().connect_timeout(Duration::from_secs(1)))?;
     // Three failed connects in a row, 200 ms apart, mark a backend down.
     let _prober = Prober::new(TcpProbe::new())
         .interval(Duration::from_millis(200))
@@ -131,20 +72,8 @@ async fn run(out: &mut (impl std::io::Write + Send)) -> Result<(), BoxError> {
 
     let front = TcpListener::bind("127.0.0.1:0").await?;
     let front_addr = front.local_addr()?;
-    let proxy = balance.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = front.accept().await {
-            let connect = proxy.clone().oneshot(());
-            tokio::spawn(async move {
-                match connect.await {
-                    Ok(mut conn) => {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut conn.stream).await;
-                    }
-                    Err(e) => eprintln!("no backend for a client: {e}"),
-                }
-            });
-        }
-    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = tokio::spawn(tcp::serve(front, balance.clone(), stopped));
     say!(
         out,
         "proxy on {front_addr} → db-a {a}, db-b {b}, down {down}"
@@ -191,6 +120,8 @@ async fn run(out: &mut (impl std::io::Write + Send)) -> Result<(), BoxError> {
         );
     }
     drop(clients);
+    let _ = stop.send(());
+    proxy.await??;
     Ok(())
 }
 

@@ -47,6 +47,7 @@
 //! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |
 //! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
+//! | [`tcp`] | (feature `tcp`) layer 4: connector endpoints counted as load while open, connect retries, PROXY protocol v1/v2, splice with half-close, an accept loop |
 //! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
 //! | [`error`] | the typed errors behind `BoxError` |
 //!
@@ -67,6 +68,7 @@
 //! | `dns` | no | `discover::dns`: DNS discovery (A/AAAA, SRV) through hickory-resolver |
 //! | `kube` | no | `discover::kube`: Kubernetes EndpointSlice discovery through kube-runtime |
 //! | `file` | no | `discover::file`: discovery from a watched TOML or JSON file |
+//! | `tcp` | no | [`tcp`]: layer-4 balancing of TCP connections (connectors, PROXY protocol, splice, accept loop) |
 //! | `full` | no | everything |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -90,6 +92,8 @@ pub mod metrics;
 pub mod server;
 #[cfg(feature = "sticky")]
 pub mod sticky;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 

@@ -115,7 +115,7 @@ mod stack;
 pub mod strategy;
 
 pub use budget::RetryBudget;
-#[cfg(any(feature = "health-passive", feature = "health-active"))]
+#[cfg(any(feature = "health-passive", feature = "health-active", feature = "tcp"))]
 pub(crate) use endpoint::later;
 #[cfg(feature = "health-passive")]
 pub(crate) use endpoint::Refusal;

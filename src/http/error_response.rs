@@ -62,6 +62,9 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// | connection refused | `connection_refused` |
 /// | connect timeout | `connection_timeout` |
 /// | name resolution failed | `dns_error` |
+/// | the backend's certificate was refused (feature `tls`: unknown CA, wrong name, expired) | `tls_certificate_error` |
+/// | the backend sent a TLS alert (it refused the client certificate…) | `tls_alert_received` |
+/// | another TLS failure (no shared version or cipher suite, a broken handshake) | `tls_protocol_error` |
 /// | other connect failures | `destination_unavailable` |
 /// | a timeout after the request left | `http_response_timeout` |
 /// | the response ended early | `http_response_incomplete` |
@@ -98,6 +101,10 @@ pub fn proxy_status_for(err: &BoxError) -> &'static str {
         } else {
             "http_response_timeout"
         };
+    }
+    #[cfg(feature = "tls")]
+    if let Some(kind) = super::tls::proxy_status(e) {
+        return kind;
     }
     if connect {
         // hyper-util's connector names a failed lookup "dns error".

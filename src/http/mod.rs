@@ -12,12 +12,16 @@
 //! - [`ReplayBody`] streams a request body while keeping its first bytes, so a request that
 //!   failed before reaching its backend can be replayed elsewhere without buffering it first.
 //! - [`proxy`] has the reverse-proxy header rules (hop-by-hop, `X-Forwarded-*`).
+//! - `tls` (feature `tls`) reaches `https://` backends over rustls: system or private
+//!   roots, SNI, ALPN, client certificates. Without it an `https://` backend is refused
+//!   ([`TlsRequired`]) rather than connected in plain text.
 //! - [`ErrorResponseLayer`] turns the balancer's errors into `502`/`503`/`504` responses
 //!   with `Infallible` errors, as axum routes require, over any body type: a status text
 //!   and an RFC 9209 `Proxy-Status` header, never a backend address or an error chain.
 //!
 //! Backend keys are anything that prints as an authority (`127.0.0.1:3000`, a
-//! `SocketAddr`) or as a base URL (`http://api.internal:8080`).
+//! `SocketAddr`, spoken to over plain HTTP) or as a base URL (`http://api.internal:8080`,
+//! `https://api.internal:8443`).
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -58,6 +62,8 @@ mod policy;
 mod pool;
 pub mod proxy;
 mod replay;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod track;
 
 pub use error_response::{
@@ -76,21 +82,61 @@ use crate::{
 
 /// Makes one [`HttpEndpoint`] per backend, all sharing one hyper-util client and so one
 /// connection pool. See the [module docs](self).
+///
+/// `https://` backends need [`tls`](Self::tls) (feature `tls`); without it, making their
+/// endpoint fails with [`TlsRequired`].
 pub struct HttpEndpoints<B> {
-    client: Client<HttpConnector, B>,
+    client: Clients<B>,
+    connect_timeout: Duration,
+    http2: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::TlsConfig>,
+}
+
+/// The shared client: plain, or with a connector that speaks TLS to `https` URIs.
+enum Clients<B> {
+    Plain(Client<HttpConnector, B>),
+    #[cfg(feature = "tls")]
+    Tls(Client<tls::HttpsConnector, B>),
+}
+
+impl<B> Clients<B> {
+    fn is_tls(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Self::Tls(_) => true,
+        }
+    }
+}
+
+impl<B> Clone for Clients<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Plain(c) => Self::Plain(c.clone()),
+            #[cfg(feature = "tls")]
+            Self::Tls(c) => Self::Tls(c.clone()),
+        }
+    }
 }
 
 impl<B> Clone for HttpEndpoints<B> {
     fn clone(&self) -> Self {
         Self {
             client: self.client.clone(),
+            connect_timeout: self.connect_timeout,
+            http2: self.http2,
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
         }
     }
 }
 
 impl<B> fmt::Debug for HttpEndpoints<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpEndpoints").finish_non_exhaustive()
+        f.debug_struct("HttpEndpoints")
+            .field("tls", &self.client.is_tls())
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,29 +175,93 @@ where
         Self::build(timeout, true)
     }
 
-    /// Speaks HTTP/2 without TLS (prior knowledge), with the default 5 s connect timeout.
+    /// Speaks HTTP/2 only, with the default 5 s connect timeout: prior knowledge to
+    /// `http://` backends, and over TLS (with [`tls`](Self::tls)) offering ALPN `h2` alone.
     #[must_use]
-    pub fn http2_only(self) -> Self {
-        Self::build(Duration::from_secs(5), true)
+    pub fn http2_only(mut self) -> Self {
+        self.connect_timeout = Duration::from_secs(5);
+        self.http2 = true;
+        self.rebuild()
+    }
+
+    /// Reaches `https://` backends over TLS as `tls` says (see the
+    /// [`tls`](crate::http::tls) module), `http://` ones in plain text as before. ALPN
+    /// offers `h2` and `http/1.1` (`h2` alone after [`http2_only`](Self::http2_only)), and
+    /// a backend that picks `h2` is spoken to over HTTP/2. The handshake must end within
+    /// the connect timeout.
+    ///
+    /// The client is built anew from the constructor's connect timeout and HTTP version:
+    /// it replaces a client given to [`with_client`](Self::with_client).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self.rebuild()
     }
 
     fn build(timeout: Duration, http2: bool) -> Self {
+        Self {
+            client: Self::client(
+                timeout,
+                http2,
+                #[cfg(feature = "tls")]
+                None,
+            ),
+            connect_timeout: timeout,
+            http2,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Builds the client again from the settings.
+    fn rebuild(mut self) -> Self {
+        self.client = Self::client(
+            self.connect_timeout,
+            self.http2,
+            #[cfg(feature = "tls")]
+            self.tls.as_ref(),
+        );
+        self
+    }
+
+    fn client(
+        timeout: Duration,
+        http2: bool,
+        #[cfg(feature = "tls")] tls: Option<&tls::TlsConfig>,
+    ) -> Clients<B> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
         connector.enforce_http(false);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .http2_only(http2)
-            .build(connector);
-        Self { client }
+            .http2_only(http2);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls {
+            let alpn: &[&[u8]] = if http2 {
+                &[b"h2"]
+            } else {
+                &[b"h2", b"http/1.1"]
+            };
+            let connector = tls::HttpsConnector::new(connector, tls.connector(alpn), timeout);
+            return Clients::Tls(builder.build(connector));
+        }
+        Clients::Plain(builder.build(connector))
     }
 
-    /// Uses a client you configured.
+    /// Uses a client you configured (plain TCP: `https://` backends are refused).
     pub fn with_client(client: Client<HttpConnector, B>) -> Self {
-        Self { client }
+        Self {
+            client: Clients::Plain(client),
+            connect_timeout: Duration::from_secs(5),
+            http2: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
     }
 }
 
@@ -170,6 +280,14 @@ where
         target: &Target<'_, K>,
     ) -> Result<TrackBody<HttpEndpoint<B>>, BoxError> {
         let (scheme, authority) = parse_base(&target.key().to_string())?;
+        if scheme == uri::Scheme::HTTPS && !self.client.is_tls() {
+            return Err(TlsRequired::new().into());
+        }
+        // A host that cannot be a certificate name fails now, not at each connect.
+        #[cfg(feature = "tls")]
+        if scheme == uri::Scheme::HTTPS {
+            tls::server_name(authority.host())?;
+        }
         let endpoint = HttpEndpoint {
             client: self.client.clone(),
             scheme,
@@ -198,10 +316,45 @@ pub fn parse_base(s: &str) -> Result<(uri::Scheme, uri::Authority), BoxError> {
     }
 }
 
+/// An `https://` backend was given to an endpoint maker without TLS (feature `tls` and
+/// [`HttpEndpoints::tls`] or [`PooledEndpoints::tls`]): its endpoint is refused rather
+/// than spoken to in plain text. `Balance::build` reports it as
+/// [`ConfigError::Make`](crate::error::ConfigError::Make).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use tower_lb::{error::ConfigError, http::HttpEndpoints, Backend, Balance};
+///
+/// let err = Balance::builder()
+///     .backends([Backend::new("https://api.internal")])
+///     .build(HttpEndpoints::<Empty<Bytes>>::new())
+///     .unwrap_err();
+/// assert!(matches!(err, ConfigError::Make { .. }));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TlsRequired {
+    _p: (),
+}
+
+impl TlsRequired {
+    pub(crate) fn new() -> Self {
+        Self { _p: () }
+    }
+}
+
+impl fmt::Display for TlsRequired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("https backend, but the endpoint maker has no TLS configuration (feature `tls`, `.tls(..)`)")
+    }
+}
+
+impl std::error::Error for TlsRequired {}
+
 /// One backend's HTTP service: rewrites the request URI to the backend and sends it
 /// through the shared client. Made by [`HttpEndpoints`].
 pub struct HttpEndpoint<B> {
-    client: Client<HttpConnector, B>,
+    client: Clients<B>,
     scheme: uri::Scheme,
     authority: uri::Authority,
 }
@@ -236,7 +389,11 @@ where
     type Future = hyper_util::client::legacy::ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<B>>::poll_ready(&mut self.client, cx)
+        match &mut self.client {
+            Clients::Plain(c) => Service::<Request<B>>::poll_ready(c, cx),
+            #[cfg(feature = "tls")]
+            Clients::Tls(c) => Service::<Request<B>>::poll_ready(c, cx),
+        }
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -253,7 +410,11 @@ where
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        self.client.request(req)
+        match &self.client {
+            Clients::Plain(c) => c.request(req),
+            #[cfg(feature = "tls")]
+            Clients::Tls(c) => c.request(req),
+        }
     }
 }
 
@@ -288,4 +449,47 @@ pub fn is_idempotent(method: &http::Method) -> bool {
         Method::DELETE,
     ]
     .contains(method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Balance};
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    #[test]
+    fn https_backend_without_tls_is_refused() {
+        let make = |key: &'static str, maker: HttpEndpoints<Empty<Bytes>>| {
+            Balance::builder()
+                .backends([Backend::new(key)])
+                .build(maker)
+                .map(drop)
+        };
+        let err = make("https://127.0.0.1:8443", HttpEndpoints::new()).unwrap_err();
+        assert!(err.to_string().contains("no TLS configuration"), "{err}");
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        assert!(make("https://a.internal", HttpEndpoints::with_client(client)).is_err());
+        assert!(make("http://127.0.0.1:8080", HttpEndpoints::new().http2_only()).is_ok());
+        assert!(make("127.0.0.1:8080", HttpEndpoints::new()).is_ok());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_backend_with_tls_is_made() {
+        let tls = || tls::TlsConfig::empty();
+        let make = |key: &'static str, maker: HttpEndpoints<Empty<Bytes>>| {
+            Balance::builder()
+                .backends([Backend::new(key)])
+                .build(maker)
+                .map(drop)
+        };
+        assert!(make("https://127.0.0.1:8443", HttpEndpoints::new().tls(tls())).is_ok());
+        assert!(make(
+            "https://[::1]:8443",
+            HttpEndpoints::new().http2_only().tls(tls())
+        )
+        .is_ok());
+        assert!(make("http://127.0.0.1:8080", HttpEndpoints::new().tls(tls())).is_ok());
+    }
 }

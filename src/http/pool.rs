@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
 use tower_service::Service;
 
-use super::parse_base;
+use super::{parse_base, TlsRequired};
 use crate::{
     balance::{MakeEndpoint, Target},
     error::{BoxError, ConnectFailed},
@@ -30,7 +30,9 @@ use crate::{
 /// shared by all endpoints), it does less per request: the balancer has already chosen the
 /// backend, so there is no pool lookup by host, no racing of a new connection against a
 /// pooled one, and a connection returns to its pool when its response body ends. It speaks
-/// HTTP/1.1 only, over plain TCP. Connections that cannot be established fail with
+/// HTTP/1.1 only, over plain TCP, or over TLS to `https://` backends with
+/// [`tls`](Self::tls) (feature `tls`; without it such a backend is refused with
+/// [`TlsRequired`]). Connections that cannot be established, handshakes included, fail with
 /// [`ConnectFailed`], so the balancer retries them on another backend; a request that met a
 /// pooled connection the server had just closed, before any byte of it was written, is sent
 /// again on another connection of the same pool.
@@ -50,6 +52,8 @@ pub struct PooledEndpoints<B> {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsConnector>,
     _body: std::marker::PhantomData<fn(B)>,
 }
 
@@ -59,6 +63,8 @@ impl<B> Clone for PooledEndpoints<B> {
             connect_timeout: self.connect_timeout,
             max_idle: self.max_idle,
             idle_timeout: self.idle_timeout,
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
             _body: std::marker::PhantomData,
         }
     }
@@ -66,11 +72,13 @@ impl<B> Clone for PooledEndpoints<B> {
 
 impl<B> fmt::Debug for PooledEndpoints<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledEndpoints")
-            .field("connect_timeout", &self.connect_timeout)
+        let mut d = f.debug_struct("PooledEndpoints");
+        d.field("connect_timeout", &self.connect_timeout)
             .field("max_idle", &self.max_idle)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish()
+            .field("idle_timeout", &self.idle_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish()
     }
 }
 
@@ -87,8 +95,21 @@ impl<B> PooledEndpoints<B> {
             connect_timeout: Duration::from_secs(5),
             max_idle: 64,
             idle_timeout: Duration::from_secs(90),
+            #[cfg(feature = "tls")]
+            tls: None,
             _body: std::marker::PhantomData,
         }
+    }
+
+    /// Reaches `https://` backends over TLS as `tls` says (see the
+    /// [`tls`](crate::http::tls) module), offering ALPN `http/1.1`; `http://` ones stay
+    /// plain. The handshake must end within the connect timeout, counted apart from the
+    /// TCP connect's.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: super::tls::TlsConfig) -> Self {
+        self.tls = Some(tls.into_connector(&[b"http/1.1"]));
+        self
     }
 
     /// Sets the connect timeout.
@@ -128,14 +149,22 @@ where
         target: &Target<'_, K>,
     ) -> Result<super::TrackBody<PooledEndpoint<B>>, BoxError> {
         let (scheme, authority) = parse_base(&target.key().to_string())?;
-        if scheme != uri::Scheme::HTTP {
-            return Err("PooledEndpoints speaks plain HTTP only".into());
-        }
-        let port = authority.port_u16().unwrap_or(80);
+        let https = scheme == uri::Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
+        #[cfg(feature = "tls")]
+        let tls = match (&self.tls, https) {
+            (Some(tls), true) => Some((tls.clone(), super::tls::server_name(host)?)),
+            (None, true) => return Err(TlsRequired::new().into()),
+            (_, false) => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if https {
+            return Err(TlsRequired::new().into());
+        }
         let endpoint = PooledEndpoint {
             pool: Arc::new(Pool {
                 host: host.to_string(),
@@ -145,6 +174,8 @@ where
                 connect_timeout: self.connect_timeout,
                 max_idle: self.max_idle,
                 idle_timeout: self.idle_timeout,
+                #[cfg(feature = "tls")]
+                tls,
             }),
         };
         Ok(super::TrackBody::new(endpoint, target))
@@ -159,6 +190,12 @@ struct Pool<B> {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    /// For `https://` backends: the connector and the name the certificate must carry.
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl<B> Pool<B> {
@@ -202,8 +239,23 @@ where
             })?
             .map_err(ConnectFailed::new)?;
         let _ = stream.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some((tls, name)) = &self.tls {
+            let stream = super::tls::handshake(tls, name.clone(), stream, self.connect_timeout)
+                .await
+                .map_err(ConnectFailed::new)?;
+            return Self::handshake(TokioIo::new(stream)).await;
+        }
+        Self::handshake(TokioIo::new(stream)).await
+    }
+
+    /// The HTTP/1.1 handshake, and the connection's task.
+    async fn handshake<T>(io: T) -> Result<http1::SendRequest<B>, BoxError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(ConnectFailed::new)?;
         tokio::spawn(async move {

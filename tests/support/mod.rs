@@ -123,6 +123,11 @@ impl Peer {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// The process id of the peer.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// Whether the Python modules a peer needs are installed. Under `CI=true` a missing one
@@ -199,4 +204,46 @@ pub async fn python_peer(script: &str, args: &[&str]) -> Peer {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{script}: unexpected first line {line:?}"));
     Peer { child, port }
+}
+
+/// Starts `program` with the arguments `args` gives for a free 127.0.0.1 port, and
+/// waits (up to 10 s) until the port accepts connections. The port is found by binding
+/// port 0 and letting it go; if the program exits before it listens (someone else took
+/// the port meanwhile), it is started again on another port, up to three times.
+pub async fn command_peer(program: &str, args: impl Fn(u16) -> Vec<String>) -> Peer {
+    // Ports handed out by this process: tests run in parallel, and two of them could be
+    // given the same free port one after the other.
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..3 {
+        let port = loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+            if !taken.contains(&port) {
+                taken.push(port);
+                break port;
+            }
+        };
+        let child = std::process::Command::new(program)
+            .args(args(port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let mut peer = Peer { child, port };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(peer.addr()).await.is_ok() {
+                return peer;
+            }
+            if peer.child.try_wait().ok().flatten().is_some() {
+                break; // exited: try another port
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(peer);
+    }
+    panic!("{program} did not start listening");
 }

@@ -125,22 +125,26 @@ impl<C> PassiveHealthLayer<C> {
     }
 }
 
+impl<C> PassiveHealthLayer<C> {
+    /// The settings and state one endpoint's passive health writes through (also used by
+    /// endpoints that judge outcomes themselves, such as `tcp::TcpEndpoint`).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::new(Shared {
+            backend: self.backend.clone(),
+            state: self.state.clone(),
+            memory: self.state.slot::<super::Memory>(),
+            policy: self.policy.clone(),
+            probation: self.probation,
+            max_share: self.max_share,
+        })
+    }
+}
+
 impl<S, C: Clone> Layer<S> for PassiveHealthLayer<C> {
     type Service = PassiveHealth<S, C>;
 
     fn layer(&self, inner: S) -> PassiveHealth<S, C> {
-        PassiveHealth::from_parts(
-            inner,
-            Arc::new(Shared {
-                backend: self.backend.clone(),
-                state: self.state.clone(),
-                memory: self.state.slot::<super::Memory>(),
-                policy: self.policy.clone(),
-                probation: self.probation,
-                max_share: self.max_share,
-            }),
-            self.classifier.clone(),
-        )
+        PassiveHealth::from_parts(inner, self.shared(), self.classifier.clone())
     }
 }
 

@@ -107,6 +107,8 @@ pub use future::ResponseFuture;
 pub use layer::PassiveHealthLayer;
 pub use policy::{Consecutive, Memory, Policy, Window};
 pub use service::PassiveHealth;
+#[cfg(feature = "tcp")]
+pub(crate) use service::Shared;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,1 @@
+//! HTTPS to real servers (feature `tls`).
