@@ -92,7 +92,11 @@ async fn strategy(name: &str, endpoints: u32, n: u64) {
         .unwrap();
     let mut b = b;
     for _ in 0..n {
-        let rsp = ServiceExt::<()>::ready(&mut b).await.unwrap().call(()).await;
+        let rsp = ServiceExt::<()>::ready(&mut b)
+            .await
+            .unwrap()
+            .call(())
+            .await;
         std::hint::black_box(rsp.unwrap());
     }
 }
@@ -139,7 +143,9 @@ fn main() {
         return;
     };
     let n: u64 = n.parse().expect("a request count");
-    let endpoints: u32 = args.next().map_or(10, |e| e.parse().expect("an endpoint count"));
+    let endpoints: u32 = args
+        .next()
+        .map_or(10, |e| e.parse().expect("an endpoint count"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -118,13 +118,34 @@ impl Strategy for LeastConn {
     }
 }
 
-/// A leaf of the tree: one candidate's load as last read.
-#[derive(Debug, Clone, Copy, Default)]
-struct Leaf {
+/// One candidate's load as last read, and its position: the leaves of the tree, and each
+/// inner node's copy of its subtree's best leaf (so a walk up compares neighbours in
+/// memory, without looking leaves up).
+#[derive(Debug, Clone, Copy)]
+struct Key {
     load: u32,
     weight: u32,
     /// When the load was last read: the older wins among equal loads.
     seq: u64,
+    pos: u32,
+}
+
+impl Key {
+    /// An empty slot: worse than any endpoint (in-flight counts stay below 2²⁴).
+    const EMPTY: Key = Key {
+        load: u32::MAX,
+        weight: 1,
+        seq: u64::MAX,
+        pos: NOT_INDEXED,
+    };
+
+    /// Lower load ÷ weight, then the older reading.
+    #[inline]
+    fn before(&self, other: &Key) -> bool {
+        let lhs = u64::from(self.load) * u64::from(other.weight);
+        let rhs = u64::from(other.load) * u64::from(self.weight);
+        lhs < rhs || (lhs == rhs && self.seq < other.seq)
+    }
 }
 
 /// A tournament tree over one candidate list's loads.
@@ -137,10 +158,9 @@ pub(crate) struct Index {
     /// The list's endpoints could not all be indexed (another index holds their pool):
     /// it is scanned.
     unindexed: bool,
-    leaves: Vec<Leaf>,
-    /// `nodes[1]` is the root; `nodes[k]` holds the best leaf of its subtree, the leaves
-    /// sit at `width + i`; [`NOT_INDEXED`] marks an empty slot.
-    nodes: Vec<u32>,
+    /// `nodes[1]` is the root; `nodes[k]` holds the best key of its subtree; the leaves
+    /// sit at `width + i`.
+    nodes: Vec<Key>,
     width: usize,
     seq: u64,
     /// The queue drained last, kept to reuse its allocation.
@@ -164,8 +184,7 @@ impl Index {
         if self.unindexed {
             return None;
         }
-        let best = self.nodes[1] as usize;
-        Some(best)
+        Some(self.nodes[1].pos as usize)
     }
 
     fn rebuild(&mut self, candidates: &Candidates<'_>, queue: &Arc<LoadQueue>) {
@@ -173,7 +192,9 @@ impl Index {
         self.unindexed = false;
         // Positions queued for an earlier list mean nothing now; every load is read anew.
         self.pending.clear();
-        self.leaves.clear();
+        self.width = n.next_power_of_two();
+        self.nodes.clear();
+        self.nodes.resize(2 * self.width, Key::EMPTY);
         for (pos, c) in candidates.iter().enumerate() {
             let state = &c.state;
             let ours = state.pool.loads.get_or_init(|| queue.clone());
@@ -183,20 +204,15 @@ impl Index {
             state.index_pos.store(pos as u32, Release);
             state.index_dirty.swap(false, AcqRel);
             self.seq += 1;
-            self.leaves.push(Leaf {
+            self.nodes[self.width + pos] = Key {
                 load: state.in_flight() as u32,
                 weight: c.weight.max(1),
                 seq: self.seq,
-            });
-        }
-        self.width = n.next_power_of_two();
-        self.nodes.clear();
-        self.nodes.resize(2 * self.width, NOT_INDEXED);
-        for i in 0..n {
-            self.nodes[self.width + i] = i as u32;
+                pos: pos as u32,
+            };
         }
         for k in (1..self.width).rev() {
-            self.nodes[k] = self.better(self.nodes[2 * k], self.nodes[2 * k + 1]);
+            self.nodes[k] = self.better(2 * k);
         }
     }
 
@@ -215,8 +231,9 @@ impl Index {
             c.state.index_dirty.swap(false, AcqRel);
             let load = c.state.in_flight() as u32;
             self.seq += 1;
-            self.leaves[pos].load = load;
-            self.leaves[pos].seq = self.seq;
+            let leaf = &mut self.nodes[self.width + pos];
+            leaf.load = load;
+            leaf.seq = self.seq;
             self.update(pos);
         }
         changed.clear();
@@ -226,10 +243,10 @@ impl Index {
     fn update(&mut self, pos: usize) {
         let mut k = (self.width + pos) / 2;
         while k >= 1 {
-            let best = self.better(self.nodes[2 * k], self.nodes[2 * k + 1]);
+            let best = self.better(2 * k);
             // A subtree whose winner stayed the same, and is not the leaf whose key
             // moved, changes nothing above it.
-            if self.nodes[k] == best && best as usize != pos {
+            if self.nodes[k].pos == best.pos && best.pos as usize != pos {
                 break;
             }
             self.nodes[k] = best;
@@ -237,22 +254,14 @@ impl Index {
         }
     }
 
-    /// The better of two leaves: lower load ÷ weight, then the older reading.
+    /// The better of the two siblings at `left` and `left + 1`.
     #[inline]
-    fn better(&self, a: u32, b: u32) -> u32 {
-        if a == NOT_INDEXED {
-            return b;
-        }
-        if b == NOT_INDEXED {
-            return a;
-        }
-        let (x, y) = (&self.leaves[a as usize], &self.leaves[b as usize]);
-        let lhs = u64::from(x.load) * u64::from(y.weight);
-        let rhs = u64::from(y.load) * u64::from(x.weight);
-        if lhs < rhs || (lhs == rhs && x.seq < y.seq) {
-            a
+    fn better(&self, left: usize) -> Key {
+        let (a, b) = (&self.nodes[left], &self.nodes[left + 1]);
+        if b.before(a) {
+            *b
         } else {
-            b
+            *a
         }
     }
 }
