@@ -23,7 +23,7 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 use tower_lb::{
     balance::{strategy::P2c, Target},
     health::passive::PassiveHealthLayer,
@@ -72,6 +72,35 @@ async fn balance(track: bool, n: u64) {
     }
 }
 
+/// `n` requests through a balancer of `endpoints` always-ready in-memory endpoints with
+/// the named strategy (the per-request cost of the strategy at that size).
+async fn strategy(name: &str, endpoints: u32, n: u64) {
+    use std::future::ready;
+    use tower_lb::balance::strategy::{LeastConn, RoundRobin, Strategy, WeightedRoundRobin};
+    let strategy: std::sync::Arc<dyn Strategy> = match name {
+        "rr" => std::sync::Arc::new(RoundRobin::new()),
+        "wrr" => std::sync::Arc::new(WeightedRoundRobin::new()),
+        "lc" => std::sync::Arc::new(LeastConn::new()),
+        "ewma" => std::sync::Arc::new(P2c::new().peak_ewma()),
+        other => panic!("unknown strategy {other}"),
+    };
+    let svc = tower::service_fn(|()| ready(Ok::<_, BoxError>(())));
+    let b = Balance::builder()
+        .strategy(strategy)
+        .backends((0..endpoints).map(Backend::new))
+        .build(move |_: &Target<'_, u32>| svc)
+        .unwrap();
+    let mut b = b;
+    for _ in 0..n {
+        let rsp = ServiceExt::<()>::ready(&mut b)
+            .await
+            .unwrap()
+            .call(())
+            .await;
+        std::hint::black_box(rsp.unwrap());
+    }
+}
+
 async fn server(limits: bool, n: u64) {
     let app = tower::service_fn(|_: Request<hyper::body::Incoming>| async {
         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -110,10 +139,13 @@ async fn server(limits: bool, n: u64) {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (Some(variant), Some(n)) = (args.next(), args.next()) else {
-        eprintln!("usage: counted plain|limits|notrack|track REQUESTS");
+        eprintln!("usage: counted plain|limits|notrack|track|rr|wrr|lc|ewma REQUESTS [ENDPOINTS]");
         return;
     };
     let n: u64 = n.parse().expect("a request count");
+    let endpoints: u32 = args
+        .next()
+        .map_or(10, |e| e.parse().expect("an endpoint count"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,6 +156,7 @@ fn main() {
             "limits" => server(true, n).await,
             "notrack" => balance(false, n).await,
             "track" => balance(true, n).await,
+            "rr" | "wrr" | "lc" | "ewma" => strategy(&variant, endpoints, n).await,
             other => eprintln!("unknown variant {other}"),
         }
     });

@@ -26,7 +26,7 @@ use common::{rt, time_requests};
 use criterion::{BenchmarkId, Criterion};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower_lb::{
-    balance::strategy::{P2c, RoundRobin, Strategy},
+    balance::strategy::{LeastConn, P2c, RoundRobin, Strategy, WeightedRoundRobin},
     test_util::{self, Echo},
     Backend, Balance,
 };
@@ -172,23 +172,53 @@ fn changes(c: &mut Criterion) {
     g.finish();
 }
 
+/// Resident memory of this process in bytes (`/proc/self/statm`; 0 where there is none).
+fn rss() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn memory() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut kept = Vec::new();
     for (name, make) in [
         ("round-robin", (|| balance(RoundRobin::new())) as fn() -> _),
         ("p2c", || balance(P2c::with_seed(1))),
+        ("weighted-rr", || balance(WeightedRoundRobin::new())),
+        ("least-conn", || balance(LeastConn::new())),
     ] {
         let region = Region::new(GLOBAL);
-        let b = make();
+        let before = rss();
+        let mut b = make();
+        // One request, so a strategy's index over the set (least connections' tree, the
+        // weighted schedule) is built and counted too.
+        rt.block_on(async {
+            use tower::{Service, ServiceExt};
+            let _ = ServiceExt::<()>::ready(&mut b)
+                .await
+                .unwrap()
+                .call(())
+                .await;
+        });
         let stats = region.change();
+        let grown = rss() - before;
         let live = stats.bytes_allocated as i64 - stats.bytes_deallocated as i64;
         println!(
-            "memory ({name}): {live} bytes live for {N} endpoints = {} bytes per endpoint \
-             (allocations: {}, peak churn allocated {} bytes)",
+            "memory ({name}): {live} bytes live for {N} endpoints = {} bytes per endpoint; \
+             RSS grew {grown} bytes = {} bytes per endpoint (allocations: {}, peak churn \
+             allocated {} bytes)",
             live / N as i64,
+            grown / N as i64,
             stats.allocations,
             stats.bytes_allocated
         );
-        drop(b);
+        // Kept to the end, so each balancer's RSS growth is its own, not reused memory.
+        kept.push(b);
     }
 }
 

@@ -139,6 +139,31 @@ proptest! {
         }
     }
 
+    /// The deadline schedule used above `EXACT_UP_TO` endpoints: every cycle of Σw picks
+    /// gives each endpoint exactly its weight, and at every prefix of k picks each
+    /// endpoint's count stays within two picks of k·w/W, as nginx's order does.
+    #[test]
+    fn wrr_schedule_exact_per_cycle_and_smooth(
+        weights in proptest::collection::vec(1u32..50, 1..80),
+    ) {
+        let wrr = WeightedRoundRobin::new().exact_up_to(0);
+        let c = list_of(&weights);
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        for _cycle in 0..3 {
+            let mut counts = vec![0u64; weights.len()];
+            for k in 1..=total {
+                counts[wrr.pick(&c.view(), None).unwrap()] += 1;
+                for (i, &w) in weights.iter().enumerate() {
+                    let ideal = k as f64 * f64::from(w) / total as f64;
+                    prop_assert!((counts[i] as f64 - ideal).abs() < 2.0,
+                        "prefix {k}: endpoint {i} has {} picks, ideal {ideal}", counts[i]);
+                }
+            }
+            let expected: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+            prop_assert_eq!(counts, expected);
+        }
+    }
+
     /// Least connections always picks an endpoint with minimal in-flight ÷ weight.
     #[test]
     fn least_conn_picks_a_minimum((weights, loads) in loads_and_weights()) {

@@ -19,6 +19,8 @@ pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// Peak-EWMA decay in samples: each sample weighs at least `1 / DECAY_SAMPLES`, so a peak
 /// is also forgotten after about this many faster answers, however close together.
 pub(crate) const DECAY_SAMPLES: f64 = 100.0;
+/// `1 / DEFAULT_DECAY` in nanoseconds: a multiplication on the request path, not a division.
+const DECAY_PER_NANO: f64 = 1.0 / (DEFAULT_DECAY.as_nanos() as f64);
 
 /// `t + d`, or about a century later when `d` is too large to add (a configured
 /// `Duration::MAX` means "as long as possible", not a panic).
@@ -85,7 +87,27 @@ pub(crate) struct Pool {
     /// counts of the last published snapshot. Read and written on failure paths only
     /// (ejections, readmissions, publications), never per request.
     pub(crate) levels: Mutex<Levels>,
+    /// Where endpoints report load changes for an indexed strategy (least connections
+    /// over large sets); set by that strategy when it first indexes an endpoint.
+    pub(crate) loads: std::sync::OnceLock<Arc<LoadQueue>>,
 }
+
+/// A strategy's load index (least connections over large sets), where endpoints queue
+/// their position when their load changes. Each endpoint is queued at most once until
+/// the index reads it again (its `index_dirty` flag), so the queue never holds more than
+/// the set. One lock for the index and its queue: a request takes it once to queue its
+/// start and once to pick.
+#[derive(Debug, Default)]
+pub(crate) struct LoadQueue(pub(crate) Mutex<super::strategy::LoadIndex>);
+
+impl LoadQueue {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, super::strategy::LoadIndex> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `EndpointState::index_pos` of an endpoint no index holds.
+pub(crate) const NOT_INDEXED: u32 = u32::MAX;
 
 /// Per-level counts of one balancer's endpoints (index: priority level).
 #[derive(Debug, Default, Clone)]
@@ -194,7 +216,7 @@ pub(crate) enum Refusal {
 /// reads from.
 pub struct EndpointState {
     base: Instant,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     /// Requests in flight (low 24 bits) and in total (high 40 bits), in one atomic so the
     /// request path pays one read-modify-write to count both.
     load: AtomicU64,
@@ -227,6 +249,11 @@ pub struct EndpointState {
     ramp_from: AtomicU64,
     /// Why the last failure happened, for stats (written on failure paths only).
     last_failure: Mutex<Option<Box<str>>>,
+    /// The endpoint's position in its balancer's load index ([`NOT_INDEXED`] when none
+    /// holds it): set by the index, read on every load change.
+    pub(crate) index_pos: std::sync::atomic::AtomicU32,
+    /// A load change of this endpoint waits in the pool's [`LoadQueue`].
+    pub(crate) index_dirty: AtomicBool,
 }
 
 impl fmt::Debug for EndpointState {
@@ -262,6 +289,8 @@ impl EndpointState {
             slots: Mutex::new(Vec::new()),
             ramp_from: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            index_pos: std::sync::atomic::AtomicU32::new(NOT_INDEXED),
+            index_dirty: AtomicBool::new(false),
         }
     }
 
@@ -300,6 +329,7 @@ impl EndpointState {
     /// tests. Pair every call with [`finish_request`](Self::finish_request).
     pub fn start_request(&self) {
         self.load.fetch_add(ONE_REQUEST | 1, Relaxed);
+        self.load_changed();
     }
 
     /// Counts one unit of load in flight without counting a request: for load that
@@ -307,11 +337,34 @@ impl EndpointState {
     /// connect that the balancer counted. Pair with [`remove_load`](Self::remove_load).
     pub fn add_load(&self) {
         self.load.fetch_add(1, Relaxed);
+        self.load_changed();
     }
 
     /// Removes load added with [`add_load`](Self::add_load).
     pub fn remove_load(&self) {
         self.load.fetch_sub(1, Relaxed);
+        self.load_changed();
+    }
+
+    /// Tells the balancer's load index, if one holds this endpoint, that its load changed.
+    /// Without an index (every strategy but least connections over large sets) this is
+    /// one relaxed load.
+    #[inline]
+    fn load_changed(&self) {
+        if self.index_pos.load(Relaxed) != NOT_INDEXED {
+            self.queue_load_change();
+        }
+    }
+
+    fn queue_load_change(&self) {
+        // The swap pairs with the index's own swap before it reads the load: either the
+        // index reads this change, or this call sees the flag cleared and queues again.
+        if !self.index_dirty.swap(true, AcqRel) {
+            let pos = self.index_pos.load(Acquire);
+            if let Some(queue) = self.pool.loads.get() {
+                queue.lock().pending.push(pos);
+            }
+        }
     }
 
     /// Counts one unit of load in flight until the returned guard (and every clone of
@@ -341,6 +394,7 @@ impl EndpointState {
     /// Counts a request started with [`start_request`](Self::start_request) as finished.
     pub fn finish_request(&self) {
         self.load.fetch_sub(1, Relaxed);
+        self.load_changed();
     }
 
     /// The concurrency cap (`0`: none).
@@ -460,7 +514,8 @@ impl EndpointState {
     /// assert!(state.ewma().unwrap() < Duration::from_millis(2));
     /// ```
     pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
-        let sample = rtt.as_nanos() as f64;
+        // Through u64: a u128 to f64 conversion is a library call.
+        let sample = rtt.as_nanos() as u64 as f64;
         let now_ns = self.nanos(now);
         let prev_bits = self.ewma_bits.load(Relaxed);
         let next = if prev_bits == 0 {
@@ -471,7 +526,7 @@ impl EndpointState {
                 sample
             } else {
                 let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                let x = elapsed * DECAY_PER_NANO;
                 // e^-x > 1 - 1/N while x < 1/N: the sample-count floor decides, no `exp`
                 // needed (the usual case for a busy endpoint).
                 let w = if x < 1.0 / DECAY_SAMPLES {
@@ -505,7 +560,7 @@ impl EndpointState {
                 let elapsed =
                     self.nanos(now)
                         .saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-                let x = elapsed / DEFAULT_DECAY.as_nanos() as f64;
+                let x = elapsed * DECAY_PER_NANO;
                 // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
                 let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };
                 f64::from_bits(bits) * w

@@ -1,4 +1,5 @@
 use std::{
+    cell::Cell,
     fmt,
     future::Future,
     pin::Pin,
@@ -10,6 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::{clock::Clock, strategy::PickTime};
 use super::{
     set::{candidate, Core, Key, Snapshot},
     strategy::{Candidate, CandidateList, RequestKey},
@@ -56,7 +58,7 @@ pin_project! {
         // a small future.
         slow: Option<Box<Slow>>,
         retries: usize,
-        track_latency: bool,
+        clock: Clock,
         #[pin]
         state: State<K, S, Req>,
     }
@@ -71,7 +73,14 @@ pin_project! {
         // Choose another endpoint (after a failure), from `snap` or a newer snapshot.
         Pick { snap: Arc<Snapshot<K, S>>, req: Option<Req> },
         // Drive the chosen endpoint's readiness.
-        Ready { guard: Option<InFlight<K, S>>, svc: S, req: Option<Req> },
+        // `picked`: when the pick read the clock, the request's start time if the
+        // endpoint takes it at once.
+        Ready {
+            guard: Option<InFlight<K, S>>,
+            svc: S,
+            req: Option<Req>,
+            picked: Option<Instant>,
+        },
         // Wait on the endpoint's response.
         Call {
             guard: InFlight<K, S>,
@@ -120,8 +129,12 @@ where
         let key = policy.key(&req).or_else(super::take_key);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
-        let state = match pick(snap, key.as_ref(), &[]) {
-            Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
+        let time = Cell::new(PickTime {
+            clock: core.cfg.clock,
+            at: None,
+        });
+        let state = match pick(snap, key.as_ref(), &[], &time) {
+            Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.get().at),
             Some(Err(error)) => State::Failed { error: Some(error) },
             None => {
                 let s: &mut Slow = slow.get_or_insert_with(Box::default);
@@ -133,14 +146,19 @@ where
             key,
             slow,
             retries: core.cfg.retries,
-            track_latency: core.cfg.track_latency,
+            clock: core.cfg.clock,
             state,
         }
     }
 }
 
 #[inline]
-fn ready_state<K: Key, S, Req>(snap: Arc<Snapshot<K, S>>, pos: usize, req: Req) -> State<K, S, Req>
+fn ready_state<K: Key, S, Req>(
+    snap: Arc<Snapshot<K, S>>,
+    pos: usize,
+    req: Req,
+    picked: Option<Instant>,
+) -> State<K, S, Req>
 where
     S: Service<Req> + Clone,
 {
@@ -152,6 +170,7 @@ where
         guard: Some(guard),
         svc,
         req: Some(req),
+        picked,
     }
 }
 
@@ -174,8 +193,9 @@ fn pick<K, S>(
     snap: &Snapshot<K, S>,
     key: Option<&RequestKey>,
     tried: &[u64],
+    time: &Cell<PickTime>,
 ) -> Option<Result<usize, BoxError>> {
-    let view = snap.candidates.view();
+    let view = snap.candidates.view_timed(time);
     if view.is_empty() {
         return None;
     }
@@ -199,7 +219,7 @@ fn pick<K, S>(
         rest
     };
     let rest = CandidateList::new(rest);
-    let view = rest.view();
+    let view = rest.view_timed(time);
     Some(
         match (!view.is_empty())
             .then(|| snap.strategy.pick(&view, key))
@@ -309,8 +329,12 @@ where
                 StateProj::Pick { snap, req } => {
                     let req = req.take().expect("request is present until called");
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
-                    let next = match pick(snap, this.key.as_ref(), &slow.tried) {
-                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req),
+                    let time = Cell::new(PickTime {
+                        clock: *this.clock,
+                        at: None,
+                    });
+                    let next = match pick(snap, this.key.as_ref(), &slow.tried, &time) {
+                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.get().at),
                         Some(Err(error)) => State::Failed {
                             error: Some(slow.last.take().unwrap_or(error)),
                         },
@@ -338,8 +362,17 @@ where
                     let next = wait_or_fail(core.clone(), &mut slow.deadline, req);
                     this.state.set(next);
                 }
-                StateProj::Ready { guard, svc, req } => match svc.poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                StateProj::Ready {
+                    guard,
+                    svc,
+                    req,
+                    picked,
+                } => match svc.poll_ready(cx) {
+                    Poll::Pending => {
+                        // The wait is not the endpoint's latency: time from the call.
+                        *picked = None;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(())) => {
                         let req = req.take().expect("request is present until called");
                         let replay = if *this.retries > 0 {
@@ -347,7 +380,8 @@ where
                         } else {
                             None
                         };
-                        let started = this.track_latency.then(Instant::now);
+                        let clock = *this.clock;
+                        let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now()));
                         let fut = svc.call(req);
                         let guard = guard.take().expect("guard is present until called");
                         this.state.set(State::Call {
@@ -386,7 +420,7 @@ where
                     match res {
                         Ok(rsp) => {
                             if let Some(t0) = *started {
-                                let now = Instant::now();
+                                let now = this.clock.now();
                                 entry.state.observe_rtt(now - t0, now);
                             }
                             this.state.set(State::Done);

@@ -103,6 +103,7 @@
 //! ```
 
 mod budget;
+pub(crate) mod clock;
 mod cow;
 mod endpoint;
 mod future;

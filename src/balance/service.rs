@@ -623,6 +623,7 @@ impl<K: Key, P, L> Builder<K, P, L> {
             self.strategy = wrap(self.strategy.clone());
         }
         self.cfg.track_latency |= self.strategy.needs_latency();
+        self.cfg.clock = super::clock::Clock::choose(self.cfg.track_latency);
         Ok(())
     }
 

@@ -100,6 +100,8 @@ pub(crate) struct Config {
     pub(crate) fail_fast: Duration,
     pub(crate) retries: usize,
     pub(crate) track_latency: bool,
+    /// The clock latency is measured with, chosen when the balancer is built.
+    pub(crate) clock: crate::balance::clock::Clock,
     /// Slow-start window (off when `None`).
     pub(crate) slow_start: Option<Duration>,
 }
@@ -112,6 +114,7 @@ impl Default for Config {
             fail_fast: Duration::from_secs(1),
             retries: 2,
             track_latency: false,
+            clock: crate::balance::clock::Clock::Off,
             slow_start: None,
         }
     }

@@ -1,12 +1,33 @@
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{
+    atomic::{AtomicUsize, Ordering::*},
+    Arc,
+};
 
 use super::{Candidates, RequestKey, Strategy};
+use crate::balance::endpoint::{LoadQueue, NOT_INDEXED};
+
+/// Up to this many candidates [`LeastConn`] scans them all (O(n)); above it, it keeps an
+/// index of their loads (O(log n)).
+pub const SCAN_UP_TO: usize = 32;
 
 /// Least connections, weighted (nginx `least_conn`): the endpoint with the fewest
 /// in-flight requests per unit of weight. Ties rotate, so idle endpoints share the
 /// traffic evenly.
 ///
-/// Cost: O(n) per pick (a scan of relaxed atomic loads).
+/// **Up to [`SCAN_UP_TO`] candidates** (32; change it with [`scan_up_to`](Self::scan_up_to))
+/// each pick scans them, as nginx does, starting one further each time so ties rotate.
+///
+/// **Above it**, on the candidate lists a balancer publishes, picks come from a
+/// tournament tree keyed by in-flight ÷ weight, as HAProxy's `leastconn` keeps its servers
+/// in a tree: an endpoint whose load changes queues itself (once until the next pick looks)
+/// and the next pick re-reads it and updates its path, so a pick costs O(log n) per load
+/// change since the last one, and the choice is the same exact minimum the scan finds.
+/// Among equal loads the endpoint whose load changed longest ago wins, so ties rotate
+/// first-in first-out, as in HAProxy's tree. A new candidate list costs one O(n) rebuild
+/// on the first pick that sees it. Lists made by hand ([`CandidateList::new`], and the
+/// balancer's retry lists) are always scanned.
+///
+/// [`CandidateList::new`]: super::CandidateList::new
 ///
 /// ```
 /// use tower_lb::balance::strategy::{list_of, LeastConn, Strategy};
@@ -16,9 +37,22 @@ use super::{Candidates, RequestKey, Strategy};
 /// // Both idle: ties rotate.
 /// assert_ne!(lc.pick(&c.view(), None), lc.pick(&c.view(), None));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LeastConn {
     offset: AtomicUsize,
+    scan_up_to: usize,
+    /// The index and the queue its endpoints report to.
+    queue: Arc<LoadQueue>,
+}
+
+impl Default for LeastConn {
+    fn default() -> Self {
+        Self {
+            offset: AtomicUsize::new(0),
+            scan_up_to: SCAN_UP_TO,
+            queue: Arc::new(LoadQueue::default()),
+        }
+    }
 }
 
 impl LeastConn {
@@ -26,14 +60,16 @@ impl LeastConn {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-impl Strategy for LeastConn {
-    fn pick(&self, candidates: &Candidates<'_>, _key: Option<&RequestKey>) -> Option<usize> {
+    /// Scans up to `n` candidates and indexes larger lists: `0` indexes every list a
+    /// balancer publishes, `usize::MAX` always scans (O(n) per pick at any size).
+    pub fn scan_up_to(mut self, n: usize) -> Self {
+        self.scan_up_to = n;
+        self
+    }
+
+    fn scan(&self, candidates: &Candidates<'_>) -> usize {
         let n = candidates.len();
-        if n == 0 {
-            return None;
-        }
         let start = self.offset.fetch_add(1, Relaxed) % n;
         let mut best = start;
         let mut best_load = candidates[start].in_flight() as u128;
@@ -50,7 +86,27 @@ impl Strategy for LeastConn {
                 best_w = w;
             }
         }
-        Some(best)
+        best
+    }
+}
+
+impl Strategy for LeastConn {
+    fn pick(&self, candidates: &Candidates<'_>, _key: Option<&RequestKey>) -> Option<usize> {
+        let n = candidates.len();
+        if n == 0 {
+            return None;
+        }
+        if n <= self.scan_up_to || candidates.generation() == 0 || n >= NOT_INDEXED as usize {
+            return Some(self.scan(candidates));
+        }
+        let mut index = self.queue.lock();
+        match index.pick(candidates, &self.queue) {
+            Some(i) => Some(i),
+            None => {
+                drop(index);
+                Some(self.scan(candidates))
+            }
+        }
     }
 
     fn wants_rebuild(&self) -> bool {
@@ -59,5 +115,263 @@ impl Strategy for LeastConn {
 
     fn name(&self) -> &'static str {
         "least-conn"
+    }
+}
+
+/// One candidate's load as last read, and its position: the leaves of the tree, and each
+/// inner node's copy of its subtree's best leaf (so a walk up compares neighbours in
+/// memory, without looking leaves up).
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    load: u32,
+    weight: u32,
+    /// When the load was last read: the older wins among equal loads.
+    seq: u64,
+    pos: u32,
+}
+
+impl Key {
+    /// An empty slot: worse than any endpoint (in-flight counts stay below 2²⁴).
+    const EMPTY: Key = Key {
+        load: u32::MAX,
+        weight: 1,
+        seq: u64::MAX,
+        pos: NOT_INDEXED,
+    };
+
+    /// Lower load ÷ weight, then the older reading.
+    #[inline]
+    fn before(&self, other: &Key) -> bool {
+        let lhs = u64::from(self.load) * u64::from(other.weight);
+        let rhs = u64::from(other.load) * u64::from(self.weight);
+        lhs < rhs || (lhs == rhs && self.seq < other.seq)
+    }
+}
+
+/// A tournament tree over one candidate list's loads.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    /// Positions of endpoints whose load changed since the last pick.
+    pub(crate) pending: Vec<u32>,
+    /// Which list the tree describes: its generation, address and length.
+    list: (u64, usize, usize),
+    /// The list's endpoints could not all be indexed (another index holds their pool):
+    /// it is scanned.
+    unindexed: bool,
+    /// `nodes[1]` is the root; `nodes[k]` holds the best key of its subtree; the leaves
+    /// sit at `width + i`.
+    nodes: Vec<Key>,
+    width: usize,
+    seq: u64,
+    /// The queue drained last, kept to reuse its allocation.
+    spare: Vec<u32>,
+}
+
+impl Index {
+    /// The pick over `candidates`, or `None` when the list can't be indexed.
+    fn pick(&mut self, candidates: &Candidates<'_>, queue: &Arc<LoadQueue>) -> Option<usize> {
+        let list = (
+            candidates.generation(),
+            candidates.as_ptr() as usize,
+            candidates.len(),
+        );
+        if list != self.list {
+            self.list = list;
+            self.rebuild(candidates, queue);
+        } else if !self.unindexed {
+            self.drain(candidates);
+        }
+        if self.unindexed {
+            return None;
+        }
+        Some(self.nodes[1].pos as usize)
+    }
+
+    fn rebuild(&mut self, candidates: &Candidates<'_>, queue: &Arc<LoadQueue>) {
+        let n = candidates.len();
+        self.unindexed = false;
+        // Positions queued for an earlier list mean nothing now; every load is read anew.
+        self.pending.clear();
+        self.width = n.next_power_of_two();
+        self.nodes.clear();
+        self.nodes.resize(2 * self.width, Key::EMPTY);
+        for (pos, c) in candidates.iter().enumerate() {
+            let state = &c.state;
+            let ours = state.pool.loads.get_or_init(|| queue.clone());
+            if !Arc::ptr_eq(ours, queue) {
+                self.unindexed = true;
+            }
+            state.index_pos.store(pos as u32, Release);
+            state.index_dirty.swap(false, AcqRel);
+            self.seq += 1;
+            self.nodes[self.width + pos] = Key {
+                load: state.in_flight() as u32,
+                weight: c.weight.max(1),
+                seq: self.seq,
+                pos: pos as u32,
+            };
+        }
+        for k in (1..self.width).rev() {
+            self.nodes[k] = self.better(2 * k);
+        }
+    }
+
+    /// Re-reads every endpoint that queued a load change and updates its path.
+    fn drain(&mut self, candidates: &Candidates<'_>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut changed = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
+        for &pos in &changed {
+            let pos = pos as usize;
+            let Some(c) = candidates.get(pos) else {
+                continue;
+            };
+            // Clear the flag before reading, so a change after the read queues again.
+            c.state.index_dirty.swap(false, AcqRel);
+            let load = c.state.in_flight() as u32;
+            self.seq += 1;
+            let leaf = &mut self.nodes[self.width + pos];
+            leaf.load = load;
+            leaf.seq = self.seq;
+            self.update(pos);
+        }
+        changed.clear();
+        self.spare = changed;
+    }
+
+    fn update(&mut self, pos: usize) {
+        let mut k = (self.width + pos) / 2;
+        while k >= 1 {
+            let best = self.better(2 * k);
+            // A subtree whose winner stayed the same, and is not the leaf whose key
+            // moved, changes nothing above it.
+            if self.nodes[k].pos == best.pos && best.pos as usize != pos {
+                break;
+            }
+            self.nodes[k] = best;
+            k /= 2;
+        }
+    }
+
+    /// The better of the two siblings at `left` and `left + 1`.
+    #[inline]
+    fn better(&self, left: usize) -> Key {
+        let (a, b) = (&self.nodes[left], &self.nodes[left + 1]);
+        if b.before(a) {
+            *b
+        } else {
+            *a
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{
+        strategy::{Candidate, CandidateList},
+        EndpointState,
+    };
+
+    fn states(n: usize) -> Vec<Arc<EndpointState>> {
+        // One pool for all, as in a balancer.
+        let first = Arc::new(EndpointState::detached());
+        let pool = first.pool.clone();
+        let mut v = vec![first];
+        v.extend((1..n).map(|_| Arc::new(EndpointState::new(pool.clone(), 0, 0))));
+        v
+    }
+
+    fn list(states: &[Arc<EndpointState>], weights: &[u32], generation: u64) -> CandidateList {
+        CandidateList::with_generation(
+            states
+                .iter()
+                .zip(weights)
+                .enumerate()
+                .map(|(i, (s, &w))| Candidate::with_state(s.clone(), i as u64, w))
+                .collect(),
+            generation,
+        )
+    }
+
+    fn minimum(states: &[Arc<EndpointState>], weights: &[u32]) -> f64 {
+        states
+            .iter()
+            .zip(weights)
+            .map(|(s, &w)| s.in_flight() as f64 / f64::from(w))
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    fn index_picks_the_exact_minimum_as_loads_change() {
+        let n = 300;
+        let st = states(n);
+        let weights: Vec<u32> = (0..n as u32).map(|i| 1 + i % 5).collect();
+        let l = list(&st, &weights, 7);
+        let lc = LeastConn::new();
+        let mut rng = 0x1234_5678_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..5_000 {
+            let i = lc.pick(&l.view(), None).unwrap();
+            let cost = st[i].in_flight() as f64 / f64::from(weights[i]);
+            assert_eq!(cost, minimum(&st, &weights));
+            st[i].start_request();
+            // Some random endpoint finishes a request.
+            let j = (next() % n as u64) as usize;
+            if st[j].in_flight() > 0 {
+                st[j].finish_request();
+            }
+        }
+    }
+
+    #[test]
+    fn index_rotates_ties_first_in_first_out() {
+        let st = states(64);
+        let l = list(&st, &[1; 64], 1);
+        let lc = LeastConn::new();
+        let mut seen = [0u32; 64];
+        for _ in 0..64 * 3 {
+            let i = lc.pick(&l.view(), None).unwrap();
+            seen[i] += 1;
+            // An answer at once, as from an in-memory service.
+            st[i].start_request();
+            st[i].finish_request();
+        }
+        assert_eq!(seen, [3; 64]);
+    }
+
+    #[test]
+    fn index_rebuilds_for_a_new_list() {
+        let st = states(100);
+        let lc = LeastConn::new();
+        let first = list(&st[..50], &[1; 50], 1);
+        for s in &st[..50] {
+            s.start_request();
+        }
+        let i = lc.pick(&first.view(), None).unwrap();
+        assert!(i < 50);
+        // The new list adds 50 idle endpoints: one of them wins.
+        let second = list(&st, &[1; 100], 2);
+        let i = lc.pick(&second.view(), None).unwrap();
+        assert!(i >= 50, "{i}");
+    }
+
+    #[test]
+    fn endpoints_of_another_index_are_scanned() {
+        let st = states(40);
+        let l = list(&st, &[1; 40], 3);
+        let other = LeastConn::new();
+        let _ = other.pick(&l.view(), None); // the pool now reports to `other`
+        let lc = LeastConn::new();
+        st[0].start_request();
+        for _ in 0..40 {
+            assert_ne!(lc.pick(&l.view(), None), Some(0));
+        }
     }
 }

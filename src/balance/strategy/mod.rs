@@ -9,8 +9,8 @@
 //! | strategy | picks | cost per pick |
 //! |---|---|---|
 //! | [`RoundRobin`] | the next endpoint in turn, weights ignored | O(1) |
-//! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) | O(n) |
-//! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`) | O(n) |
+//! | [`WeightedRoundRobin`] | nginx smooth weighted round robin (5,1,1 → a a b a c a a) up to [`EXACT_UP_TO`] endpoints, an EDF schedule above | O(n) up to 32, O(log n) above |
+//! | [`LeastConn`] | fewest in-flight ÷ weight, ties rotate (nginx `least_conn`); a tree above [`SCAN_UP_TO`] endpoints | O(n) up to 32, O(log n) above |
 //! | [`Random`] | uniformly, or by weight with [`Random::weighted`] | O(1) / O(log n) |
 //! | [`P2c`] | the less loaded of two distinct endpoints drawn by weight | O(log n) |
 //! | [`IpHash`] | nginx `ip_hash`: by client /24 (IPv4) or address (IPv6); rehash, then round robin | O(log n) |
@@ -62,7 +62,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::endpoint::EndpointState;
+use super::{clock::Clock, endpoint::EndpointState};
 use crate::backend::mix64;
 
 mod bounded;
@@ -81,14 +81,15 @@ mod weighted_rr;
 
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
-pub use least_conn::LeastConn;
+pub(crate) use least_conn::Index as LoadIndex;
+pub use least_conn::{LeastConn, SCAN_UP_TO};
 pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use p2c::P2c;
 pub use random::Random;
 pub use rendezvous::Rendezvous;
 pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
-pub use weighted_rr::WeightedRoundRobin;
+pub use weighted_rr::{WeightedRoundRobin, EXACT_UP_TO};
 
 /// Chooses an endpoint for a request. See the [module docs](self).
 pub trait Strategy: Send + Sync + 'static {
@@ -416,7 +417,19 @@ impl CandidateList {
 
     /// Borrows the list as strategies see it.
     pub fn view(&self) -> Candidates<'_> {
-        Candidates { list: self }
+        Candidates {
+            list: self,
+            time: None,
+        }
+    }
+
+    /// The list as a balancer's pick sees it: [`Candidates::now`] reads `time`'s clock
+    /// once and keeps the instant there.
+    pub(crate) fn view_timed<'a>(&'a self, time: &'a std::cell::Cell<PickTime>) -> Candidates<'a> {
+        Candidates {
+            list: self,
+            time: Some(time),
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -456,6 +469,7 @@ impl Hasher for IdHasher {
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     list: &'a CandidateList,
+    time: Option<&'a std::cell::Cell<PickTime>>,
 }
 
 impl<'a> Deref for Candidates<'a> {
@@ -502,6 +516,49 @@ impl<'a> Candidates<'a> {
     pub fn generation(&self) -> u64 {
         self.list.generation
     }
+
+    /// The time of this pick, for strategies that weigh time (peak-EWMA decay).
+    ///
+    /// Inside the balancer the clock is read once per request: the first call during a
+    /// pick reads it, later calls of the same pick get the same instant, and the balancer
+    /// times the request's latency from it (when the endpoint takes the request at once),
+    /// so a strategy that reads the time costs no extra clock read. Outside a balancer's
+    /// pick (a strategy's unit test) each call reads Tokio's clock. The balancer reads
+    /// the CPU's time-stamp counter (about a third of the cost of `Instant::now()`), or
+    /// Tokio's clock if that was paused when the balancer was built, so paused-time tests
+    /// are exact.
+    ///
+    /// ```
+    /// use tower_lb::balance::strategy::list_of;
+    ///
+    /// let c = list_of(&[1, 1]);
+    /// assert!(c.view().now() <= tokio::time::Instant::now());
+    /// ```
+    #[inline]
+    pub fn now(&self) -> Instant {
+        match self.time {
+            None => Instant::now(),
+            Some(cell) => {
+                let mut time = cell.get();
+                match time.at {
+                    Some(t) => t,
+                    None => {
+                        let t = time.clock.now();
+                        time.at = Some(t);
+                        cell.set(time);
+                        t
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The time of one pick of a balancer: its clock, and the instant once read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PickTime {
+    pub(crate) clock: Clock,
+    pub(crate) at: Option<Instant>,
 }
 
 /// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.

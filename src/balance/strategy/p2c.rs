@@ -1,5 +1,3 @@
-use tokio::time::Instant;
-
 use super::{Candidates, RequestKey, Rng, Strategy};
 
 /// Lowest cost floor for peak EWMA: an endpoint never looks faster than 1 ms.
@@ -94,7 +92,7 @@ impl Strategy for P2c {
                 let (a, b) = (&candidates[i], &candidates[j]);
                 let (wa, wb) = (f64::from(a.weight.max(1)), f64::from(b.weight.max(1)));
                 let (la, lb) = if self.ewma {
-                    let now = Instant::now();
+                    let now = candidates.now();
                     (
                         a.ewma_nanos(now).max(EWMA_FLOOR_NS) * (a.in_flight() as f64 + 1.0),
                         b.ewma_nanos(now).max(EWMA_FLOOR_NS) * (b.in_flight() as f64 + 1.0),
