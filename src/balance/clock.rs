@@ -50,12 +50,12 @@ impl Clock {
     /// clock is paused, else the counter.
     pub(crate) fn choose(track_latency: bool) -> Self {
         if !track_latency {
-            Clock::Off
+            Self::Off
         } else if tokio_paused() {
-            Clock::Tokio
+            Self::Tokio
         } else {
             counter();
-            Clock::Counter
+            Self::Counter
         }
     }
 
@@ -63,25 +63,27 @@ impl Clock {
     #[inline]
     pub(crate) fn now(self) -> Instant {
         match self {
-            Clock::Counter => {
+            Self::Counter => {
                 // `choose` made the counter before any balancer could use it.
                 let c = counter();
                 c.base + Duration::from_nanos(c.clock.delta_as_nanos(c.raw0, c.clock.raw()))
             }
-            Clock::Off | Clock::Tokio => Instant::now(),
+            Self::Off | Self::Tokio => Instant::now(),
         }
     }
 
     /// Whether latency is measured.
     #[inline]
     pub(crate) fn on(self) -> bool {
-        self != Clock::Off
+        self != Self::Off
     }
 }
 
 /// Whether Tokio's clock stands still: two reads a few microseconds of real time apart
 /// give the same instant only when it is paused (a paused clock moves only when told to,
 /// or when the runtime idles, which it can't while this thread spins).
+// Real time on purpose: the check compares Tokio's clock against it.
+#[allow(clippy::disallowed_types)]
 fn tokio_paused() -> bool {
     let before = Instant::now();
     let spin = std::time::Instant::now();

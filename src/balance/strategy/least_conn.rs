@@ -63,6 +63,7 @@ impl LeastConn {
 
     /// Scans up to `n` candidates and indexes larger lists: `0` indexes every list a
     /// balancer publishes, `usize::MAX` always scans (O(n) per pick at any size).
+    #[must_use]
     pub fn scan_up_to(mut self, n: usize) -> Self {
         self.scan_up_to = n;
         self
@@ -132,7 +133,7 @@ struct Key {
 
 impl Key {
     /// An empty slot: worse than any endpoint (in-flight counts stay below 2²⁴).
-    const EMPTY: Key = Key {
+    const EMPTY: Self = Self {
         load: u32::MAX,
         weight: 1,
         seq: u64::MAX,
@@ -141,7 +142,7 @@ impl Key {
 
     /// Lower load ÷ weight, then the older reading.
     #[inline]
-    fn before(&self, other: &Key) -> bool {
+    fn before(&self, other: &Self) -> bool {
         let lhs = u64::from(self.load) * u64::from(other.weight);
         let rhs = u64::from(other.load) * u64::from(self.weight);
         lhs < rhs || (lhs == rhs && self.seq < other.seq)

@@ -71,6 +71,7 @@ impl WeightedRoundRobin {
     /// Runs nginx's exact smooth order up to `n` candidates and the O(log n) deadline
     /// scheduler above: `0` always schedules by deadline, `usize::MAX` is always nginx
     /// (O(n) per pick at any size).
+    #[must_use]
     pub fn exact_up_to(mut self, n: usize) -> Self {
         self.exact_up_to = n;
         self
@@ -147,7 +148,7 @@ struct Due {
 
 impl Due {
     #[inline]
-    fn before(&self, other: &Due) -> bool {
+    fn before(&self, other: &Self) -> bool {
         (self.deadline, self.pos) < (other.deadline, other.pos)
     }
 }
