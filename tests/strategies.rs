@@ -110,6 +110,33 @@ fn loads_and_weights() -> impl proptest::strategy::Strategy<Value = (Vec<u32>, V
     })
 }
 
+/// Three cycles of Σw picks: each cycle gives every endpoint exactly its weight, and at
+/// every prefix of k picks each endpoint's count stays within two picks of k·w/W.
+fn exact_per_cycle_and_smooth(
+    wrr: &WeightedRoundRobin,
+    weights: &[u32],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let c = list_of(weights);
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    for _cycle in 0..3 {
+        let mut counts = vec![0u64; weights.len()];
+        for k in 1..=total {
+            counts[wrr.pick(&c.view(), None).unwrap()] += 1;
+            for (i, &w) in weights.iter().enumerate() {
+                let ideal = k as f64 * f64::from(w) / total as f64;
+                prop_assert!(
+                    (counts[i] as f64 - ideal).abs() < 2.0,
+                    "prefix {k}: endpoint {i} has {} picks, ideal {ideal}",
+                    counts[i]
+                );
+            }
+        }
+        let expected: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+        prop_assert_eq!(counts, expected);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -121,22 +148,7 @@ proptest! {
     /// domain, simulated, the largest deviation was 1.12.
     #[test]
     fn wrr_exact_per_cycle_and_smooth(weights in proptest::collection::vec(1u32..10, 1..10)) {
-        let wrr = WeightedRoundRobin::new();
-        let c = list_of(&weights);
-        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-        for _cycle in 0..3 {
-            let mut counts = vec![0u64; weights.len()];
-            for k in 1..=total {
-                counts[wrr.pick(&c.view(), None).unwrap()] += 1;
-                for (i, &w) in weights.iter().enumerate() {
-                    let ideal = k as f64 * f64::from(w) / total as f64;
-                    prop_assert!((counts[i] as f64 - ideal).abs() < 2.0,
-                        "prefix {k}: endpoint {i} has {} picks, ideal {ideal}", counts[i]);
-                }
-            }
-            let expected: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
-            prop_assert_eq!(counts, expected);
-        }
+        exact_per_cycle_and_smooth(&WeightedRoundRobin::new(), &weights)?;
     }
 
     /// The deadline schedule used above `EXACT_UP_TO` endpoints: every cycle of Σw picks
@@ -146,22 +158,7 @@ proptest! {
     fn wrr_schedule_exact_per_cycle_and_smooth(
         weights in proptest::collection::vec(1u32..50, 1..80),
     ) {
-        let wrr = WeightedRoundRobin::new().exact_up_to(0);
-        let c = list_of(&weights);
-        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-        for _cycle in 0..3 {
-            let mut counts = vec![0u64; weights.len()];
-            for k in 1..=total {
-                counts[wrr.pick(&c.view(), None).unwrap()] += 1;
-                for (i, &w) in weights.iter().enumerate() {
-                    let ideal = k as f64 * f64::from(w) / total as f64;
-                    prop_assert!((counts[i] as f64 - ideal).abs() < 2.0,
-                        "prefix {k}: endpoint {i} has {} picks, ideal {ideal}", counts[i]);
-                }
-            }
-            let expected: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
-            prop_assert_eq!(counts, expected);
-        }
+        exact_per_cycle_and_smooth(&WeightedRoundRobin::new().exact_up_to(0), &weights)?;
     }
 
     /// Least connections always picks an endpoint with minimal in-flight ÷ weight.
