@@ -301,3 +301,20 @@ pub fn is_connect_error(err: &(dyn Error + 'static)) -> bool {
     }
     false
 }
+
+/// A PEM parse error in words (`rustls-pki-types` prints the markers it missed as lists
+/// of bytes).
+#[cfg(any(feature = "tls", feature = "server-tls"))]
+pub(crate) fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as Pem;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+    match e {
+        Pem::MissingSectionEnd { end_marker } => {
+            format!("a section has no end line ({:?})", text(end_marker))
+        }
+        Pem::IllegalSectionStart { line } => {
+            format!("a section starts with a bad line ({:?})", text(line))
+        }
+        other => other.to_string(),
+    }
+}

@@ -11,7 +11,7 @@ use tower_lb::sticky::Cidr;
 
 pub(crate) use parse::{
     backend_url, parse_backend, parse_cidr, parse_dns, parse_duration, parse_hash_key,
-    parse_json_expect, parse_pool, parse_route, parse_tcp_backend, parse_tcp_proxy,
+    parse_json_expect, parse_pool, parse_route, parse_sni, parse_tcp_backend, parse_tcp_proxy,
 };
 
 /// The command line. Every value is checked when parsed; a bad one exits with status 2
@@ -177,6 +177,48 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: Option<u32>,
 
+    /// Terminate TLS on the listener with this PEM certificate chain (leaf first), with
+    /// --tls-key; ALPN offers `h2` and `http/1.1`, TLS 1.2 and 1.3 only, and backends get
+    /// `X-Forwarded-Proto: https`. SIGHUP re-reads the files (a bad one keeps the
+    /// certificate in use).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// A certificate for clients that ask for NAME through SNI: `NAME=CERT,KEY` (PEM
+    /// paths; NAME may be `*.example.com`). Others get --tls-cert. Repeatable; in the
+    /// configuration file, `[[tls-sni]]` tables with `name`, `cert` and `key`.
+    #[arg(long = "tls-sni", value_name = "NAME=CERT,KEY", requires = "tls_cert", value_parser = parse_sni)]
+    pub(crate) tls_sni: Vec<SniSpec>,
+
+    /// A client that has not finished its TLS handshake this long after connecting is
+    /// closed (nginx `ssl_handshake_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) tls_handshake_timeout: Duration,
+
+    /// Also re-read the certificate files when they change, checked this often (SIGHUP
+    /// always re-reads them). Off unless given.
+    #[arg(long, value_name = "DUR", requires = "tls_cert", value_parser = parse_duration)]
+    pub(crate) tls_watch: Option<Duration>,
+
+    /// `https://` backends: also trust the CAs of this PEM bundle, beside the system's
+    /// roots (repeatable). Certificates are always verified (chain, dates, the backend's
+    /// host name); a backend whose certificate fails gets no request.
+    #[arg(long = "backend-ca", value_name = "PATH")]
+    pub(crate) backend_ca: Vec<PathBuf>,
+
+    /// `https://` backends: present this PEM client certificate chain (mTLS), with
+    /// --backend-client-key.
+    #[arg(long, value_name = "PATH", requires = "backend_client_key")]
+    pub(crate) backend_client_cert: Option<PathBuf>,
+
+    /// The private key of --backend-client-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "backend_client_cert")]
+    pub(crate) backend_client_key: Option<PathBuf>,
+
     /// Layer 4: accept TCP connections here and balance them over --tcp-backend
     /// (least connections by default).
     #[arg(long, value_name = "ADDR", requires = "tcp_backends")]
@@ -266,6 +308,14 @@ pub(crate) struct TcpBackendSpec {
     pub(crate) addr: String,
     pub(crate) weight: u32,
     pub(crate) priority: u8,
+}
+
+/// A certificate served to clients asking for `name` through SNI (`--tls-sni`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SniSpec {
+    pub(crate) name: String,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// One TCP proxy: where it listens, how it picks, and its backends.

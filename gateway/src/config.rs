@@ -33,10 +33,16 @@
 //! listen = "127.0.0.1:6380"
 //! strategy = "least-conn"   # the default
 //! backends = [{ address = "10.0.2.1:6379" }, { address = "10.0.2.2:6379", backup = true }]
+//!
+//! [[tls-sni]]               # with tls-cert and tls-key: another certificate by SNI
+//! name = "api.example.com"
+//! cert = "api.pem"
+//! key = "api.key"
 //! ```
 //!
-//! Top-level keys may be written with `_` for `-` (`backends_file`). A relative
-//! `backends-file` path is relative to the configuration file's directory.
+//! Top-level keys may be written with `_` for `-` (`backends_file`). A relative path
+//! (`backends-file`, `tls-cert`, `tls-key`, `backend-ca`, the client certificate and key,
+//! a `[[tls-sni]]` certificate) is relative to the configuration file's directory.
 //!
 //! The file becomes command-line words placed before the real ones, so a flag given on
 //! the command line wins over the file for single values, and adds to it for repeatable
@@ -114,6 +120,15 @@ struct TcpEntry {
     backends: Vec<BackendEntry>,
 }
 
+/// A certificate chosen by SNI.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SniEntry {
+    name: Spanned<String>,
+    cert: String,
+    key: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouteEntry {
@@ -132,14 +147,23 @@ struct File {
     route: Vec<RouteEntry>,
     #[serde(default)]
     tcp: Vec<TcpEntry>,
+    #[serde(default, rename = "tls-sni", alias = "tls_sni")]
+    tls_sni: Vec<SniEntry>,
 }
 
-const TABLES: [&str; 7] = [
-    "backend", "backends", "pool", "pools", "route", "routes", "tcp",
+const TABLES: [&str; 9] = [
+    "backend", "backends", "pool", "pools", "route", "routes", "tcp", "tls-sni", "tls_sni",
 ];
 
 /// Flags whose value is a path, read relative to the configuration file.
-const PATHS: [&str; 1] = ["backends-file"];
+const PATHS: [&str; 6] = [
+    "backends-file",
+    "tls-cert",
+    "tls-key",
+    "backend-ca",
+    "backend-client-cert",
+    "backend-client-key",
+];
 
 /// Flags the file may not set.
 const NOT_IN_FILE: [&str; 3] = ["config", "check", "backends-env"];
@@ -312,6 +336,18 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
             span: t.listen.span(),
         });
     }
+    for t in &parsed.tls_sni {
+        out.push(Word {
+            flag: "tls-sni".into(),
+            value: Some(format!(
+                "{}={},{}",
+                t.name.get_ref(),
+                relative(&t.cert),
+                relative(&t.key)
+            )),
+            span: t.name.span(),
+        });
+    }
     for r in &parsed.route {
         out.push(Word {
             flag: "route".into(),
@@ -324,6 +360,11 @@ pub(crate) fn words(path: &Path) -> Result<Vec<String>, ConfigError> {
         let mut argv = vec!["tower-lb-gateway".to_owned(), format!("--{}", w.flag)];
         argv.extend(w.value.clone());
         if let Err(e) = Args::try_parse_from(&argv) {
+            // A flag that needs another (`tls-cert` and `tls-key`) is checked with the
+            // others, when the whole command line is parsed.
+            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+                continue;
+            }
             let field = match w.flag.as_str() {
                 "tcp-proxy" => "tcp".to_owned(),
                 flag => flag.to_owned(),

@@ -13,9 +13,13 @@
 //!
 //! Backends may come from a list, a watched file (`--backends-file`) or DNS (`--dns`);
 //! TCP proxies (`--tcp-listen`, `[[tcp]]`) balance layer-4 connections. SIGHUP reloads
-//! the whole configuration (see [`state`] for what a reload keeps); the listener, open
-//! connections and requests in flight are not disturbed, and a configuration that
-//! cannot be used changes nothing.
+//! the whole configuration (see [`state`] for what a reload keeps) and re-reads the
+//! listener's certificates; the listener, open connections and requests in flight are
+//! not disturbed, and a configuration that cannot be used changes nothing.
+//!
+//! TLS (see [`tls`]): `--tls-cert`/`--tls-key` (and `--tls-sni`) terminate TLS on the
+//! listener; `https://` backends are verified against the system's roots and
+//! `--backend-ca`, with `--backend-client-cert`/`--backend-client-key` for mTLS.
 
 mod admin;
 mod app;
@@ -26,6 +30,7 @@ mod reconcile;
 mod source;
 mod state;
 mod tcp;
+mod tls;
 mod upkeep;
 
 use std::{sync::Arc, time::Duration};
@@ -34,11 +39,12 @@ use arc_swap::ArcSwap;
 use axum::{extract::Request, routing::get, Router};
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
-use tower_lb::server::Server;
+use tower_lb::server::{tls::TlsConfig as ListenerTls, Server};
 
 use crate::{
     cli::{Args, BackendSpec},
     state::{Fixed, Shared, State},
+    tls::ListenerSpec,
 };
 
 /// glibc's allocator spends ~5 % of the gateway's time per request (arena locking and
@@ -129,7 +135,7 @@ fn main() {
 /// again as they are made.
 pub(crate) async fn check_resolves(flag: &str, specs: &[BackendSpec]) -> Result<(), String> {
     for spec in specs {
-        let Ok((_, authority)) = tower_lb::http::parse_base(&spec.url) else {
+        let Ok((scheme, authority)) = tower_lb::http::parse_base(&spec.url) else {
             continue; // validated when parsed
         };
         let host = authority
@@ -139,7 +145,12 @@ pub(crate) async fn check_resolves(flag: &str, specs: &[BackendSpec]) -> Result<
         if host.parse::<std::net::IpAddr>().is_ok() {
             continue;
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let default_port = if scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let port = authority.port_u16().unwrap_or(default_port);
         let found = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::net::lookup_host((host, port)),
@@ -187,6 +198,9 @@ async fn run(args: Args) {
         args.keepalive_timeout,
     );
     let max_connections = args.max_connections;
+    // Every certificate loads, or the gateway does not start (`--check` says why too).
+    let tls = ListenerSpec::of(&args).map(|spec| spec.load().unwrap_or_else(|e| fail(e)));
+    let tls_watch = args.tls_watch;
     let state = State::build(args, &shared, None, !check)
         .await
         .unwrap_or_else(|e| fail(e));
@@ -207,7 +221,8 @@ async fn run(args: Args) {
     let current = Arc::new(ArcSwap::from_pointee(app::router(&state)));
 
     let addr = listener.local_addr().unwrap_or(listen);
-    say!("gateway listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    say!("gateway listening on {scheme}://{addr}");
     for (name, pool) in &state.pools {
         let stats = pool.balance.stats();
         let list: Vec<String> = stats.backends.iter().map(|b| b.key.clone()).collect();
@@ -221,13 +236,23 @@ async fn run(args: Args) {
     }
     if !shared.demo.is_empty() {
         say!("\nno --backend given: started three demo backends. Try:");
-        say!("  curl http://{addr}/hello        # repeat: answers come from different backends");
-        say!("  curl http://{addr}/status       # per-backend counters and health (JSON)");
-        say!("  curl http://{addr}/metrics      # Prometheus text");
+        say!(
+            "  curl {scheme}://{addr}/hello        # repeat: answers come from different backends"
+        );
+        say!("  curl {scheme}://{addr}/status       # per-backend counters and health (JSON)");
+        say!("  curl {scheme}://{addr}/metrics      # Prometheus text");
         say!("press Ctrl-C to stop");
     }
+    // Held for the life of the process: dropping it stops the watch.
+    let _watch = match (&tls, tls_watch) {
+        (Some(tls), Some(every)) => Some(
+            tls.watch(every)
+                .unwrap_or_else(|e| fail(format!("--tls-watch: {e}"))),
+        ),
+        _ => None,
+    };
     #[cfg(unix)]
-    tokio::spawn(reloads(hangups, state, fixed, current.clone()));
+    tokio::spawn(reloads(hangups, state, fixed, current.clone(), tls.clone()));
     #[cfg(not(unix))]
     let _ = (state, fixed);
     tokio::spawn(async move {
@@ -238,6 +263,9 @@ async fn run(args: Args) {
     let mut server = Server::new()
         .header_timeout(header_timeout)
         .keepalive_timeout(keepalive);
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
     if let Some(max) = max_connections {
         server = server.max_connections(max as usize);
     }
@@ -260,14 +288,16 @@ async fn run(args: Args) {
     shared.tcp_drained(Duration::from_secs(30)).await;
 }
 
-/// Reloads the whole configuration on each SIGHUP (nginx `-s reload`): a configuration
-/// that cannot be used changes nothing, and is logged and counted in `/status`.
+/// Reloads the whole configuration on each SIGHUP (nginx `-s reload`), the listener's
+/// certificate files included: a configuration that cannot be used (a certificate that
+/// does not load among them) changes nothing, and is logged and counted in `/status`.
 #[cfg(unix)]
 async fn reloads(
     mut hangups: tokio::signal::unix::Signal,
     mut state: Arc<State>,
     fixed: Fixed,
     current: Arc<ArcSwap<Router>>,
+    tls: Option<ListenerTls>,
 ) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the configuration");
@@ -279,12 +309,22 @@ async fn reloads(
                         "this setting changes only with a restart; the running value is kept"
                     );
                 }
-                State::build(args, &state.shared, Some(&state), true).await
+                match check_certificates(tls.as_ref(), &fixed).await {
+                    Ok(()) => State::build(args, &state.shared, Some(&state), true).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
         match next {
             Ok(next) => {
+                if let Some(tls) = &tls {
+                    // Checked above: the new certificates serve new handshakes from now
+                    // on; open connections keep theirs. (Files broken since the check
+                    // leave the running certificates, and say so in the log.)
+                    let tls = tls.clone();
+                    let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                }
                 state.stop();
                 next.start();
                 let next = Arc::new(next);
@@ -299,6 +339,18 @@ async fn reloads(
             }
         }
     }
+}
+
+/// Whether the listener's certificate files (those it started with) all load now, read
+/// off the runtime's threads.
+#[cfg(unix)]
+async fn check_certificates(tls: Option<&ListenerTls>, fixed: &Fixed) -> Result<(), String> {
+    let (Some(_), Some(spec)) = (tls, fixed.tls().cloned()) else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || spec.load().map(drop))
+        .await
+        .unwrap_or_else(|e| Err(format!("--tls-cert: {e}")))
 }
 
 async fn demo_backends() -> Vec<BackendSpec> {

@@ -33,6 +33,7 @@ use tower_lb::{
 use crate::{
     cli::{Args, HashKey, StrategyName, HEALTH_INTERVAL},
     source::Feed,
+    tls::BackendTls,
     upkeep::{SpawnProbe, Upkeep},
 };
 
@@ -56,10 +57,12 @@ struct Settings {
     retries: usize,
     fail_fast: Duration,
     slow_start: Option<Duration>,
+    /// How `https://` backends are reached (compared by the files' contents).
+    tls: BackendTls,
 }
 
 impl Settings {
-    fn of(args: &Args) -> Self {
+    fn of(args: &Args, tls: &BackendTls) -> Self {
         Self {
             strategy: args.strategy,
             sticky_cookie: args.sticky_cookie.clone(),
@@ -70,6 +73,7 @@ impl Settings {
             retries: args.retries,
             fail_fast: args.fail_fast,
             slow_start: args.slow_start,
+            tls: tls.clone(),
         }
     }
 }
@@ -194,10 +198,11 @@ pub(crate) fn build(
     args: &Args,
     metrics: PoolMetrics,
     cookie_secret: [u8; 16],
+    tls: &BackendTls,
     previous: Option<&Pool>,
 ) -> Result<Pool, String> {
-    let settings = Settings::of(args);
-    let fresh = balancer(name, &feed, args, &metrics, cookie_secret)?;
+    let settings = Settings::of(args, tls);
+    let fresh = balancer(name, &feed, args, &metrics, cookie_secret, tls)?;
     let (balance, cookie, previous) = match previous {
         Some(p) if p.settings == settings => (p.balance.clone(), p.cookie.clone(), Some(p)),
         _ => (fresh.0, fresh.1, None),
@@ -238,6 +243,7 @@ fn balancer(
     args: &Args,
     metrics: &PoolMetrics,
     cookie_secret: [u8; 16],
+    tls: &BackendTls,
 ) -> Result<(HttpBalance, Option<SessionCookie>), String> {
     let cookie = session_cookie(args, cookie_secret)?;
     let strategy = strategy(args.strategy);
@@ -245,11 +251,16 @@ fn balancer(
         Some(c) => Arc::new(c.strategy(strategy)),
         None => strategy,
     };
-    // HTTP/1.1: a lean keep-alive pool per backend; HTTP/2: hyper-util's client.
-    let pooled = PooledEndpoints::<UpstreamBody>::new().connect_timeout(args.connect_timeout);
-    let h2 = args
-        .http2
-        .then(|| HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout));
+    // HTTP/1.1: a lean keep-alive pool per backend; HTTP/2: hyper-util's client. Both
+    // reach `https://` backends over TLS (verified; a failed handshake is a connect-phase
+    // error, retried elsewhere and counted by passive health), `http://` ones in plain.
+    let pooled = PooledEndpoints::<UpstreamBody>::new()
+        .connect_timeout(args.connect_timeout)
+        .tls(tls.config.clone());
+    let h2 = args.http2.then(|| {
+        HttpEndpoints::<UpstreamBody>::http2_with_connect_timeout(args.connect_timeout)
+            .tls(tls.config.clone())
+    });
     let timing = metrics.clone();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
     let stamp = cookie.clone();

@@ -8,8 +8,8 @@
 //! starts. What is kept from `previous`:
 //!
 //! - a pool's or TCP proxy's **balancer**, when its settings (strategy, sticky cookie,
-//!   HTTP/2, connect timeout, passive health, retries, fail-fast, slow start) did not
-//!   change: the backends that stay keep their state (health, ejections, in-flight
+//!   HTTP/2, connect timeout, passive health, retries, fail-fast, slow start, and the
+//!   contents of the backend CA and client certificate files) did not change: the backends that stay keep their state (health, ejections, in-flight
 //!   counts, latency, slow-start ramp), and only differences are applied;
 //! - its **prober**, when the health settings did not change either (verdicts kept);
 //! - a **backend file or DNS source**, when the pool still reads the same one;
@@ -33,6 +33,7 @@ use crate::{
     pool::{self, Pool},
     source::Feed,
     tcp::{self, TcpProxy},
+    tls::{BackendTls, ListenerSpec},
 };
 
 /// How a reload went, for `/status`.
@@ -192,6 +193,9 @@ impl State {
         for PoolSpec { name, source } in &args.pools {
             specs.push((name.clone(), "--pool", source.clone()));
         }
+        // Read once for every pool (and again by each reload: a CA or client certificate
+        // that changed gives the pools new balancers).
+        let backend_tls = BackendTls::of(&args)?;
         let mut pools = BTreeMap::new();
         for (name, flag, source) in specs {
             if pools.contains_key(&name) {
@@ -208,8 +212,16 @@ impl State {
                 ),
             };
             let metrics = shared.pool_metrics(&name);
-            let pool = pool::build(&name, feed, &args, metrics, shared.cookie_secret, old)
-                .map_err(|e| format!("{flag}: {e}"))?;
+            let pool = pool::build(
+                &name,
+                feed,
+                &args,
+                metrics,
+                shared.cookie_secret,
+                &backend_tls,
+                old,
+            )
+            .map_err(|e| format!("{flag}: {e}"))?;
             pools.insert(name, pool);
         }
         for (prefix, pool) in &args.routes {
@@ -263,7 +275,8 @@ impl State {
     }
 }
 
-/// The settings a reload cannot change: the HTTP listener, its server loop, the runtime.
+/// The settings a reload cannot change: the HTTP listener, its server loop, the runtime,
+/// and which certificate files the listener serves (a reload re-reads them).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Fixed {
     listen: SocketAddr,
@@ -271,6 +284,8 @@ pub(crate) struct Fixed {
     client_header_timeout: Duration,
     keepalive_timeout: Duration,
     max_connections: Option<u32>,
+    /// Which certificate files the listener serves (their contents reload).
+    tls: Option<ListenerSpec>,
 }
 
 impl Fixed {
@@ -281,7 +296,13 @@ impl Fixed {
             client_header_timeout: args.client_header_timeout,
             keepalive_timeout: args.keepalive_timeout,
             max_connections: args.max_connections,
+            tls: ListenerSpec::of(args),
         }
+    }
+
+    /// The listener's TLS settings it started with.
+    pub(crate) fn tls(&self) -> Option<&ListenerSpec> {
+        self.tls.as_ref()
     }
 
     /// The flags whose values differ in `next`.
@@ -301,6 +322,7 @@ impl Fixed {
                 self.max_connections != next.max_connections,
                 "--max-connections",
             ),
+            (self.tls != next.tls, "--tls-cert"),
         ]
         .into_iter()
         .filter_map(|(changed, flag)| changed.then_some(flag))

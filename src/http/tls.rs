@@ -113,7 +113,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use tower_service::Service;
 
-use crate::error::{BoxError, ConfigError};
+use crate::error::{pem_reason, BoxError, ConfigError};
 
 /// How endpoint makers reach `https://` backends: trusted roots, an optional client
 /// certificate, or a rustls config of your own. Cheap to clone. See the
@@ -301,7 +301,7 @@ impl TlsConfig {
             rustls::pki_types::pem::Error::NoItemsFound => {
                 invalid(SETTING, "no private key in the PEM input")
             }
-            e => invalid(SETTING, format!("bad PEM key: {e}")),
+            e => invalid(SETTING, format!("bad PEM key: {}", pem_reason(&e))),
         })?;
         let auth = Arc::new(ClientAuth { chain, key });
         self.rebuild(SETTING, |parts| parts.client_auth = Some(auth))
@@ -343,7 +343,7 @@ fn parse_certs(
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(setting, format!("bad PEM: {e}")))?;
+        .map_err(|e| invalid(setting, format!("bad PEM: {}", pem_reason(&e))))?;
     if certs.is_empty() {
         return Err(invalid(setting, "no certificate in the PEM input"));
     }

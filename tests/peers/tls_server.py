@@ -55,6 +55,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = f"{args.name} {self.path} sni={sni}".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
+        # What a proxy in front said about the client's connection.
+        self.send_header("X-Seen-Forwarded-Proto", self.headers.get("X-Forwarded-Proto", "-"))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -1,6 +1,8 @@
 //! Real HTTP servers on 127.0.0.1 for integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{routing::get, Router};

@@ -4,7 +4,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use tower_lb::{discover::dns::DnsSource, http::parse_base, sticky::Cidr};
 
-use super::{BackendSpec, HashKey, PoolSpec, Source, StrategyName, TcpBackendSpec, TcpSpec};
+use super::{
+    BackendSpec, HashKey, PoolSpec, SniSpec, Source, StrategyName, TcpBackendSpec, TcpSpec,
+};
 
 pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     match s.split_once(':') {
@@ -205,6 +207,22 @@ pub(crate) fn parse_route(s: &str) -> Result<(String, String), String> {
         return Err(format!("prefix must start with '/', got {prefix:?}"));
     }
     Ok((prefix.to_string(), pool.to_string()))
+}
+
+/// `NAME=CERT,KEY`: an SNI name (a DNS name or `*.example.com`) and its PEM files.
+pub(crate) fn parse_sni(s: &str) -> Result<SniSpec, String> {
+    let usage = || format!("expected NAME=CERT,KEY, got {s:?}");
+    let (name, files) = s.split_once('=').ok_or_else(usage)?;
+    let (cert, key) = files.split_once(',').ok_or_else(usage)?;
+    let (name, cert, key) = (name.trim(), cert.trim(), key.trim());
+    if name.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err(usage());
+    }
+    Ok(SniSpec {
+        name: name.to_owned(),
+        cert: cert.into(),
+        key: key.into(),
+    })
 }
 
 /// Parses `250ms`, `2s`, `1m`, `1h` (a bare number is seconds).

@@ -23,6 +23,8 @@ pub fn gateway_bin() -> &'static str {
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: String,
 }
 
 impl Drop for Gateway {
@@ -58,17 +60,22 @@ impl Gateway {
             .await
             .expect("gateway printed its address")
             .expect("reader");
-        let addr = line
+        let (scheme, addr) = line
             .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
+            .rsplit_once(' ')
+            .and_then(|(_, url)| url.split_once("://"))
+            .and_then(|(scheme, a)| Some((scheme.to_owned(), a.parse().ok()?)))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            scheme,
+        }
     }
 
+    /// `http://` or `https://` (with `--tls-cert`), the address, and `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 }
 

@@ -17,6 +17,8 @@ use rustls::{
     sign::CertifiedKey,
 };
 
+use crate::error::pem_reason;
+
 // === impl CertificateError ===
 
 /// A certificate chain or private key that cannot be served: an unreadable file, bad PEM,
@@ -182,7 +184,7 @@ pub(super) fn certified_key(
     use CertificateErrorKind::*;
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertificateError::new(Pem, cert_path).with_source(e))?;
+        .map_err(|e| CertificateError::new(Pem, cert_path).with_source(pem_reason(&e)))?;
     if chain.is_empty() {
         return Err(CertificateError::new(NoCertificate, cert_path));
     }
@@ -191,7 +193,7 @@ pub(super) fn certified_key(
         Err(rustls::pki_types::pem::Error::NoItemsFound) => {
             return Err(CertificateError::new(NoKey, key_path))
         }
-        Err(e) => return Err(CertificateError::new(Pem, key_path).with_source(e)),
+        Err(e) => return Err(CertificateError::new(Pem, key_path).with_source(pem_reason(&e))),
     };
     let signer = provider
         .key_provider
