@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use axum::{body::Body, extract::Request, routing::get, Router};
 use hyper::body::Incoming;
@@ -31,68 +31,32 @@ use support::{have_command, TestServer};
 // === certificates ===
 
 /// A CA; `server` (serial 2) and `server2` (serial 5) for `localhost` and `127.0.0.1`,
-/// `other` (serial 3) for `other.test`; the subject of each is `CN = <name>`.
-struct Pki {
-    dir: tempfile::TempDir,
+/// `other` (serial 3) for `other.test`; the subject of each is `CN = <name>`. Made by
+/// `openssl` in a temp dir (`tests/support/pki.rs`).
+struct Pki(support::pki::Pki);
+
+impl std::ops::Deref for Pki {
+    type Target = support::pki::Pki;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Pki {
     /// `None` (the test skips) without `openssl` and `curl`, outside CI.
     fn make() -> Option<Self> {
-        if !have_command("openssl") || !have_command("curl") {
+        if !have_command("curl") {
             return None;
         }
-        let pki = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        pki.openssl(
-            "req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout ca.key -out ca.pem -days 3650 -subj /CN=ca \
-             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign",
-        );
-        pki.leaf("server", 2, "DNS:localhost, IP:127.0.0.1");
-        pki.leaf("other", 3, "DNS:other.test");
-        pki.leaf("server2", 5, "DNS:localhost, IP:127.0.0.1");
+        let pki = Self(support::pki::Pki::new()?);
+        pki.ca("ca");
+        pki.server("server", "ca", 2, "DNS:localhost, IP:127.0.0.1");
+        pki.server("other", "ca", 3, "DNS:other.test");
+        pki.server("server2", "ca", 5, "DNS:localhost, IP:127.0.0.1");
         // What the server is given: files that reloads re-read.
-        pki.install("server");
+        pki.go_live("server");
         Some(pki)
-    }
-
-    fn openssl(&self, args: &str) {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn leaf(&self, name: &str, serial: u32, san: &str) {
-        std::fs::write(
-            self.path(&format!("{name}.ext")),
-            format!(
-                "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
-                 extendedKeyUsage = serverAuth\nsubjectAltName = {san}\n"
-            ),
-        )
-        .unwrap();
-        self.openssl(&format!(
-            "req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {name}.key -out {name}.csr -subj /CN={name}"
-        ));
-        self.openssl(&format!(
-            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} \
-             -days 30 -extfile {name}.ext -out {name}.pem"
-        ));
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
     }
 
     /// Copies `<cert>.pem` and `<key>.key` over `live.pem` and `live.key`.
@@ -101,8 +65,9 @@ impl Pki {
         std::fs::copy(self.path(&format!("{key}.key")), self.path("live.key")).unwrap();
     }
 
-    fn install(&self, name: &str) {
-        self.install_pair(name, name);
+    /// Makes `<name>` the certificate the server reads (`live.pem`, `live.key`).
+    fn go_live(&self, name: &str) {
+        self.install(name, "live");
     }
 
     /// `live.*` by default, `other.*` for `other.test`.
@@ -285,7 +250,7 @@ async fn reload_serves_new_connections_the_new_certificate_and_keeps_open_ones()
     read_until(&mut output, &mut got, "/before sni=localhost alpn=-").await;
     assert_eq!(subject_of(&got).as_deref(), Some("CN = server"));
 
-    pki.install("server2");
+    pki.go_live("server2");
     tls.reload().unwrap();
 
     assert_eq!(subject(port, Some("localhost")).await, "CN = server2");
@@ -324,7 +289,7 @@ async fn a_bad_reload_keeps_the_old_certificate_and_returns_the_error() {
     assert_eq!(body, "/ sni=localhost alpn=h2\n2");
 
     // Put right, it loads.
-    pki.install("server2");
+    pki.go_live("server2");
     tls.reload().unwrap();
     assert_eq!(subject(port, Some("localhost")).await, "CN = server2");
 }

@@ -9,7 +9,6 @@ mod support;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicUsize, Ordering::SeqCst},
         Arc, Mutex,
@@ -27,9 +26,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use support::{
-    command_peer, eventually, have_command, have_python, named, python_peer, TestServer,
-};
+use support::{command_peer, eventually, have_python, named, python_peer, TestServer};
 use tokio::{net::TcpListener, task::JoinSet};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::{
@@ -48,86 +45,31 @@ use tower_lb::{
 
 /// A CA, a server certificate for `localhost` and `127.0.0.1` it signed, one for
 /// `other.test` only, a second CA unrelated to the first with a `localhost` certificate of
-/// its own, and a client CA with a client certificate: all made by `openssl` in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
+/// its own, and a client CA with a client certificate: all made by `openssl` in a temp dir
+/// (`tests/support/pki.rs`).
+struct Pki(support::pki::Pki);
+
+impl std::ops::Deref for Pki {
+    type Target = support::pki::Pki;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Pki {
     /// `None` (the test skips) without `openssl`, outside CI.
     fn make() -> Option<Self> {
-        if !have_command("openssl") {
-            return None;
-        }
-        let pki = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let pki = support::pki::Pki::new()?;
         pki.ca("ca");
         pki.ca("other-ca");
         pki.ca("client-ca");
-        let server = "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1";
-        pki.leaf("server", "ca", 2, server);
-        pki.leaf("rogue", "other-ca", 3, server);
-        let other_name = "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:other.test";
-        pki.leaf("other-name", "ca", 4, other_name);
-        pki.leaf("client", "client-ca", 5, "extendedKeyUsage = clientAuth");
-        Some(pki)
-    }
-
-    /// Runs `openssl` in the temp dir with `args` (split on whitespace).
-    fn openssl(&self, args: &str) {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let out = Command::new("openssl")
-            .args(&args)
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A self-signed CA: `<name>.pem`, `<name>.key` (EC P-256).
-    fn ca(&self, name: &str) {
-        self.openssl(&format!(
-            "req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {name}.key -out {name}.pem -days 3650 -subj /CN={name} \
-             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
-        ));
-    }
-
-    /// A leaf certificate `<name>.pem`, `<name>.key` signed by `ca`, with `extensions`.
-    fn leaf(&self, name: &str, ca: &str, serial: u32, extensions: &str) {
-        std::fs::write(
-            self.path(&format!("{name}.ext")),
-            format!(
-                "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n\
-                 subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n{extensions}\n"
-            ),
-        )
-        .unwrap();
-        self.openssl(&format!(
-            "req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {name}.key -out {name}.csr -subj /CN={name}"
-        ));
-        self.openssl(&format!(
-            "x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -set_serial {serial} \
-             -days 825 -extfile {name}.ext -out {name}.pem"
-        ));
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn file(&self, file: &str) -> String {
-        self.path(file).to_str().unwrap().to_owned()
-    }
-
-    fn pem(&self, file: &str) -> Vec<u8> {
-        std::fs::read(self.path(file)).unwrap()
+        let server = "DNS:localhost, IP:127.0.0.1";
+        pki.server("server", "ca", 2, server);
+        pki.server("rogue", "other-ca", 3, server);
+        pki.server("other-name", "ca", 4, "DNS:other.test");
+        pki.client("client", "client-ca", 5);
+        Some(Self(pki))
     }
 
     /// Trusts `ca.pem` only.

@@ -227,3 +227,44 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn tls_settings_pair_up_and_their_paths_are_relative_to_the_file() {
+    let words = load(
+        r#"
+tls-cert = "certs/gw.pem"
+tls-key = "/abs/gw.key"
+backend-ca = ["ca.pem"]
+health-path = "/health"
+health-expect-body = "OK"
+
+[[tls-sni]]
+name = "api.example.com"
+cert = "api.pem"
+key = "api.key"
+"#,
+    )
+    .unwrap();
+    let args = Args::try_parse_from(std::iter::once("gw".to_owned()).chain(words)).unwrap();
+    let dir = std::env::temp_dir().join(format!("tower-lb-config-{}", std::process::id()));
+    assert_eq!(args.tls_cert.unwrap(), dir.join("certs/gw.pem"));
+    assert_eq!(
+        args.tls_key.unwrap(),
+        std::path::PathBuf::from("/abs/gw.key")
+    );
+    assert_eq!(args.backend_ca, [dir.join("ca.pem")]);
+    assert_eq!(args.health_expect_body.as_deref(), Some("OK"));
+    let sni = &args.tls_sni[0];
+    assert_eq!(sni.name, "api.example.com");
+    assert_eq!(
+        (sni.cert.clone(), sni.key.clone()),
+        (dir.join("api.pem"), dir.join("api.key"))
+    );
+    // The pair is still required: the whole file is parsed with the command line.
+    let lone = load("tls-cert = \"gw.pem\"\n").unwrap();
+    let err = Args::try_parse_from(std::iter::once("gw".to_owned()).chain(lone)).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    // A bad SNI entry names its line and field.
+    let bad = load("[[tls-sni]]\nname = \"\"\ncert = \"a\"\nkey = \"b\"\n").unwrap_err();
+    assert!(bad.starts_with(":2: tls-sni:"), "{bad}");
+}
