@@ -90,6 +90,9 @@ pub(crate) struct Pool {
     /// Where endpoints report load changes for an indexed strategy (least connections
     /// over large sets); set by that strategy when it first indexes an endpoint.
     pub(crate) loads: std::sync::OnceLock<Arc<LoadQueue>>,
+    /// What every endpoint of the balancer counts its times from (the balancer's clock's
+    /// origin): their nanosecond stamps compare with the clock's readings directly.
+    pub(crate) origin: super::clock::Origin,
 }
 
 /// A strategy's load index (least connections over large sets), where endpoints queue
@@ -269,8 +272,12 @@ impl fmt::Debug for EndpointState {
 
 impl EndpointState {
     pub(crate) fn new(pool: Arc<Pool>, max_conns: usize, level: u8) -> Self {
+        // Joined now: slow start ramps from here.
+        let joined = Instant::now()
+            .saturating_duration_since(pool.origin.at)
+            .as_nanos() as u64;
         Self {
-            base: Instant::now(),
+            base: pool.origin.at,
             pool,
             load: AtomicU64::new(0),
             max_conns: AtomicUsize::new(max_conns),
@@ -287,7 +294,7 @@ impl EndpointState {
             scratch: AtomicI64::new(0),
             trial: AtomicBool::new(false),
             slots: Mutex::new(Vec::new()),
-            ramp_from: AtomicU64::new(0),
+            ramp_from: AtomicU64::new(joined),
             last_failure: Mutex::new(None),
             index_pos: std::sync::atomic::AtomicU32::new(NOT_INDEXED),
             index_dirty: AtomicBool::new(false),
@@ -514,9 +521,15 @@ impl EndpointState {
     /// assert!(state.ewma().unwrap() < Duration::from_millis(2));
     /// ```
     pub fn observe_rtt(&self, rtt: Duration, now: Instant) {
+        self.observe_rtt_ns(rtt.as_nanos() as u64, self.nanos(now));
+    }
+
+    /// [`observe_rtt`](Self::observe_rtt) with the RTT in nanoseconds and `now_ns` in
+    /// nanoseconds since the balancer's clock's origin (the request path's form).
+    #[inline]
+    pub(crate) fn observe_rtt_ns(&self, rtt_ns: u64, now_ns: u64) {
         // Through u64: a u128 to f64 conversion is a library call.
-        let sample = rtt.as_nanos() as u64 as f64;
-        let now_ns = self.nanos(now);
+        let sample = rtt_ns as f64;
         let prev_bits = self.ewma_bits.load(Relaxed);
         let next = if prev_bits == 0 {
             sample
@@ -554,12 +567,17 @@ impl EndpointState {
     /// sample, so an endpoint that had one slow answer is tried again eventually; the
     /// default RTT (30 ms) when there is no sample.
     pub fn ewma_nanos_at(&self, now: Instant) -> f64 {
+        self.ewma_at_ns(self.nanos(now))
+    }
+
+    /// [`ewma_nanos_at`](Self::ewma_nanos_at) with `now_ns` in nanoseconds since the
+    /// balancer's clock's origin (the pick's form).
+    #[inline]
+    pub(crate) fn ewma_at_ns(&self, now_ns: u64) -> f64 {
         match self.ewma_bits.load(Relaxed) {
             0 => DEFAULT_RTT.as_nanos() as f64,
             bits => {
-                let elapsed =
-                    self.nanos(now)
-                        .saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
                 let x = elapsed * DECAY_PER_NANO;
                 // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
                 let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };

@@ -79,7 +79,7 @@ pin_project! {
             guard: Option<InFlight<K, S>>,
             svc: S,
             req: Option<Req>,
-            picked: Option<Instant>,
+            picked: Option<u64>,
         },
         // Wait on the endpoint's response.
         Call {
@@ -87,7 +87,7 @@ pin_project! {
             #[pin]
             fut: S::Future,
             replay: Option<Req>,
-            started: Option<Instant>,
+            started: Option<u64>,
         },
         // No endpoint: wait for discovery or health to change, up to the fail-fast bound.
         Wait {
@@ -157,7 +157,7 @@ fn ready_state<K: Key, S, Req>(
     snap: Arc<Snapshot<K, S>>,
     pos: usize,
     req: Req,
-    picked: Option<Instant>,
+    picked: Option<u64>,
 ) -> State<K, S, Req>
 where
     S: Service<Req> + Clone,
@@ -381,7 +381,7 @@ where
                             None
                         };
                         let clock = *this.clock;
-                        let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now()));
+                        let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now_ns()));
                         let fut = svc.call(req);
                         let guard = guard.take().expect("guard is present until called");
                         this.state.set(State::Call {
@@ -420,8 +420,8 @@ where
                     match res {
                         Ok(rsp) => {
                             if let Some(t0) = *started {
-                                let now = this.clock.now();
-                                entry.state.observe_rtt(now - t0, now);
+                                let now = this.clock.now_ns();
+                                entry.state.observe_rtt_ns(now.saturating_sub(t0), now);
                             }
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(rsp));

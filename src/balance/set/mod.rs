@@ -114,7 +114,7 @@ impl Default for Config {
             fail_fast: Duration::from_secs(1),
             retries: 2,
             track_latency: false,
-            clock: crate::balance::clock::Clock::Off,
+            clock: crate::balance::clock::Clock::default(),
             slow_start: None,
         }
     }
@@ -153,7 +153,10 @@ impl<K: Key, S: Clone> Core<K, S> {
         cfg: Config,
         maker: Option<Maker<K, S>>,
     ) -> Arc<Self> {
-        let pool = Arc::new(Pool::default());
+        let pool = Arc::new(Pool {
+            origin: cfg.clock.origin,
+            ..Pool::default()
+        });
         Arc::new_cyclic(|me| {
             let empty = Snapshot {
                 core: me.clone(),

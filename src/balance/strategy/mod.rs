@@ -261,6 +261,17 @@ impl Candidate {
     pub fn ewma_nanos(&self, now: Instant) -> f64 {
         self.state.ewma_nanos_at(now)
     }
+
+    /// [`ewma_nanos`](Self::ewma_nanos) at the pick's time, without building an
+    /// `Instant` inside a balancer's pick.
+    #[inline]
+    pub(crate) fn ewma_nanos_of(&self, candidates: &Candidates<'_>) -> f64 {
+        if candidates.timed() {
+            self.state.ewma_at_ns(candidates.now_ns())
+        } else {
+            self.state.ewma_nanos_at(candidates.now())
+        }
+    }
 }
 
 /// A read-only view of an endpoint's live state, for strategies; from
@@ -539,11 +550,25 @@ impl<'a> Candidates<'a> {
         match self.time {
             None => Instant::now(),
             Some(cell) => {
+                let clock = cell.get().clock;
+                clock.instant(self.now_ns())
+            }
+        }
+    }
+
+    /// The pick's time in nanoseconds since the balancer's clock's origin (the time line
+    /// of the endpoints' own stamps), read once per pick.
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        match self.time {
+            // A view outside a balancer's pick (tests): a fresh origin's clock.
+            None => 0,
+            Some(cell) => {
                 let mut time = cell.get();
                 match time.at {
                     Some(t) => t,
                     None => {
-                        let t = time.clock.now();
+                        let t = time.clock.now_ns();
                         time.at = Some(t);
                         cell.set(time);
                         t
@@ -552,13 +577,21 @@ impl<'a> Candidates<'a> {
             }
         }
     }
+
+    /// Whether `now_ns` reads the balancer's clock (inside a balancer's pick); outside
+    /// one, strategies read [`now`](Self::now).
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.time.is_some()
+    }
 }
 
-/// The time of one pick of a balancer: its clock, and the instant once read.
+/// The time of one pick of a balancer: its clock, and the time once read (nanoseconds
+/// since the clock's origin).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PickTime {
     pub(crate) clock: Clock,
-    pub(crate) at: Option<Instant>,
+    pub(crate) at: Option<u64>,
 }
 
 /// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.

@@ -92,10 +92,11 @@ impl Strategy for P2c {
                 let (a, b) = (&candidates[i], &candidates[j]);
                 let (wa, wb) = (f64::from(a.weight.max(1)), f64::from(b.weight.max(1)));
                 let (la, lb) = if self.ewma {
-                    let now = candidates.now();
                     (
-                        a.ewma_nanos(now).max(EWMA_FLOOR_NS) * (a.in_flight() as f64 + 1.0),
-                        b.ewma_nanos(now).max(EWMA_FLOOR_NS) * (b.in_flight() as f64 + 1.0),
+                        a.ewma_nanos_of(candidates).max(EWMA_FLOOR_NS)
+                            * (a.in_flight() as f64 + 1.0),
+                        b.ewma_nanos_of(candidates).max(EWMA_FLOOR_NS)
+                            * (b.in_flight() as f64 + 1.0),
                     )
                 } else {
                     (a.in_flight() as f64, b.in_flight() as f64)
