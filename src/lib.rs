@@ -104,11 +104,13 @@ pub mod tcp;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-/// The README's examples, compiled and run as doc-tests (they use the `grpc`, `server`,
-/// `test-util` and `tls` features: `cargo test --workspace --all-features`).
+/// The README's examples, compiled and run as doc-tests (they use the `grpc`,
+/// `health-service`, `server`, `test-util` and `tls` features: `cargo test --workspace
+/// --all-features`).
 #[cfg(all(
     doctest,
     feature = "grpc",
+    feature = "health-service",
     feature = "test-util",
     feature = "server",
     feature = "tls"

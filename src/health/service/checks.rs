@@ -375,6 +375,7 @@ impl HealthChecks {
     }
 
     /// Resolves when draining starts (at once if it has).
+    #[cfg(feature = "grpc")]
     pub(crate) async fn drained(&self) {
         let mut rx = self.shared.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
