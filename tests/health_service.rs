@@ -87,7 +87,7 @@ fn status_of(balance: &Balance<String, Endpoint>, key: &str) -> Status {
         .backends
         .iter()
         .find(|b| b.key == key)
-        .map(|b| b.status.clone())
+        .map(|b| b.status)
         .expect("backend in the set")
 }
 
