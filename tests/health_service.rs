@@ -168,6 +168,54 @@ async fn the_prober_takes_a_backend_out_while_a_check_fails_and_when_it_drains()
     b.stop().await;
 }
 
+#[tokio::test]
+async fn a_burst_of_probes_over_real_connections_runs_the_checks_once() {
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = runs.clone();
+    let health = HealthChecks::builder()
+        .check(Check::new("database", move || {
+            counted.fetch_add(1, SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, String>(())
+            }
+        }))
+        .cache_for(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let server = TestServer::start(app("a", &health)).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Body>();
+    let uri: http::Uri = format!("http://{}/health", server.addr).parse().unwrap();
+    let started = Instant::now();
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (client, uri) = (client.clone(), uri.clone());
+        burst.spawn(async move {
+            let rsp = client.get(uri).await.unwrap();
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        });
+    }
+    while let Some(answer) = burst.join_next().await {
+        let (status, body) = answer.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "healthy");
+    }
+    eprintln!(
+        "200 concurrent probes: {} run(s) of the checks, {:?}",
+        runs.load(SeqCst),
+        started.elapsed()
+    );
+    assert_eq!(runs.load(SeqCst), 1);
+    assert_eq!(health.runs(), 1);
+    server.stop().await;
+}
+
 /// `curl -s -w '\n%{http_code}' URL`: the body and the status.
 async fn curl(url: &str) -> (u16, serde_json::Value) {
     let out = tokio::process::Command::new("curl")
