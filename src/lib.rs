@@ -43,7 +43,7 @@
 //! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping; `http::tls` (feature `tls`) for HTTPS backends |
-//! | [`health`] | (features `health-passive`, `health-active`, default; `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy |
+//! | [`health`] | (features `health-passive`, `health-active`, default; `health-service`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy; the backend's own health endpoint |
 //! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |
 //! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
@@ -59,6 +59,7 @@
 //! | `health-passive` | yes | `health::passive`: per-endpoint ejection layer (tower-http `classify`) |
 //! | `health-active` | yes | `health::active`: spawned prober with HTTP and TCP probes (implies `http`) |
 //! | `health` | yes | both of the above |
+//! | `health-service` | no | `health::service`: the backend's `/health`, `/livez`, `/readyz` from named async checks (cached, single flight, draining); with `grpc`, `grpc.health.v1` too |
 //! | `grpc` | no | the gRPC `grpc.health.v1` probe (tonic-health; needs Rust 1.88) |
 //! | `sticky` | yes | [`sticky`]: session affinity keys and the sticky cookie |
 //! | `metrics` | no | [`metrics`]: Prometheus metrics (prometheus-client) |
@@ -84,7 +85,11 @@ mod client_addr;
 pub mod discover;
 pub mod error;
 mod guard;
-#[cfg(any(feature = "health-passive", feature = "health-active"))]
+#[cfg(any(
+    feature = "health-passive",
+    feature = "health-active",
+    feature = "health-service"
+))]
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
@@ -99,11 +104,13 @@ pub mod tcp;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-/// The README's examples, compiled and run as doc-tests (they use the `grpc`, `server`,
-/// `test-util` and `tls` features: `cargo test --workspace --all-features`).
+/// The README's examples, compiled and run as doc-tests (they use the `grpc`,
+/// `health-service`, `server`, `test-util` and `tls` features: `cargo test --workspace
+/// --all-features`).
 #[cfg(all(
     doctest,
     feature = "grpc",
+    feature = "health-service",
     feature = "test-util",
     feature = "server",
     feature = "tls"

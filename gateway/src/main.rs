@@ -36,10 +36,13 @@ mod upkeep;
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use axum::{extract::Request, routing::get, Router};
+use axum::{extract::Request, Router};
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
-use tower_lb::server::{tls::TlsConfig as ListenerTls, Server};
+use tower_lb::{
+    health::service::HealthChecks,
+    server::{tls::TlsConfig as ListenerTls, Server},
+};
 
 use crate::{
     cli::{Args, BackendSpec},
@@ -360,8 +363,13 @@ async fn demo_backends() -> Vec<BackendSpec> {
             .await
             .unwrap_or_else(|e| fail(format!("demo backends: bind a loopback port: {e}")));
         let port = listener.local_addr().map_or(0, |a| a.port());
+        // The backend side of health, as a Rust service would serve it: 200
+        // `{"status":"healthy","checks":{}}` (a demo backend has no dependencies to check).
+        let health = HealthChecks::builder()
+            .build()
+            .unwrap_or_else(|e| fail(format!("demo backends: {e}")));
         let app = Router::new()
-            .route("/health", get(|| async { "OK" }))
+            .route_service("/health", health.readiness())
             .fallback(move |req: Request| async move {
                 format!(
                     "hello from demo backend {i} (port {port}), {} {}\n",

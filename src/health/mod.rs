@@ -9,6 +9,9 @@
 //!   probation and a max ejection share.
 //! - [`active`] (feature `health-active`): a spawned prober sends HTTP, TCP or gRPC probes
 //!   on an interval and marks endpoints down and up (HAProxy `check`, `rise`, `fall`).
+//! - [`service`] (feature `health-service`) is the other side: the `/health`, `/livez`
+//!   and `/readyz` endpoints (and gRPC `grpc.health.v1`) a Rust backend serves to the
+//!   probers, from named async checks, with draining before shutdown.
 //!
 //! The balancer itself adds the rest: backups and priority levels (a level is used only
 //! while no lower level is available),
@@ -82,6 +85,8 @@
 pub mod active;
 #[cfg(feature = "health-passive")]
 pub mod passive;
+#[cfg(feature = "health-service")]
+pub mod service;
 
 #[cfg(all(test, feature = "health-passive"))]
 mod testing;
