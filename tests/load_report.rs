@@ -111,7 +111,10 @@ async fn traffic_follows_reported_utilization() {
     let seen = shares(&balance, 700).await;
     for (name, want) in [("light", 400), ("medium", 200), ("heavy", 100)] {
         let got = seen.get(name).copied().unwrap_or(0);
-        assert!(got.abs_diff(want) <= 3, "{name}: {got} of 700, want {want}: {seen:?}");
+        assert!(
+            got.abs_diff(want) <= 3,
+            "{name}: {got} of 700, want {want}: {seen:?}"
+        );
     }
     for s in servers {
         s.stop().await;
@@ -152,7 +155,9 @@ async fn reads_reports_that_python_protobuf_encodes() {
         .request(Request::get(uri).body(Empty::new()).unwrap())
         .await
         .unwrap();
-    let report = Report::from_headers(rsp.headers()).expect("a report").unwrap();
+    let report = Report::from_headers(rsp.headers())
+        .expect("a report")
+        .unwrap();
     let mut want = Report::new()
         .with_cpu_utilization(0.2)
         .with_mem_utilization(0.5)

@@ -111,7 +111,11 @@ impl ReportedLoad {
             self.ignored.fetch_add(1, Relaxed);
             return;
         }
-        let eps = if eps.is_finite() && eps > 0.0 { eps } else { 0.0 };
+        let eps = if eps.is_finite() && eps > 0.0 {
+            eps
+        } else {
+            0.0
+        };
         self.qps.store(qps.to_bits(), Relaxed);
         self.eps.store(eps.to_bits(), Relaxed);
         self.utilization.store(utilization.to_bits(), Relaxed);
@@ -326,11 +330,7 @@ impl LoadReport {
     /// fewer than two are usable the strategy is plain round robin.
     pub fn weights(&self) -> Vec<Option<f64>> {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table
-            .raw
-            .iter()
-            .map(|&w| (w > 0.0).then_some(w))
-            .collect()
+        table.raw.iter().map(|&w| (w > 0.0).then_some(w)).collect()
     }
 
     /// Recomputes the weights at `now` from the reports (A58's weight update timer).
@@ -414,8 +414,9 @@ mod tests {
 
     /// `n` detached endpoints and their report records.
     fn endpoints(n: usize) -> (CandidateList, Vec<Arc<ReportedLoad>>) {
-        let states: Vec<Arc<EndpointState>> =
-            (0..n).map(|_| Arc::new(EndpointState::detached())).collect();
+        let states: Vec<Arc<EndpointState>> = (0..n)
+            .map(|_| Arc::new(EndpointState::detached()))
+            .collect();
         let loads = states.iter().map(|s| s.slot::<ReportedLoad>()).collect();
         let list = CandidateList::new(
             states
@@ -589,6 +590,9 @@ mod tests {
     fn one_or_no_candidate() {
         let lb = LoadReport::new();
         assert_eq!(lb.pick(&CandidateList::new(vec![]).view(), None), None);
-        assert_eq!(lb.pick(&crate::balance::strategy::list_of(&[1]).view(), None), Some(0));
+        assert_eq!(
+            lb.pick(&crate::balance::strategy::list_of(&[1]).view(), None),
+            Some(0)
+        );
     }
 }

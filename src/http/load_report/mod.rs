@@ -193,7 +193,9 @@ impl Report {
         if let Some(v) = headers.get(HEADER_BIN) {
             return Some(Self::decode_base64(v.as_bytes()));
         }
-        headers.get(HEADER).map(|v| Self::parse_header(v.as_bytes()))
+        headers
+            .get(HEADER)
+            .map(|v| Self::parse_header(v.as_bytes()))
     }
 
     /// Parses an `endpoint-load-metrics` value: `TEXT …`, `JSON …` or `BIN …`.
@@ -299,7 +301,9 @@ impl Report {
                 _ => continue, // unknown: skipped, as protobuf parsers do
             };
             let Value::Object(entries) = v else {
-                return Err(ParseError::new(Kind::Json(format!("{name} is not an object"))));
+                return Err(ParseError::new(Kind::Json(format!(
+                    "{name} is not an object"
+                ))));
             };
             for (key, v) in entries {
                 report.set(&format!("{prefix}{key}"), number(key, v)?)?;

@@ -38,7 +38,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ParseError> {
         let mut v = 0u64;
         for i in 0..10 {
-            let (&b, rest) = self.buf.split_first().ok_or_else(|| bad("truncated varint"))?;
+            let (&b, rest) = self
+                .buf
+                .split_first()
+                .ok_or_else(|| bad("truncated varint"))?;
             self.buf = rest;
             if i == 9 && b > 1 {
                 return Err(bad("varint over 64 bits"));

@@ -124,7 +124,9 @@ fn malformed_reports_are_typed_errors() {
     // a map entry without a key, a key not UTF-8, a length past the end.
     let bad_proto: &[&[u8]] = &[
         &[0x09, 0, 0, 0],
-        &[0x78, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        &[
+            0x78, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ],
         &[0x08, 0x01],
         &[0x7b],
         &[0x00, 0x00],
@@ -317,8 +319,10 @@ async fn malformed_reports_are_counted_and_pass() {
     let (layer, load) = reader();
     let svc = layer.layer(service_fn(|_: ()| async {
         let mut rsp = Response::new(Full::new(Bytes::from("x")));
-        rsp.headers_mut()
-            .insert(HEADER, HeaderValue::from_static("TEXT cpu_utilization=lots"));
+        rsp.headers_mut().insert(
+            HEADER,
+            HeaderValue::from_static("TEXT cpu_utilization=lots"),
+        );
         Ok::<_, Infallible>(rsp)
     }));
     let rsp = svc.oneshot(()).await.unwrap();
@@ -333,5 +337,8 @@ async fn malformed_reports_are_counted_and_pass() {
         Ok::<_, Infallible>(rsp)
     }));
     svc.oneshot(()).await.unwrap();
-    assert_eq!((load.reports(), load.ignored(), load.malformed()), (0, 1, 0));
+    assert_eq!(
+        (load.reports(), load.ignored(), load.malformed()),
+        (0, 1, 0)
+    );
 }
