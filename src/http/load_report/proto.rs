@@ -238,8 +238,8 @@ pub(super) fn base64_encode(bytes: &[u8]) -> String {
 pub(super) fn base64_decode(text: &[u8]) -> Result<Vec<u8>, ParseError> {
     let err = || ParseError::new(Kind::Base64);
     let body = match text {
-        [rest @ .., b'=', b'='] if text.len() % 4 == 0 => rest,
-        [rest @ .., b'='] if text.len() % 4 == 0 => rest,
+        [rest @ .., b'=', b'='] if text.len().is_multiple_of(4) => rest,
+        [rest @ .., b'='] if text.len().is_multiple_of(4) => rest,
         _ => text,
     };
     if body.len() % 4 == 1 {

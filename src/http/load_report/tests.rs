@@ -151,7 +151,7 @@ fn base64_both_paddings() {
         let unpadded = proto::base64_encode(&bytes);
         assert_eq!(proto::base64_decode(unpadded.as_bytes()).unwrap(), bytes);
         let mut padded = unpadded.clone();
-        while padded.len() % 4 != 0 {
+        while !padded.len().is_multiple_of(4) {
             padded.push('=');
         }
         assert_eq!(proto::base64_decode(padded.as_bytes()).unwrap(), bytes);
