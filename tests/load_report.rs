@@ -33,6 +33,10 @@ fn get() -> Request<Empty<Bytes>> {
 /// needs no ten-second wait; the blackout and expiry themselves are unit-tested on
 /// paused time.
 fn balancer(addrs: &[SocketAddr]) -> (Lb, Arc<LoadReport>) {
+    balancer_over(addrs, HttpEndpoints::<Empty<Bytes>>::new())
+}
+
+fn balancer_over(addrs: &[SocketAddr], http: HttpEndpoints<Empty<Bytes>>) -> (Lb, Arc<LoadReport>) {
     let lb = Arc::new(
         LoadReport::new()
             .blackout_period(Duration::ZERO)
@@ -42,7 +46,7 @@ fn balancer(addrs: &[SocketAddr]) -> (Lb, Arc<LoadReport>) {
         .strategy(lb.clone())
         .backends(addrs.iter().map(|&a| Backend::new(a)))
         .endpoint_layer(|t: &Target<'_, SocketAddr>| ReadReportsLayer::new(t))
-        .build(HttpEndpoints::<Empty<Bytes>>::new())
+        .build(http)
         .unwrap();
     let boxed = balance.map_response(|r| r.map(|b| b.map_err(BoxError::from).boxed_unsync()));
     (BoxCloneService::new(boxed), lb)
@@ -116,6 +120,41 @@ async fn traffic_follows_reported_utilization() {
             "{name}: {got} of 700, want {want}: {seen:?}"
         );
     }
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_style_reports_in_http2_trailers() {
+    // The report travels in the trailers of an HTTP/2 response, after the body, as
+    // gRPC servers send it; application utilization 0.1 and 0.3 at 100 qps wins over
+    // CPU (reported as 0.9 by both): weights 1000 and 333.3, shares 3 : 1.
+    let trailing = |name: &'static str, app: f64| {
+        named(name).layer(
+            AttachReportLayer::new(move || {
+                Report::new()
+                    .with_cpu_utilization(0.9)
+                    .with_application_utilization(app)
+                    .with_rps_fractional(100.0)
+            })
+            .encoding(Encoding::GrpcTrailers),
+        )
+    };
+    let servers = [
+        TestServer::start(trailing("light", 0.1)).await,
+        TestServer::start(trailing("heavy", 0.3)).await,
+    ];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let h2 = HttpEndpoints::<Empty<Bytes>>::http2_with_connect_timeout(Duration::from_secs(5));
+    let (balance, lb) = balancer_over(&addrs, h2);
+    warm_up(&balance, &lb, 2).await;
+    let mut weights: Vec<f64> = lb.weights().into_iter().map(Option::unwrap).collect();
+    weights.sort_by(f64::total_cmp);
+    assert_eq!(weights, [100.0 / 0.3, 100.0 / 0.1]);
+    // Exact per cycle of 4; within 3 of 300 and 100 over 400 picks, as above.
+    let seen = shares(&balance, 400).await;
+    assert!(seen["light"].abs_diff(300) <= 3, "{seen:?}");
     for s in servers {
         s.stop().await;
     }
