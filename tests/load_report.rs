@@ -227,3 +227,85 @@ async fn reads_reports_that_python_protobuf_encodes() {
         "light got {got_light} of 1000, want {want_light:.1}: {seen:?}"
     );
 }
+
+/// tonic on both sides: `tonic-health` servers attach reports to their trailers, and a
+/// tonic client over the balancer reads them.
+#[cfg(feature = "grpc")]
+mod grpc {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tonic::transport::{server::TcpIncoming, Endpoint, Server};
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    async fn server(app: f64) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let report = move || {
+            Report::new()
+                .with_application_utilization(app)
+                .with_rps_fractional(50.0)
+        };
+        tokio::spawn(
+            Server::builder()
+                .layer(AttachReportLayer::new(report).encoding(Encoding::GrpcTrailers))
+                .add_service(health)
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn tonic_backends_report_in_trailers() {
+        // Application utilization 0.1 and 0.4 at 50 qps: weights 500 and 125, 4 : 1.
+        let addrs = [server(0.1).await, server(0.4).await];
+        let lb = Arc::new(
+            LoadReport::new()
+                .blackout_period(Duration::ZERO)
+                .weight_update_period(Duration::from_millis(100)),
+        );
+        let balance = Balance::builder()
+            .strategy(lb.clone())
+            .backends(addrs.iter().map(|&a| Backend::new(a)))
+            .endpoint_layer(|t: &Target<'_, SocketAddr>| ReadReportsLayer::new(t))
+            .build(|t: &Target<'_, SocketAddr>| {
+                Endpoint::from_shared(format!("http://{}", t.key()))
+                    .unwrap()
+                    .connect_lazy()
+            })
+            .unwrap();
+        let mut client = HealthClient::new(balance.clone());
+        let mut ready = false;
+        for _ in 0..2_000 {
+            client.check(HealthCheckRequest::default()).await.unwrap();
+            if lb.weights().iter().filter(|w| w.is_some()).count() == 2 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ready, "weights never became usable: {:?}", lb.weights());
+        let before: Vec<u64> = addrs.iter().map(|a| requests(&balance, *a)).collect();
+        for _ in 0..500 {
+            client.check(HealthCheckRequest::default()).await.unwrap();
+        }
+        let light = requests(&balance, addrs[0]) - before[0];
+        let heavy = requests(&balance, addrs[1]) - before[1];
+        // Exact per cycle of 5; within 3 over 500 calls, as above.
+        assert!(light.abs_diff(400) <= 3, "light {light}, heavy {heavy}");
+        assert_eq!(light + heavy, 500);
+    }
+
+    fn requests<S: Clone + Send + Sync + 'static, P>(
+        balance: &Balance<SocketAddr, S, P>,
+        addr: SocketAddr,
+    ) -> u64 {
+        let stats = balance.stats();
+        stats
+            .backends
+            .iter()
+            .find(|b| b.key == addr)
+            .unwrap()
+            .requests
+    }
+}
