@@ -128,6 +128,12 @@ impl ReportedLoad {
         self.reports.fetch_add(1, Relaxed);
     }
 
+    /// The endpoint (re)joined the available set (A58 `OnSubchannelBecomesReady`): its
+    /// reports must cover a new blackout period before its weight is used again.
+    pub fn restart_blackout(&self) {
+        self.non_empty_since.store(0, Relaxed);
+    }
+
     /// Counts a report that could not be parsed (it changes nothing else).
     pub fn record_malformed(&self) {
         self.malformed.fetch_add(1, Relaxed);
@@ -218,6 +224,8 @@ const SCALE: f64 = (1u32 << 20) as f64;
 ///   same: plain round robin over all, as A58 says.
 /// - Otherwise an endpoint without a usable weight (new, in blackout, expired) weighs the
 ///   mean of the usable weights, so it still gets traffic and can start reporting.
+/// - An endpoint that joins the available set (new, or back from an ejection or a failed
+///   probe) sits out a new blackout, as a gRPC subchannel that becomes ready does.
 /// - The backends' configured weights are not used (A58 ignores them too).
 ///
 /// ```
@@ -373,8 +381,18 @@ impl Strategy for LoadReport {
             candidates.len(),
         );
         if list != table.list {
-            // A new set of available endpoints: their records, and weights at once.
-            table.loads = candidates.iter().map(|c| c.state.slot()).collect();
+            // A new set of available endpoints: their records, and weights at once. One
+            // that was not available before (recovered, or new) starts a new blackout,
+            // as a gRPC subchannel that becomes ready does.
+            let loads: Vec<Arc<ReportedLoad>> = candidates.iter().map(|c| c.state.slot()).collect();
+            // (The first list is no join: its blackouts start with their first reports.)
+            let first = table.list == (0, 0, 0);
+            for l in &loads {
+                if !first && !table.loads.iter().any(|old| Arc::ptr_eq(old, l)) {
+                    l.restart_blackout();
+                }
+            }
+            table.loads = loads;
             table.list = list;
             self.update(&mut table, now);
         } else if table.next_update.is_none_or(|t| now >= t) {
@@ -573,6 +591,33 @@ mod tests {
         for (i, &c) in got.iter().enumerate() {
             assert_eq!(c, if i % 2 == 0 { 40 } else { 10 }, "endpoint {i}: {got:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_returning_endpoint_sits_out_a_new_blackout() {
+        let (list, loads) = endpoints(3);
+        let lb = LoadReport::new();
+        for _ in 0..10 {
+            report(&loads, &[(0.5, 100.0), (0.25, 100.0), (0.25, 100.0)]);
+            tokio::time::advance(S).await;
+        }
+        let _ = counts(&lb, &list, 1);
+        assert_eq!(lb.weights(), [Some(200.0), Some(400.0), Some(400.0)]);
+        // Endpoint 2 leaves the available set (ejected), then comes back.
+        let items: Vec<Candidate> = list.view().to_vec();
+        let without = CandidateList::with_generation(items[..2].to_vec(), 1);
+        let _ = counts(&lb, &without, 1);
+        let back = CandidateList::with_generation(items, 2);
+        let _ = counts(&lb, &back, 1);
+        report(&loads, &[(0.5, 100.0), (0.25, 100.0), (0.25, 100.0)]);
+        // Its reports count from here: no weight (the mean of the others) for 10 s.
+        assert_eq!(lb.weights(), [Some(200.0), Some(400.0), None]);
+        for _ in 0..10 {
+            tokio::time::advance(S).await;
+            report(&loads, &[(0.5, 100.0), (0.25, 100.0), (0.25, 100.0)]);
+        }
+        let _ = counts(&lb, &back, 1);
+        assert_eq!(lb.weights(), [Some(200.0), Some(400.0), Some(400.0)]);
     }
 
     #[test]
