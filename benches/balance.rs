@@ -17,7 +17,9 @@ use tower::{
     load::{CompleteOnResponse, PendingRequests},
 };
 use tower_lb::{
-    balance::strategy::{LeastConn, P2c, Random, RoundRobin, Strategy, WeightedRoundRobin},
+    balance::strategy::{
+        LeastConn, LoadReport, P2c, Random, RoundRobin, Strategy, WeightedRoundRobin,
+    },
     test_util::{self, Echo},
     Backend, Balance,
 };
@@ -37,13 +39,16 @@ fn bench_strategies(c: &mut Criterion) {
     let mut g = c.benchmark_group("request");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    let strategies: [(&str, fn(usize) -> Balance<u32, Echo<u32>>); 6] = [
+    let strategies: [(&str, fn(usize) -> Balance<u32, Echo<u32>>); 7] = [
         ("round-robin", |n| ours(RoundRobin::new(), n)),
         ("weighted-rr", |n| ours(WeightedRoundRobin::new(), n)),
         ("least-conn", |n| ours(LeastConn::new(), n)),
         ("random", |n| ours(Random::with_seed(1), n)),
         ("p2c", |n| ours(P2c::with_seed(1), n)),
         ("p2c-ewma", |n| ours(P2c::with_seed(1).peak_ewma(), n)),
+        // No backend reports here: its round-robin fallback, with the lock and the
+        // once-a-second weight update it costs.
+        ("load-report", |n| ours(LoadReport::new(), n)),
     ];
     for n in SIZES {
         for (name, make) in strategies {

@@ -40,9 +40,9 @@
 //! | module | what |
 //! |---|---|
 //! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
-//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, and the trait to write your own |
+//! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, weighted round robin from backends' load reports (gRPC A58), and the trait to write your own |
 //! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
-//! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping; `http::tls` (feature `tls`) for HTTPS backends |
+//! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping, ORCA load reports (`http::load_report`); `http::tls` (feature `tls`) for HTTPS backends |
 //! | [`health`] | (features `health-passive`, `health-active`, default; `health-service`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy; the backend's own health endpoint |
 //! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |

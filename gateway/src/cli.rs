@@ -65,7 +65,9 @@ pub(crate) struct Args {
     #[arg(long = "backends-env", env = "BACKENDS", hide = true, value_delimiter = ',', value_parser = parse_backend)]
     pub(crate) backends_env: Vec<BackendSpec>,
 
-    /// Pick strategy. `round-robin` honours weights smoothly, as nginx does.
+    /// Pick strategy. `round-robin` honours weights smoothly, as nginx does;
+    /// `load-report` weighs each backend by the load it reports in its responses
+    /// (ORCA `endpoint-load-metrics`, gRPC A58: qps ÷ utilization, after 10 s of reports).
     #[arg(long, value_enum, default_value_t = StrategyName::P2cEwma)]
     pub(crate) strategy: StrategyName,
 
@@ -255,6 +257,8 @@ pub(crate) enum StrategyName {
     Maglev,
     BoundedLoad,
     Rendezvous,
+
+    LoadReport,
 }
 
 impl StrategyName {

@@ -12,8 +12,8 @@ use tower::{
 use tower_lb::{
     balance::{
         strategy::{
-            BoundedLoad, IpHash, LeastConn, Maglev, P2c, Random, Rendezvous, RingHash, Strategy,
-            WeightedRoundRobin,
+            BoundedLoad, IpHash, LeastConn, LoadReport, Maglev, P2c, Random, Rendezvous, RingHash,
+            Strategy, WeightedRoundRobin,
         },
         MakeEndpoint, Target,
     },
@@ -22,8 +22,8 @@ use tower_lb::{
         passive::{PassiveHealthLayer, Window},
     },
     http::{
-        proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints, HttpPolicy, PooledEndpoints,
-        ReplayBodies, ReplayBody,
+        load_report::ReadReportsLayer, proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints,
+        HttpPolicy, PooledEndpoints, ReplayBodies, ReplayBody,
     },
     metrics::PoolMetrics,
     sticky::{ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, StickyLayer},
@@ -111,6 +111,7 @@ pub(crate) fn strategy(name: StrategyName) -> Arc<dyn Strategy> {
         StrategyName::Maglev => Arc::new(Maglev::new()),
         StrategyName::BoundedLoad => Arc::new(BoundedLoad::new()),
         StrategyName::Rendezvous => Arc::new(Rendezvous::new()),
+        StrategyName::LoadReport => Arc::new(LoadReport::new()),
     }
 }
 
@@ -264,6 +265,7 @@ fn balancer(
     let timing = metrics.clone();
     let (max_fails, fail_timeout) = (args.max_fails, args.fail_timeout);
     let stamp = cookie.clone();
+    let reports = args.strategy == StrategyName::LoadReport;
     let maker = move |t: &Target<'_, String>| -> Result<Endpoint, BoxError> {
         let http = match &h2 {
             Some(client) => Either::Right(
@@ -278,6 +280,18 @@ fn balancer(
                     .map_err(BoxError::from)
                     .service(pooled.make_endpoint(t)?),
             ),
+        };
+        // The load-report strategy weighs what each response's report says: read it
+        // into the endpoint's record (headers, or trailers for gRPC).
+        let http = if reports {
+            Either::Left(
+                ServiceBuilder::new()
+                    .map_response(|r: Response<_>| r.map(Body::new))
+                    .layer(ReadReportsLayer::new(t))
+                    .service(http),
+            )
+        } else {
+            Either::Right(http)
         };
         // Passive health (`max_fails(0)` classifies but never ejects, as nginx).
         let passive = PassiveHealthLayer::new(t).policy(

@@ -11,6 +11,10 @@
 //!   connection refused by one backend is retried on another.
 //! - [`ReplayBody`] streams a request body while keeping its first bytes, so a request that
 //!   failed before reaching its backend can be replayed elsewhere without buffering it first.
+//! - [`load_report`] reads ORCA load reports (`endpoint-load-metrics`, gRPC's
+//!   `endpoint-load-metrics-bin`) from responses for the
+//!   [`LoadReport`](crate::balance::strategy::LoadReport) strategy, and attaches them on
+//!   the backend side.
 //! - [`proxy`] has the reverse-proxy header rules (hop-by-hop, `X-Forwarded-*`).
 //! - `tls` (feature `tls`) reaches `https://` backends over rustls: system or private
 //!   roots, SNI, ALPN, client certificates. Without it an `https://` backend is refused
@@ -58,6 +62,7 @@ use hyper_util::{
 use tower_service::Service;
 
 mod error_response;
+pub mod load_report;
 mod policy;
 mod pool;
 pub mod proxy;

@@ -18,6 +18,7 @@
 //! | [`Maglev`] | Maglev lookup table of prime size (65537) | O(1) |
 //! | [`BoundedLoad`] | consistent hashing with bounded loads, at most ⌈1.25 × mean in-flight⌉ | O(n) |
 //! | [`Rendezvous`] | weighted highest random weight | O(n) |
+//! | [`LoadReport`] | weighted round robin by each backend's reported load, qps ÷ utilization (gRPC A58, ORCA) | O(n) up to 32, O(log n) above; O(n) once per second |
 //!
 //! The hash strategies read the request's [`RequestKey`] (a header, a cookie, the client
 //! IP…; see the `sticky` module with feature `sticky`). They build their tables in
@@ -71,6 +72,7 @@ mod hash_tests;
 mod hashing;
 mod ip_hash;
 mod least_conn;
+mod load_report;
 mod maglev;
 mod p2c;
 mod random;
@@ -83,6 +85,7 @@ pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
 pub(crate) use least_conn::Index as LoadIndex;
 pub use least_conn::{LeastConn, SCAN_UP_TO};
+pub use load_report::{LoadReport, ReportedLoad};
 pub use maglev::{Maglev, DEFAULT_TABLE_SIZE};
 pub use p2c::P2c;
 pub use random::Random;

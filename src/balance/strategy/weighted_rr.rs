@@ -111,7 +111,7 @@ impl Strategy for WeightedRoundRobin {
         if n <= self.exact_up_to {
             return Some(Self::smooth(candidates));
         }
-        Some(edf.pick(candidates))
+        Some(edf.pick_by(candidates, 0, |i| candidates[i].weight))
     }
 
     fn wants_rebuild(&self) -> bool {
@@ -126,12 +126,14 @@ impl Strategy for WeightedRoundRobin {
 /// One unit of virtual time: a weight-1 endpoint's step.
 const UNIT: u128 = 1 << 64;
 
-/// The earliest-deadline-first schedule over one candidate list.
+/// The earliest-deadline-first schedule over one candidate list, shared by
+/// [`WeightedRoundRobin`] (the candidates' weights) and
+/// [`LoadReport`](super::LoadReport) (weights from load reports).
 #[derive(Debug, Default)]
-struct Edf {
-    /// Which list the heap describes: its generation, address and length (lists made by
-    /// hand all have generation 0).
-    list: (u64, usize, usize),
+pub(super) struct Edf {
+    /// Which list and weights the heap describes: the list's generation, address and
+    /// length (lists made by hand all have generation 0), and the caller's weight epoch.
+    list: (u64, usize, usize, u64),
     /// A binary min-heap by (deadline, position).
     heap: Vec<Due>,
     /// The deadline of the last pick.
@@ -159,14 +161,23 @@ fn step(weight: u32) -> u128 {
 }
 
 impl Edf {
-    fn pick(&mut self, candidates: &Candidates<'_>) -> usize {
+    /// The next pick, with candidate `i` weighing `weight(i)`. `epoch` names the weights:
+    /// the schedule is rebuilt (keeping each endpoint's place) when it or the list
+    /// changes.
+    pub(super) fn pick_by(
+        &mut self,
+        candidates: &Candidates<'_>,
+        epoch: u64,
+        weight: impl Fn(usize) -> u32,
+    ) -> usize {
         let list = (
             candidates.generation(),
             candidates.as_ptr() as usize,
             candidates.len(),
+            epoch,
         );
         if list != self.list {
-            self.rebuild(candidates);
+            self.rebuild(candidates, &weight);
             self.list = list;
         }
         let top = &mut self.heap[0];
@@ -179,7 +190,7 @@ impl Edf {
     }
 
     /// The heap for a new list, keeping each staying endpoint's deadline.
-    fn rebuild(&mut self, candidates: &Candidates<'_>) {
+    fn rebuild(&mut self, candidates: &Candidates<'_>, weight_of: &impl Fn(usize) -> u32) {
         let n = candidates.len();
         let now = self.now;
         let mut seen = vec![false; n];
@@ -191,7 +202,7 @@ impl Edf {
             if std::mem::replace(&mut seen[pos], true) {
                 continue;
             }
-            let weight = candidates[pos].weight.max(1);
+            let weight = weight_of(pos).max(1);
             let mut deadline = old.deadline.max(now);
             if weight != old.weight {
                 // The remaining wait, in the new weight's steps.
@@ -207,7 +218,7 @@ impl Edf {
         }
         for (pos, c) in candidates.iter().enumerate() {
             if !seen[pos] {
-                let weight = c.weight.max(1);
+                let weight = weight_of(pos).max(1);
                 heap.push(Due {
                     deadline: now + step(weight) / 2,
                     pos: pos as u32,
