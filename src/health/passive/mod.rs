@@ -98,6 +98,7 @@ mod body;
 mod classify;
 mod future;
 mod layer;
+pub mod outlier;
 mod policy;
 mod service;
 
@@ -105,6 +106,7 @@ pub use body::ResponseBody;
 pub use classify::{Failure, FailureStatuses, GrpcEos};
 pub use future::ResponseFuture;
 pub use layer::PassiveHealthLayer;
+pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};
 pub use policy::{Consecutive, Memory, Policy, Window};
 pub use service::PassiveHealth;
 #[cfg(feature = "tcp")]
