@@ -107,7 +107,10 @@ fn main() {
         "setup", "requests", "failed", "failed%", "bad share", "ejections"
     );
     let setups: [(&str, Option<OutlierDetection>); 3] = [
-        ("P2C peak EWMA + consecutive_5xx, no outlier detection", None),
+        (
+            "P2C peak EWMA + consecutive_5xx, no outlier detection",
+            None,
+        ),
         (
             "  + outlier detection, success rate (defaults)",
             Some(OutlierDetection::new()),

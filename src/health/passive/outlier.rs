@@ -91,7 +91,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! use std::{convert::Infallible, time::Duration};
+//! use std::{convert::Infallible, sync::{atomic::{AtomicU32, Ordering}, Arc}, time::Duration};
 //! use tower::{service_fn, Service, ServiceBuilder};
 //! use tower_lb::{
 //!     balance::{strategy::RoundRobin, Status, Target},
@@ -105,14 +105,14 @@
 //!     .backends(["a", "b", "c", "d", "e"].map(Backend::new))
 //!     .build(|t: &Target<'_, &'static str>| {
 //!         let name = *t.key();
-//!         let mut n = 0u32;
+//!         let n = Arc::new(AtomicU32::new(0));
 //!         ServiceBuilder::new()
 //!             // Passive health classifies; `max_fails(0)`: its own policy never ejects.
 //!             .layer(PassiveHealthLayer::new(t).policy(Window::new().max_fails(0)))
 //!             .service(service_fn(move |_req: http::Request<()>| {
-//!                 n += 1;
+//!                 let i = n.fetch_add(1, Ordering::Relaxed);
 //!                 let mut rsp = http::Response::new(String::new());
-//!                 if name == "e" && n % 3 == 0 {
+//!                 if name == "e" && i % 3 == 2 {
 //!                     *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
 //!                 }
 //!                 async move { Ok::<_, Infallible>(rsp) }
@@ -128,7 +128,7 @@
 //! for _ in 0..200 {
 //!     balance.clone().call(http::Request::new(())).await.unwrap();
 //! }
-//! tokio::time::sleep(Duration::from_secs(10)).await; // one interval
+//! tokio::time::sleep(Duration::from_secs(11)).await; // past the first evaluation
 //! let stats = balance.stats();
 //! assert!(matches!(stats.backends[4].status, Status::Ejected { .. }));
 //! assert_eq!(stats.available, 4);
