@@ -162,3 +162,91 @@ async fn a_zero_outlier_interval_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--outlier-interval"), "{err}");
 }
+
+/// `/status` as JSON.
+async fn status(c: &TestClient, gw: &Gateway) -> serde_json::Value {
+    serde_json::from_slice(&get(c, &gw.url("/status")).await.1).unwrap()
+}
+
+fn sighup(gw: &Gateway) {
+    let pid = gw.child.id().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_the_same_outlier_settings_keeps_the_balancer_and_its_ejections() {
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        servers.push(backend(StatusCode::OK, Duration::ZERO).await);
+    }
+    let bad = backend(StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO).await;
+    let bad_key = format!("http://{}", bad.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let write = |interval: &str| {
+        let mut text = format!(
+            "strategy = \"round-robin\"\nmax-fails = 0\noutlier-detection = \"failure-percentage\"\n\
+             outlier-interval = \"{interval}\"\noutlier-min-requests = 10\n"
+        );
+        for s in servers.iter().chain([&bad]) {
+            text += &format!("\n[[backend]]\nurl = \"{}\"\n", s.addr);
+        }
+        std::fs::write(&config, text).unwrap();
+    };
+    write("1s");
+    let gw = Gateway::start(&["--config", config.to_str().unwrap()]).await;
+    let c = client();
+    let bad_of = |v: &serde_json::Value| {
+        backends_of(v)
+            .into_iter()
+            .find(|b| b["backend"] == bad_key.as_str())
+            .expect("the bad backend in /status")
+    };
+    let mut ejected = false;
+    for _ in 0..2000 {
+        get(&c, &gw.url("/x")).await;
+        if bad_of(&status(&c, &gw).await)["state"] == "ejected" {
+            ejected = true;
+            break;
+        }
+    }
+    assert!(ejected, "the 503 backend was never ejected");
+
+    // The same settings: the balancer is kept, and with it the ejection.
+    sighup(&gw);
+    let mut reloaded = serde_json::Value::Null;
+    for _ in 0..400 {
+        reloaded = status(&c, &gw).await;
+        if reloaded["config"]["generation"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reloaded["config"]["generation"], 2, "{reloaded}");
+    let b = bad_of(&reloaded);
+    assert_eq!(
+        (b["state"].as_str(), b["ejections"].as_u64()),
+        (Some("ejected"), Some(1))
+    );
+
+    // Another interval: a new balancer, which knows nothing of the ejection.
+    write("2s");
+    sighup(&gw);
+    for _ in 0..400 {
+        reloaded = status(&c, &gw).await;
+        if reloaded["config"]["generation"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reloaded["config"]["generation"], 3, "{reloaded}");
+    let b = bad_of(&reloaded);
+    assert_eq!(
+        (b["state"].as_str(), b["ejections"].as_u64()),
+        (Some("healthy"), Some(0))
+    );
+}
