@@ -11,7 +11,8 @@ use tower_lb::sticky::Cidr;
 
 pub(crate) use parse::{
     backend_url, parse_backend, parse_cidr, parse_dns, parse_duration, parse_hash_key,
-    parse_json_expect, parse_pool, parse_route, parse_sni, parse_tcp_backend, parse_tcp_proxy,
+    parse_interval, parse_json_expect, parse_pool, parse_route, parse_sni, parse_tcp_backend,
+    parse_tcp_proxy,
 };
 
 /// The command line. Every value is checked when parsed; a bad one exits with status 2
@@ -118,6 +119,31 @@ pub(crate) struct Args {
     /// Passive health (nginx `fail_timeout`): the failure window and the ejection time.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub(crate) fail_timeout: Duration,
+
+    /// Outlier detection (Envoy, gRPC A50): every --outlier-interval, eject a backend
+    /// whose success rate is far below the others' (`success-rate`: under mean − 1.9 ×
+    /// stdev, 100 requests, 5 hosts) or that failed at least 85 % of its requests
+    /// (`failure-percentage`: 50 requests, 5 hosts); 30 s × times ejected, at most 300 s.
+    /// Failures are those passive health counts (--max-fails 0 keeps counting). Off
+    /// unless given.
+    #[arg(long, value_enum, value_name = "TEST")]
+    pub(crate) outlier_detection: Option<OutlierTest>,
+
+    /// Outlier detection: how often backends are compared, over the requests of that
+    /// span (Envoy `interval`).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_interval, requires = "outlier_detection")]
+    pub(crate) outlier_interval: Duration,
+
+    /// Outlier detection: requests a backend needs within an interval to be judged
+    /// (Envoy `*_request_volume`; default 100 for success-rate, 50 for
+    /// failure-percentage).
+    #[arg(long, value_name = "N", requires = "outlier_detection")]
+    pub(crate) outlier_min_requests: Option<u64>,
+
+    /// Outlier detection: backends with enough requests needed for any to be judged
+    /// (Envoy `*_minimum_hosts`, default 5).
+    #[arg(long, value_name = "N", requires = "outlier_detection")]
+    pub(crate) outlier_min_hosts: Option<usize>,
 
     /// Active health: GET this path on every backend (2xx/3xx is up). Off unless given.
     #[arg(long, value_name = "PATH")]
@@ -269,6 +295,13 @@ impl StrategyName {
             Self::IpHash | Self::RingHash | Self::Maglev | Self::BoundedLoad | Self::Rendezvous
         )
     }
+}
+
+/// The test of `--outlier-detection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutlierTest {
+    SuccessRate,
+    FailurePercentage,
 }
 
 /// Where a request's affinity key comes from (`--hash-key`).

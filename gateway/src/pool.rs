@@ -19,7 +19,7 @@ use tower_lb::{
     },
     health::{
         active::{BodyMatch, HttpProbe, Prober},
-        passive::{PassiveHealthLayer, Window},
+        passive::{FailurePercentage, OutlierDetection, PassiveHealthLayer, SuccessRate, Window},
     },
     http::{
         load_report::ReadReportsLayer, proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints,
@@ -27,11 +27,11 @@ use tower_lb::{
     },
     metrics::PoolMetrics,
     sticky::{ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, StickyLayer},
-    Backend, Balance, BoxError,
+    Backend, Balance, BoxError, Guard,
 };
 
 use crate::{
-    cli::{Args, HashKey, StrategyName, HEALTH_INTERVAL},
+    cli::{Args, HashKey, OutlierTest, StrategyName, HEALTH_INTERVAL},
     source::Feed,
     tls::BackendTls,
     upkeep::{SpawnProbe, Upkeep},
@@ -57,6 +57,8 @@ struct Settings {
     retries: usize,
     fail_fast: Duration,
     slow_start: Option<Duration>,
+    /// Outlier detection (`--outlier-*`), when on.
+    outlier: Option<OutlierDetection>,
     /// How `https://` backends are reached (compared by the files' contents).
     tls: BackendTls,
 }
@@ -73,6 +75,7 @@ impl Settings {
             retries: args.retries,
             fail_fast: args.fail_fast,
             slow_start: args.slow_start,
+            outlier: outlier_detection(args),
             tls: tls.clone(),
         }
     }
@@ -88,15 +91,56 @@ pub(crate) struct Pool {
     settings: Settings,
     cookie: Option<SessionCookie>,
     metrics: PoolMetrics,
+    /// The balancer's outlier detector: one per balancer, so a pool that keeps its
+    /// balancer across a reload shares the running one (same settings, compared above).
+    outlier: std::sync::Mutex<Option<Arc<Guard>>>,
 }
 
 impl Pool {
     /// Takes effect: the metrics read this balancer, the set follows the feed, the
-    /// prober runs.
+    /// prober and the outlier detector run.
     pub(crate) fn start(&self) {
         self.metrics.watch(&self.balance);
         self.upkeep.start();
+        let mut outlier = self
+            .outlier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (None, Some(detector)) = (&*outlier, &self.settings.outlier) {
+            match detector.clone().spawn(&self.balance) {
+                Ok(guard) => *outlier = Some(Arc::new(guard)),
+                Err(e) => tracing::error!(error = %e, "cannot start outlier detection"),
+            }
+        }
     }
+}
+
+/// The outlier detector `--outlier-*` ask for (settings checked when it starts; the
+/// flags' parsers already refuse what it would).
+fn outlier_detection(args: &Args) -> Option<OutlierDetection> {
+    let detector = OutlierDetection::new().interval(args.outlier_interval);
+    Some(match args.outlier_detection? {
+        OutlierTest::SuccessRate => {
+            let mut test = SuccessRate::new();
+            if let Some(n) = args.outlier_min_requests {
+                test = test.request_volume(n);
+            }
+            if let Some(n) = args.outlier_min_hosts {
+                test = test.minimum_hosts(n);
+            }
+            detector.success_rate(test)
+        }
+        OutlierTest::FailurePercentage => {
+            let mut test = FailurePercentage::new();
+            if let Some(n) = args.outlier_min_requests {
+                test = test.request_volume(n);
+            }
+            if let Some(n) = args.outlier_min_hosts {
+                test = test.minimum_hosts(n);
+            }
+            detector.success_rate(None).failure_percentage(test)
+        }
+    })
 }
 
 pub(crate) fn strategy(name: StrategyName) -> Arc<dyn Strategy> {
@@ -208,6 +252,9 @@ pub(crate) fn build(
         Some(p) if p.settings == settings => (p.balance.clone(), p.cookie.clone(), Some(p)),
         _ => (fresh.0, fresh.1, None),
     };
+    let outlier = previous
+        .and_then(|p| p.outlier.lock().ok().and_then(|g| g.clone()))
+        .into();
     let keys = key_extractor(args, cookie.as_ref())?;
     let probe = prober(args, &balance)?;
     let upkeep = Upkeep::new(
@@ -233,6 +280,7 @@ pub(crate) fn build(
         settings,
         cookie,
         metrics,
+        outlier,
     })
 }
 

@@ -5,8 +5,10 @@
 //! it, and the balancer reads it whenever it builds its candidate list:
 //!
 //! - [`passive`] (feature `health-passive`): a layer on each endpoint judges real responses
-//!   and ejects endpoints that fail (nginx `max_fails`, Envoy outlier detection), with
-//!   probation and a max ejection share.
+//!   and ejects endpoints that fail (nginx `max_fails`, Envoy `consecutive_5xx`), with
+//!   probation and a max ejection share; its [`OutlierDetection`](passive::OutlierDetection)
+//!   compares endpoints with each other every interval (Envoy outlier detection's
+//!   success rate and failure percentage, gRPC A50).
 //! - [`active`] (feature `health-active`): a spawned prober sends HTTP, TCP or gRPC probes
 //!   on an interval and marks endpoints down and up (HAProxy `check`, `rise`, `fall`).
 //! - [`service`] (feature `health-service`) is the other side: the `/health`, `/livez`
@@ -27,6 +29,8 @@
 //! | [`passive::Consecutive::consecutive`] | 5 | — | `consecutive_5xx` | — |
 //! | [`passive::Consecutive::base_ejection_time`] | 30 s | — | `base_ejection_time` | — |
 //! | [`passive::Consecutive::max_ejection_time`] | 300 s | — | `max_ejection_time` | — |
+//! | [`passive::OutlierDetection`] (success rate) | 10 s, 100 requests, 5 hosts, 1.9 × stdev | — | `success_rate_*` | — |
+//! | [`passive::FailurePercentage`] | off; 85 %, 50 requests, 5 hosts | — | `failure_percentage_*` | — |
 //! | [`passive::PassiveHealthLayer::probation`] | on | — | — (linkerd failure accrual probation) | — |
 //! | [`passive::PassiveHealthLayer::max_ejection_share`] | 50 % | — | `max_ejection_percent` | — |
 //! | [`passive::FailureStatuses`] | errors, 502–504 | `proxy_next_upstream` classes | `consecutive_gateway_failure` / `consecutive_5xx` | `observe layer7` |

@@ -248,6 +248,14 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a duration that must not be zero (`--outlier-interval`).
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("must be longer than zero, got {s:?}")),
+        d => Ok(d),
+    }
+}
+
 /// Parses `POINTER=VALUE` for `--health-expect-json`.
 pub(crate) fn parse_json_expect(s: &str) -> Result<(String, String), String> {
     let (pointer, value) = s

@@ -71,6 +71,49 @@ fn durations() {
     }
 }
 
+#[test]
+fn outlier_flags() {
+    let args = Args::try_parse_from([
+        "tower-lb-gateway",
+        "--outlier-detection",
+        "failure-percentage",
+        "--outlier-interval",
+        "2s",
+        "--outlier-min-requests",
+        "20",
+        "--outlier-min-hosts",
+        "3",
+    ])
+    .unwrap();
+    assert_eq!(args.outlier_detection, Some(OutlierTest::FailurePercentage));
+    assert_eq!(args.outlier_interval, Duration::from_secs(2));
+    assert_eq!(
+        (args.outlier_min_requests, args.outlier_min_hosts),
+        (Some(20), Some(3))
+    );
+    let off = Args::try_parse_from(["tower-lb-gateway"]).unwrap();
+    assert_eq!(off.outlier_detection, None);
+    for bad in [
+        &["--outlier-detection", "sometimes"][..],
+        &[
+            "--outlier-detection",
+            "success-rate",
+            "--outlier-interval",
+            "0s",
+        ],
+        &["--outlier-min-hosts", "3"],
+        &[
+            "--outlier-detection",
+            "success-rate",
+            "--outlier-min-requests",
+            "-1",
+        ],
+    ] {
+        let argv = std::iter::once("tower-lb-gateway").chain(bad.iter().copied());
+        assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -124,7 +167,8 @@ proptest! {
                 "--trusted-proxy", "--workers", "--max-connections", "--health-path",
                 "--health-expect-json", "--client-header-timeout", "--slow-start",
                 "--backends-file", "--dns", "--dns-server", "--tcp-listen", "--tcp-backend",
-                "--tcp-strategy", "--tcp-proxy",
+                "--tcp-strategy", "--tcp-proxy", "--outlier-detection", "--outlier-interval",
+                "--outlier-min-requests", "--outlier-min-hosts",
             ]).prop_map(str::to_owned),
             "[ -~]{0,16}",
         ],

@@ -277,6 +277,10 @@ impl<K: Key> Book<K> {
         match res {
             Ok(()) => {
                 t.fails = 0;
+                // Envoy `successful_active_health_check_uneject_host`: a passing probe
+                // ends an outlier detection ejection (only that kind; see its module).
+                #[cfg(feature = "health-passive")]
+                crate::health::passive::outlier::probe_passed(key, &t.state);
                 if !t.up {
                     t.passes += 1;
                     if t.passes >= cfg.rise {

@@ -133,6 +133,7 @@ impl<C> PassiveHealthLayer<C> {
             backend: self.backend.clone(),
             state: self.state.clone(),
             memory: self.state.slot::<super::Memory>(),
+            outlier: self.state.slot::<super::outlier::Tally>(),
             policy: self.policy.clone(),
             probation: self.probation,
             max_share: self.max_share,

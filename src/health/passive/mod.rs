@@ -24,7 +24,13 @@
 //!   `base_ejection_time × times ejected`, at most `max_ejection_time`; a success resets the
 //!   streak. Defaults 5, 30 s, 300 s.
 //!
-//! Around either policy:
+//! Across endpoints, [`OutlierDetection`] (Envoy outlier detection, gRPC A50) runs one
+//! task per balancer that compares the endpoints every interval over the same verdicts:
+//! the success-rate test (below mean − 1.9 × stdev, with at least 100 requests and 5
+//! such endpoints) and the failure-percentage test (85 %, 50 requests, 5 endpoints),
+//! ejecting for 30 s × times ejected, at most 300 s. See the [`outlier`] module.
+//!
+//! Around either policy (and outlier detection's ejections):
 //!
 //! - **Probation** (linkerd, on by default): when the ejection ends, the endpoint is a
 //!   candidate again but takes one trial request at a time. Success readmits it (status
@@ -98,6 +104,7 @@ mod body;
 mod classify;
 mod future;
 mod layer;
+pub mod outlier;
 mod policy;
 mod service;
 
@@ -105,6 +112,7 @@ pub use body::ResponseBody;
 pub use classify::{Failure, FailureStatuses, GrpcEos};
 pub use future::ResponseFuture;
 pub use layer::PassiveHealthLayer;
+pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};
 pub use policy::{Consecutive, Memory, Policy, Window};
 pub use service::PassiveHealth;
 #[cfg(feature = "tcp")]

@@ -105,6 +105,9 @@ pub(crate) struct Shared {
     pub(crate) state: Arc<EndpointState>,
     /// Passive health's memory of this endpoint, kept with its state.
     pub(crate) memory: Arc<super::Memory>,
+    /// This endpoint's verdicts for outlier detection, counted here so that both use
+    /// the one classification (the classifier's).
+    pub(crate) outlier: Arc<super::outlier::Tally>,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) probation: bool,
     pub(crate) max_share: f64,
@@ -161,6 +164,7 @@ impl Shared {
 
     /// A request succeeded.
     pub(crate) fn success(&self) {
+        self.outlier.success();
         let now = Instant::now();
         match phase(&self.state, now) {
             Phase::Normal => self.policy.on_success(&self.memory, now),
@@ -185,6 +189,7 @@ impl Shared {
     /// A request failed; `count` adds it to the endpoint's failure count (errors the
     /// balancer sees are counted by the balancer itself).
     pub(crate) fn failure(&self, reason: &dyn fmt::Display, count: bool) {
+        self.outlier.failure();
         if count {
             self.state.record_failure();
             self.state.set_last_failure(reason);
