@@ -116,11 +116,7 @@ impl<C> PassiveHealthLayer<C> {
     /// `max_ejection_percent`, default 0.5), but always allow one ejection (gRPC). Clamped
     /// to `0.0..=1.0`.
     pub fn max_ejection_share(mut self, share: f64) -> Self {
-        self.max_share = if share.is_nan() {
-            0.5
-        } else {
-            share.clamp(0.0, 1.0)
-        };
+        self.max_share = super::ejection_share(share);
         self
     }
 }

@@ -115,6 +115,16 @@ pub use layer::PassiveHealthLayer;
 pub use outlier::{FailurePercentage, OutlierDetection, SuccessRate};
 pub use policy::{Consecutive, Memory, Policy, Window};
 pub use service::PassiveHealth;
+
+/// The max ejection share every policy takes: clamped to `0.0..=1.0`, the default (0.5)
+/// for NaN.
+pub(crate) fn ejection_share(share: f64) -> f64 {
+    if share.is_nan() {
+        0.5
+    } else {
+        share.clamp(0.0, 1.0)
+    }
+}
 #[cfg(feature = "tcp")]
 pub(crate) use service::Shared;
 

@@ -343,11 +343,7 @@ impl OutlierDetection {
     /// [`PassiveHealthLayer::max_ejection_share`](super::PassiveHealthLayer::max_ejection_share)
     /// describes.
     pub fn max_ejection_share(mut self, share: f64) -> Self {
-        self.max_share = if share.is_nan() {
-            0.5
-        } else {
-            share.clamp(0.0, 1.0)
-        };
+        self.max_share = super::ejection_share(share);
         self
     }
 
