@@ -8,10 +8,10 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::{clock::Clock, strategy::PickTime};
+use super::{clock::Clock, hedge::Shared, strategy::PickTime};
 use super::{
     set::{candidate, Core, Key, Snapshot},
     strategy::{Candidate, CandidateList, RequestKey},
@@ -48,6 +48,22 @@ impl<K, S> Drop for InFlight<K, S> {
 pin_project! {
     /// The response future of [`Balance`](super::Balance).
     pub struct ResponseFuture<K, S, P, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        first: Attempt<K, S, P, Req>,
+        // Only when the balancer hedges (see `hedge.rs`): the delay, the copy, the second
+        // attempt.
+        hedge: Option<Box<Hedging<K, S, P, Req>>>,
+    }
+}
+
+pin_project! {
+    // One attempt of a request: picks, retries on endpoints not tried yet, and answers.
+    // Dropping it drops its in-flight guard (the request no longer counts) and records no
+    // latency: that is how a hedge's loser is cancelled.
+    struct Attempt<K, S, P, Req>
     where
         S: Service<Req>,
     {
@@ -107,9 +123,35 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("tried", &self.slow.as_ref().map_or(0, |s| s.tried.len()))
+            .field(
+                "tried",
+                &self.first.slow.as_ref().map_or(0, |s| s.tried.len()),
+            )
+            .field(
+                "hedged",
+                &self.hedge.as_ref().is_some_and(|h| h.second.is_some()),
+            )
             .finish_non_exhaustive()
     }
+}
+
+/// The hedging part of a request (see [`hedge`](super::hedge)).
+struct Hedging<K, S, P, Req>
+where
+    S: Service<Req>,
+{
+    shared: Arc<Shared>,
+    core: Arc<Core<K, S>>,
+    /// When the request came, on the balancer's clock.
+    started: u64,
+    /// The copy and the policy for the second attempt, until it is sent.
+    copy: Option<(Req, P)>,
+    /// The delay, while the copy waits.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The second attempt, once sent.
+    second: Option<Pin<Box<Attempt<K, S, P, Req>>>>,
+    /// The first attempt's error, while the second still runs.
+    first_failed: Option<BoxError>,
 }
 
 impl<K, S, P, Req> ResponseFuture<K, S, P, Req>
@@ -117,7 +159,7 @@ where
     K: Key,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
-    P: RequestPolicy<Req>,
+    P: RequestPolicy<Req> + Clone,
 {
     pub(crate) fn new(
         core: &Arc<Core<K, S>>,
@@ -125,7 +167,189 @@ where
         policy: P,
         req: Req,
     ) -> Self {
+        let Some(shared) = &core.cfg.hedge else {
+            return Self {
+                first: Attempt::new(core, snap, policy, req),
+                hedge: None,
+            };
+        };
         policy.on_request(&req);
+        shared.budget.deposit();
+        let started = core.cfg.clock.now_ns();
+        // The copy is made before the first attempt takes the request; the timer starts
+        // now, so the delay counts the pick and the endpoint's readiness too.
+        let (copy, timer) = match shared.delay(started).zip(policy.hedge(&req)) {
+            Some((delay, copy)) => (
+                Some((copy, policy.clone())),
+                Some(Box::pin(tokio::time::sleep(delay))),
+            ),
+            None => (None, None),
+        };
+        Self {
+            first: Attempt::start(core, snap, policy, req),
+            hedge: Some(Box::new(Hedging {
+                shared: shared.clone(),
+                core: core.clone(),
+                started,
+                copy,
+                timer,
+                second: None,
+                first_failed: None,
+            })),
+        }
+    }
+}
+
+impl<K, S, P, Req> Hedging<K, S, P, Req>
+where
+    K: Key,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: RequestPolicy<Req>,
+{
+    /// The delay passed: sends the copy to an endpoint `first` has not tried nor holds,
+    /// if there is one and both budgets allow. Otherwise the request is not hedged.
+    fn fire(&mut self, first: &Attempt<K, S, P, Req>) {
+        let Some((copy, policy)) = self.copy.take() else {
+            return;
+        };
+        let mut tried = first.slow.as_ref().map_or_else(Vec::new, |s| s.tried.clone());
+        if let Some(id) = first.state.endpoint() {
+            tried.push(id);
+        }
+        let snap = arc_swap::Guard::into_inner(self.core.current());
+        let time = Cell::new(PickTime {
+            clock: self.core.cfg.clock,
+            at: None,
+        });
+        let Some(Ok(pos)) = pick(&snap, first.key.as_ref(), &tried, &time) else {
+            return;
+        };
+        // Both budgets: the hedges' own share first (a read), then the budget shared with
+        // retries (the policy's), then take the hedge.
+        if self.shared.budget.balance() < 1.0
+            || !policy.send_hedge(&copy)
+            || !self.shared.budget.withdraw()
+        {
+            return;
+        }
+        tracing::debug!(backend = %snap.entries[pos].backend.key(), "tower_lb: hedging");
+        let state = ready_state(snap, pos, copy, time.get().at);
+        self.second = Some(Box::pin(Attempt {
+            policy,
+            key: first.key,
+            slow: Some(Box::new(Slow {
+                tried,
+                ..Slow::default()
+            })),
+            retries: self.core.cfg.retries,
+            clock: self.core.cfg.clock,
+            state,
+        }));
+    }
+
+    /// A request answered: its time from the start is a latency sample (for a hedged
+    /// request, a lower bound of the first attempt's).
+    fn record(&self) {
+        let now = self.core.cfg.clock.now_ns();
+        self.shared.record(now.saturating_sub(self.started), now);
+    }
+}
+
+impl<K, S, Req> State<K, S, Req>
+where
+    S: Service<Req>,
+{
+    /// The endpoint this attempt holds, if any.
+    fn endpoint(&self) -> Option<u64> {
+        match self {
+            Self::Ready {
+                guard: Some(guard), ..
+            } => Some(guard.entry().id),
+            Self::Call { guard, .. } => Some(guard.entry().id),
+            _ => None,
+        }
+    }
+}
+
+impl<K, S, P, Req> Future for ResponseFuture<K, S, P, Req>
+where
+    K: Key,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: RequestPolicy<Req>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(h) = this.hedge.as_mut() else {
+            return this.first.poll(cx);
+        };
+        if h.first_failed.is_none() {
+            match this.first.as_mut().poll(cx) {
+                Poll::Ready(Ok(rsp)) => {
+                    // The first wins: the second (if any) is dropped, which cancels it.
+                    h.record();
+                    h.second = None;
+                    return Poll::Ready(Ok(rsp));
+                }
+                // Nothing hedged (yet): the request fails as without hedging.
+                Poll::Ready(Err(e)) if h.second.is_none() => return Poll::Ready(Err(e)),
+                // The second may still answer.
+                Poll::Ready(Err(e)) => h.first_failed = Some(e),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(timer) = &mut h.timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                h.timer = None;
+                h.fire(&this.first);
+            }
+        }
+        let Some(second) = &mut h.second else {
+            return Poll::Pending;
+        };
+        match ready!(second.as_mut().poll(cx)) {
+            Ok(rsp) => {
+                // The second wins: cancel the first now, so its endpoint's in-flight
+                // count falls and no latency is recorded for it.
+                h.record();
+                this.first.cancel();
+                h.second = None;
+                Poll::Ready(Ok(rsp))
+            }
+            Err(e) => {
+                h.second = None;
+                match h.first_failed.take() {
+                    // Both failed: the first's error, as without hedging.
+                    Some(first) => Poll::Ready(Err(first)),
+                    // The first still runs (polled above, so it will wake us): wait
+                    // for it.
+                    None => {
+                        tracing::debug!(error = %e, "tower_lb: hedge failed");
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<K, S, P, Req> Attempt<K, S, P, Req>
+where
+    K: Key,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: RequestPolicy<Req>,
+{
+    fn new(core: &Arc<Core<K, S>>, snap: &Arc<Snapshot<K, S>>, policy: P, req: Req) -> Self {
+        policy.on_request(&req);
+        Self::start(core, snap, policy, req)
+    }
+
+    /// The first attempt, after `on_request`.
+    fn start(core: &Arc<Core<K, S>>, snap: &Arc<Snapshot<K, S>>, policy: P, req: Req) -> Self {
         let key = policy.key(&req).or_else(super::take_key);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
@@ -313,7 +537,18 @@ where
     State::Pick { snap, req }
 }
 
-impl<K, S, P, Req> Future for ResponseFuture<K, S, P, Req>
+impl<K, S, P, Req> Attempt<K, S, P, Req>
+where
+    S: Service<Req>,
+{
+    /// Drops what the attempt holds (its endpoint's call and in-flight guard) without
+    /// recording anything; it must not be polled again.
+    fn cancel(self: Pin<&mut Self>) {
+        self.project().state.set(State::Done);
+    }
+}
+
+impl<K, S, P, Req> Future for Attempt<K, S, P, Req>
 where
     K: Key,
     S: Service<Req> + Clone + Send + Sync + 'static,

@@ -108,6 +108,7 @@ mod cow;
 mod endpoint;
 mod future;
 mod handle;
+pub mod hedge;
 mod key;
 mod service;
 pub(crate) mod set;
@@ -122,6 +123,7 @@ pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
 pub use handle::{Handle, WeakHandle};
+pub use hedge::Hedge;
 pub(crate) use key::take_key;
 #[cfg(feature = "sticky")]
 pub(crate) use key::with_key;
@@ -189,6 +191,24 @@ pub trait RequestPolicy<Req>: Send + Sync + 'static {
         let _ = replay;
         is_connect_error(&**error)
     }
+
+    /// A copy of the request to send to a second backend if the first has not answered
+    /// within the [hedge](Builder::hedge) delay; `None` (the default) if the request must
+    /// not be sent twice. Called once per request, before the first attempt, only when
+    /// the balancer hedges. Give a copy only for idempotent requests that can be
+    /// replayed ([`http::HttpPolicy`](crate::http::HttpPolicy) does: RFC 9110 §9.2.2).
+    fn hedge(&self, req: &Req) -> Option<Req> {
+        let _ = req;
+        None
+    }
+
+    /// Called when the delay passed and another endpoint can take `copy`: whether it
+    /// may go now. This is where a policy with a [`RetryBudget`] withdraws, so hedges and
+    /// retries share one budget. By default, `true`.
+    fn send_hedge(&self, copy: &Req) -> bool {
+        let _ = copy;
+        true
+    }
 }
 
 impl<Req> RequestPolicy<Req> for () {}
@@ -243,5 +263,13 @@ where
 
     fn retry_on(&self, replay: &http::Request<B>, error: &BoxError) -> bool {
         self.inner.retry_on(replay, error)
+    }
+
+    fn hedge(&self, req: &http::Request<B>) -> Option<http::Request<B>> {
+        self.inner.hedge(req)
+    }
+
+    fn send_hedge(&self, copy: &http::Request<B>) -> bool {
+        self.inner.send_hedge(copy)
     }
 }

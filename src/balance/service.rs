@@ -463,6 +463,19 @@ impl<K: Key, P, L> Builder<K, P, L> {
         self
     }
 
+    /// Hedges idempotent, replayable requests: after `hedge`'s delay without an answer,
+    /// a copy goes to another endpoint, the first answer wins and the other attempt is
+    /// cancelled (Envoy hedging, Finagle backup requests). Off by default; needs a
+    /// [`RequestPolicy`] that gives copies ([`RequestPolicy::hedge`]). See
+    /// [`balance::hedge`](super::hedge) for the exact semantics.
+    pub fn hedge(mut self, hedge: super::Hedge) -> Self {
+        if let Err(e) = hedge.validate() {
+            self.error = Some(e);
+        }
+        self.cfg.hedge = Some(Arc::new(hedge.into_shared()));
+        self
+    }
+
     /// Panic threshold in `0.0..=1.0` (Envoy, default 0.5), applied per priority level: a
     /// level serves while the share of its endpoints that are available is at least this;
     /// below it, the next level that is healthy enough serves instead; when no level is,

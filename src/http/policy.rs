@@ -117,9 +117,12 @@ impl<R> HttpPolicy<R> {
         if is_connect_error(e) {
             return true;
         }
-        is_idempotent(replay.method())
-            && is_transport_error(e)
-            && self.budget.as_ref().is_none_or(RetryBudget::withdraw)
+        is_idempotent(replay.method()) && is_transport_error(e) && self.withdraw()
+    }
+
+    /// Takes a retry or a hedge from the budget; `true` without a budget.
+    fn withdraw(&self) -> bool {
+        self.budget.as_ref().is_none_or(RetryBudget::withdraw)
     }
 }
 
@@ -163,6 +166,16 @@ impl<B: Clone + Send + Sync + 'static> RequestPolicy<Request<B>> for HttpPolicy<
     fn retry_on(&self, replay: &Request<B>, error: &BoxError) -> bool {
         self.may_retry(replay, error)
     }
+
+    /// Idempotent methods only (RFC 9110 §9.2.2).
+    fn hedge(&self, req: &Request<B>) -> Option<Request<B>> {
+        is_idempotent(req.method()).then(|| copy(req, req.body().clone()))
+    }
+
+    /// Within the retry budget, shared with retries.
+    fn send_hedge(&self, _copy: &Request<B>) -> bool {
+        self.withdraw()
+    }
 }
 
 impl<B: Send + 'static> RequestPolicy<Request<ReplayBody<B>>> for HttpPolicy<ReplayBodies> {
@@ -184,6 +197,18 @@ impl<B: Send + 'static> RequestPolicy<Request<ReplayBody<B>>> for HttpPolicy<Rep
     /// attempt sent.
     fn retry_on(&self, replay: &Request<ReplayBody<B>>, error: &BoxError) -> bool {
         replay.body().is_replayable() && self.may_retry(replay, error)
+    }
+
+    /// Idempotent methods only (RFC 9110 §9.2.2), while the body is replayable.
+    fn hedge(&self, req: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        (is_idempotent(req.method()) && req.body().is_replayable())
+            .then(|| copy(req, req.body().clone()))
+    }
+
+    /// While the body still holds every byte the first attempt sent, within the retry
+    /// budget shared with retries.
+    fn send_hedge(&self, copy: &Request<ReplayBody<B>>) -> bool {
+        copy.body().is_replayable() && self.withdraw()
     }
 }
 

@@ -104,6 +104,8 @@ pub(crate) struct Config {
     pub(crate) clock: crate::balance::clock::Clock,
     /// Slow-start window (off when `None`).
     pub(crate) slow_start: Option<Duration>,
+    /// Hedging (off when `None`): its delay, histogram and budget, shared by the clones.
+    pub(crate) hedge: Option<std::sync::Arc<crate::balance::hedge::Shared>>,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             track_latency: false,
             clock: crate::balance::clock::Clock::default(),
             slow_start: None,
+            hedge: None,
         }
     }
 }
