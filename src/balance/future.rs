@@ -213,7 +213,10 @@ where
         let Some((copy, policy)) = self.copy.take() else {
             return;
         };
-        let mut tried = first.slow.as_ref().map_or_else(Vec::new, |s| s.tried.clone());
+        let mut tried = first
+            .slow
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.tried.clone());
         if let Some(id) = first.state.endpoint() {
             tried.push(id);
         }
