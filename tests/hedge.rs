@@ -340,3 +340,90 @@ async fn a_floor_bounds_the_delay_and_a_bad_percentile_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("hedge percentile"), "{err}");
 }
+
+// === over real servers ===
+
+/// A backend that answers its name after `delay`, counting the requests it began.
+async fn server(
+    name: &'static str,
+    delay: Duration,
+) -> (support::TestServer, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = hits.clone();
+    let router = axum::Router::new().fallback(move || {
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(delay).await;
+            name
+        }
+    });
+    (support::TestServer::start(router).await, hits)
+}
+
+async fn answers(
+    hedge: Option<Hedge>,
+    slow_ms: u64,
+) -> (Vec<String>, usize, Vec<(String, usize, bool)>) {
+    use http_body_util::BodyExt;
+    let (slow, slow_hits) = server("slow", ms(slow_ms)).await;
+    let (fast, _) = server("fast", ms(1)).await;
+    let builder = Balance::builder()
+        .strategy(RoundRobin::new())
+        .backends([Backend::new(slow.addr), Backend::new(fast.addr)])
+        .track_latency(true)
+        .policy(HttpPolicy::new().replay_clone());
+    let builder = match hedge {
+        Some(h) => builder.hedge(h),
+        None => builder,
+    };
+    let balance = builder.build(tower_lb::http::HttpEndpoints::new()).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let req = Request::get("/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let rsp = balance.clone().oneshot(req).await.unwrap();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        seen.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    let stats = balance
+        .stats()
+        .backends
+        .into_iter()
+        .map(|b| {
+            (
+                if b.key == slow.addr { "slow" } else { "fast" }.to_string(),
+                b.in_flight,
+                b.ewma.is_some(),
+            )
+        })
+        .collect();
+    (
+        seen,
+        slow_hits.load(std::sync::atomic::Ordering::Relaxed),
+        stats,
+    )
+}
+
+#[tokio::test]
+async fn hedging_over_real_servers_takes_every_answer_from_the_fast_one() {
+    // Without hedging, round robin waits on the slow backend for half the requests.
+    let (seen, _, _) = answers(None, 300).await;
+    assert_eq!(seen.iter().filter(|s| *s == "slow").count(), 10, "{seen:?}");
+    // With hedging, the requests sent to the slow one (it would take 30 s) are hedged to
+    // the fast one, which answers first; the slow attempts are cancelled.
+    let (seen, slow_hits, stats) = answers(Some(Hedge::after(ms(50))), 30_000).await;
+    assert!(seen.iter().all(|s| s == "fast"), "{seen:?}");
+    assert!(
+        slow_hits >= 5,
+        "the slow backend got first attempts: {slow_hits}"
+    );
+    for (name, in_flight, sampled) in stats {
+        assert_eq!(in_flight, 0, "{name}: cancelled attempts no longer count");
+        assert_eq!(
+            sampled,
+            name == "fast",
+            "{name}: only answers are latency samples"
+        );
+    }
+}

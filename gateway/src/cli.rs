@@ -11,8 +11,8 @@ use tower_lb::sticky::Cidr;
 
 pub(crate) use parse::{
     backend_url, parse_backend, parse_cidr, parse_dns, parse_duration, parse_hash_key,
-    parse_interval, parse_json_expect, parse_pool, parse_route, parse_sni, parse_tcp_backend,
-    parse_tcp_proxy,
+    parse_hedge_after, parse_interval, parse_json_expect, parse_percent, parse_pool, parse_route,
+    parse_sni, parse_tcp_backend, parse_tcp_proxy,
 };
 
 /// The command line. Every value is checked when parsed; a bad one exits with status 2
@@ -144,6 +144,17 @@ pub(crate) struct Args {
     /// (Envoy `*_minimum_hosts`, default 5).
     #[arg(long, value_name = "N", requires = "outlier_detection")]
     pub(crate) outlier_min_hosts: Option<usize>,
+
+    /// Hedged requests (Envoy hedging, Finagle backup requests): an idempotent request
+    /// with no answer after DUR (`50ms`) or the pNN of recent latencies (`p95`, at least
+    /// 1 ms) is also sent to another backend; the first answer wins. Off unless given.
+    #[arg(long, value_name = "DUR|pNN", value_parser = parse_hedge_after)]
+    pub(crate) hedge_after: Option<HedgeAfter>,
+
+    /// Hedged requests: at most this share of requests, in percent, is hedged (plus 3 per
+    /// second), and hedges also draw on the retry budget (20 %).
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, value_parser = parse_percent)]
+    pub(crate) hedge_budget: f64,
 
     /// Active health: GET this path on every backend (2xx/3xx is up). Off unless given.
     #[arg(long, value_name = "PATH")]
@@ -294,6 +305,28 @@ impl StrategyName {
             self,
             Self::IpHash | Self::RingHash | Self::Maglev | Self::BoundedLoad | Self::Rendezvous
         )
+    }
+}
+
+/// When `--hedge-after` hedges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum HedgeAfter {
+    /// A fixed delay.
+    Delay(Duration),
+    /// A quantile of recent latencies, in `0.0..1.0`.
+    Percentile(f64),
+}
+
+impl HedgeAfter {
+    /// The library's [`Hedge`](tower_lb::balance::Hedge) with `--hedge-budget`: that share
+    /// of requests, plus 3 per second over 10 s.
+    pub(crate) fn hedge(self, budget_percent: f64) -> tower_lb::balance::Hedge {
+        use tower_lb::balance::{Hedge, RetryBudget};
+        let hedge = match self {
+            Self::Delay(d) => Hedge::after(d),
+            Self::Percentile(q) => Hedge::percentile(q),
+        };
+        hedge.budget(RetryBudget::new().ratio(budget_percent / 100.0))
     }
 }
 

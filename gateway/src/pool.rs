@@ -57,6 +57,8 @@ struct Settings {
     retries: usize,
     fail_fast: Duration,
     slow_start: Option<Duration>,
+    /// Hedging (`--hedge-after`, `--hedge-budget` as bits, compared exactly), when on.
+    hedge: Option<(crate::cli::HedgeAfter, u64)>,
     /// Outlier detection (`--outlier-*`), when on.
     outlier: Option<OutlierDetection>,
     /// How `https://` backends are reached (compared by the files' contents).
@@ -75,6 +77,7 @@ impl Settings {
             retries: args.retries,
             fail_fast: args.fail_fast,
             slow_start: args.slow_start,
+            hedge: args.hedge_after.map(|h| (h, args.hedge_budget.to_bits())),
             outlier: outlier_detection(args),
             tls: tls.clone(),
         }
@@ -358,7 +361,7 @@ fn balancer(
                 .service(http),
         ))
     };
-    let balance = Balance::builder()
+    let builder = Balance::builder()
         .strategy(strategy)
         .retries(args.retries)
         .fail_fast(args.fail_fast)
@@ -369,7 +372,12 @@ fn balancer(
                 .with_weight(w.weight)
                 .with_priority(w.priority)
         }))
-        .policy(HttpPolicy::new().replay_body())
+        .policy(HttpPolicy::new().replay_body());
+    let builder = match args.hedge_after {
+        Some(h) => builder.hedge(h.hedge(args.hedge_budget)),
+        None => builder,
+    };
+    let balance = builder
         .build(Maker(maker))
         .map_err(|e| format!("pool {name}: {e}"))?;
     Ok((balance, cookie))

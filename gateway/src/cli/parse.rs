@@ -264,3 +264,28 @@ pub(crate) fn parse_json_expect(s: &str) -> Result<(String, String), String> {
     tower_lb::health::active::BodyMatch::json(pointer, value).map_err(|e| e.to_string())?;
     Ok((pointer.to_string(), value.to_string()))
 }
+
+/// Parses `--hedge-after`: a duration (`50ms`) or a percentile (`p95`, `p99.9`).
+pub(crate) fn parse_hedge_after(s: &str) -> Result<super::HedgeAfter, String> {
+    let s = s.trim();
+    if let Some(p) = s.strip_prefix(['p', 'P']) {
+        let q: f64 = p
+            .parse()
+            .map_err(|_| format!("expected a percentile like p95 or p99.9, got {s:?}"))?;
+        if !(q > 0.0 && q < 100.0) {
+            return Err(format!(
+                "a percentile must be within p0..p100 (exclusive), got {s:?}"
+            ));
+        }
+        return Ok(super::HedgeAfter::Percentile(q / 100.0));
+    }
+    parse_duration(s).map(super::HedgeAfter::Delay)
+}
+
+/// Parses a percentage within `0..=100` (`--hedge-budget`).
+pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a percentage within 0..=100, got {s:?}")),
+    }
+}

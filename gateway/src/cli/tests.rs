@@ -178,3 +178,27 @@ proptest! {
         let _ = Args::try_parse_from(argv);
     }
 }
+
+#[test]
+fn hedge_after_takes_a_duration_or_a_percentile() {
+    assert_eq!(
+        parse_hedge_after("50ms"),
+        Ok(HedgeAfter::Delay(Duration::from_millis(50)))
+    );
+    assert_eq!(parse_hedge_after("p95"), Ok(HedgeAfter::Percentile(0.95)));
+    assert_eq!(
+        parse_hedge_after("p99.9"),
+        Ok(HedgeAfter::Percentile(0.999))
+    );
+    for bad in ["p100", "p0", "p-1", "pxx", "fast", ""] {
+        assert!(parse_hedge_after(bad).is_err(), "{bad}");
+    }
+    assert_eq!(parse_percent("10"), Ok(10.0));
+    assert_eq!(parse_percent("2.5%"), Ok(2.5));
+    assert!(parse_percent("101").is_err() && parse_percent("-1").is_err());
+    let args = Args::try_parse_from(["gw", "--hedge-after", "p95"]).unwrap();
+    assert_eq!(
+        (args.hedge_after, args.hedge_budget),
+        (Some(HedgeAfter::Percentile(0.95)), 10.0)
+    );
+}
