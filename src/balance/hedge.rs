@@ -51,12 +51,12 @@
 //!
 //! | | tower-lb | Envoy | Finagle |
 //! |---|---|---|---|
-//! | switch | [`Builder::hedge`](super::Builder::hedge), off | `hedge_policy`, off | `idempotent(maxExtraLoad)` / `BackupRequestFilter`, off |
-//! | delay | [`Hedge::after`] or [`Hedge::percentile`] (floor 1 ms) | `per_try_timeout` (`hedge_on_per_try_timeout`) | percentile of recent latency (from `maxExtraLoad`) |
-//! | which requests | idempotent and replayable (policy) | any the route allows | what the filter is put on |
-//! | budget | 10 % of requests, ≥ 3/s, plus the retry budget | retry budget (20 %), `initial_requests` | `maxExtraLoad` (e.g. 1 %), its own retry budget |
-//! | other backend | always | not guaranteed | not guaranteed |
-//! | loser | cancelled, in-flight released, no RTT sample | reset | interrupted |
+//! | switch | [`Builder::hedge`](super::Builder::hedge), off | route `hedge_policy`, off | `BackupRequestFilter` (`.idempotent(maxExtraLoad)`), off |
+//! | delay | [`Hedge::after`] or [`Hedge::percentile`], floor 1 ms | the per-try timeout (`hedge_on_per_try_timeout`, default false) | the `1 − maxExtraLoad` percentile of recent latency |
+//! | which requests | idempotent and replayable, per the policy | what the route's retry policy allows | the requests of the client it is put on |
+//! | budget | 10 % of requests, ≥ 3/s over 10 s, and the retry budget (20 %, ≥ 3/s) | the retry budget (`budget_percent` 20 %, `min_retry_concurrency` 3) | `maxExtraLoad` (e.g. 1 %), a retry budget of its own |
+//! | other backend | always (the `tried` exclusion of retries) | not guaranteed | not guaranteed |
+//! | loser | dropped: in-flight released, no RTT sample | reset | interrupted |
 //!
 //! # Example
 //!
