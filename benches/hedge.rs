@@ -125,7 +125,7 @@ fn main() {
         .unwrap();
     println!("one bad backend among {BACKENDS}, round robin, {CLIENTS} clients, {SECONDS} s (paused clock)");
     println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:<52} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "setup", "requests", "p50", "p99", "p99.9", "extra%"
     );
     for (title, bad) in [
@@ -145,7 +145,7 @@ fn main() {
             let row = rt.block_on(run(bad, hedge));
             let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
             println!(
-                "{:<44} {:>9} {:>9} {:>9} {:>9} {:>7.2}%",
+                "{:<52} {:>9} {:>9} {:>9} {:>9} {:>7.2}%",
                 format!("{title}: {name}"),
                 row.requests,
                 ms(row.p50),
