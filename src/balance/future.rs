@@ -141,7 +141,11 @@ where
     S: Service<Req>,
 {
     shared: Arc<Shared>,
-    core: Arc<Core<K, S>>,
+    // Weak, as the request's snapshot holds it: a request in flight does not keep a
+    // dropped balancer alive (its copy is then not sent).
+    core: std::sync::Weak<Core<K, S>>,
+    clock: Clock,
+    retries: usize,
     /// When the request came, on the balancer's clock.
     started: u64,
     /// The copy and the policy for the second attempt, until it is sent.
@@ -189,7 +193,9 @@ where
             first: Attempt::start(core, snap, policy, req),
             hedge: Some(Box::new(Hedging {
                 shared: shared.clone(),
-                core: core.clone(),
+                core: Arc::downgrade(core),
+                clock: core.cfg.clock,
+                retries: core.cfg.retries,
                 started,
                 copy,
                 timer,
@@ -220,9 +226,12 @@ where
         if let Some(id) = first.state.endpoint() {
             tried.push(id);
         }
-        let snap = arc_swap::Guard::into_inner(self.core.current());
+        let Some(core) = self.core.upgrade() else {
+            return;
+        };
+        let snap = arc_swap::Guard::into_inner(core.current());
         let time = Cell::new(PickTime {
-            clock: self.core.cfg.clock,
+            clock: self.clock,
             at: None,
         });
         let Some(Ok(pos)) = pick(&snap, first.key.as_ref(), &tried, &time) else {
@@ -245,8 +254,8 @@ where
                 tried,
                 ..Slow::default()
             })),
-            retries: self.core.cfg.retries,
-            clock: self.core.cfg.clock,
+            retries: self.retries,
+            clock: self.clock,
             state,
         }));
     }
@@ -254,7 +263,7 @@ where
     /// A request answered: its time from the start is a latency sample (for a hedged
     /// request, a lower bound of the first attempt's).
     fn record(&self) {
-        let now = self.core.cfg.clock.now_ns();
+        let now = self.clock.now_ns();
         self.shared.record(now.saturating_sub(self.started), now);
     }
 }
