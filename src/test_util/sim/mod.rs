@@ -481,7 +481,10 @@ impl fmt::Display for SimulationError {
                 "simulation load must be a positive rate, at least one client and one key",
             ),
             Self::InvalidRate { backend } => {
-                write!(f, "backend {backend}: error and refusal rates must be within 0 to 1")
+                write!(
+                    f,
+                    "backend {backend}: error and refusal rates must be within 0 to 1"
+                )
             }
             Self::ZeroConcurrency { backend } => {
                 write!(f, "backend {backend}: concurrency limit must be at least 1")

@@ -138,7 +138,9 @@ impl Latency {
                 min.as_secs_f64() + (max.as_secs_f64() - min.as_secs_f64()) * rng.unit()
             }
             Dist::Exponential(mean) => -mean.as_secs_f64() * (1.0 - rng.unit()).ln(),
-            Dist::LogNormal { median, sigma } => median.as_secs_f64() * (sigma * rng.normal()).exp(),
+            Dist::LogNormal { median, sigma } => {
+                median.as_secs_f64() * (sigma * rng.normal()).exp()
+            }
             Dist::Pareto { scale, shape } => {
                 scale.as_secs_f64() / (1.0 - rng.unit()).powf(1.0 / shape)
             }

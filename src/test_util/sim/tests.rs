@@ -20,7 +20,10 @@ fn fleet(n: usize) -> Vec<BackendModel> {
 
 #[test]
 fn same_seed_same_report() {
-    let sim = Simulation::new(fleet(5)).seed(42).open_loop(500.0).duration(secs(5));
+    let sim = Simulation::new(fleet(5))
+        .seed(42)
+        .open_loop(500.0)
+        .duration(secs(5));
     let run = || {
         sim.run(Balance::builder().strategy(P2c::with_seed(3).peak_ewma()))
             .unwrap()
@@ -28,7 +31,10 @@ fn same_seed_same_report() {
     let a = run();
     assert_eq!(a, run());
     assert_eq!(a.requests, 2_500);
-    let other = Simulation::new(fleet(5)).seed(43).open_loop(500.0).duration(secs(5));
+    let other = Simulation::new(fleet(5))
+        .seed(43)
+        .open_loop(500.0)
+        .duration(secs(5));
     let c = other
         .run(Balance::builder().strategy(P2c::with_seed(3).peak_ewma()))
         .unwrap();
@@ -37,13 +43,25 @@ fn same_seed_same_report() {
 
 #[test]
 fn open_loop_rate_is_honoured() {
-    let sim = Simulation::new(fleet(3)).open_loop(1_000.0).duration(secs(10));
-    let r = sim.run(Balance::builder().strategy(RoundRobin::new())).unwrap();
+    let sim = Simulation::new(fleet(3))
+        .open_loop(1_000.0)
+        .duration(secs(10));
+    let r = sim
+        .run(Balance::builder().strategy(RoundRobin::new()))
+        .unwrap();
     assert_eq!(r.requests, 10_000);
     assert_eq!(r.successes, 10_000);
     // The last request leaves just before 10 s and takes at most 100 ms.
-    assert!(r.elapsed >= ms(9_999) && r.elapsed <= ms(10_101), "{:?}", r.elapsed);
-    assert!((r.throughput() - 1_000.0).abs() < 15.0, "{}", r.throughput());
+    assert!(
+        r.elapsed >= ms(9_999) && r.elapsed <= ms(10_101),
+        "{:?}",
+        r.elapsed
+    );
+    assert!(
+        (r.throughput() - 1_000.0).abs() < 15.0,
+        "{}",
+        r.throughput()
+    );
     for b in &r.backends {
         assert!((b.requests as i64 - 3_333).abs() <= 1, "{b:?}");
     }
@@ -55,7 +73,9 @@ fn closed_loop_concurrency_is_honoured() {
     // flight, so a backend capped at 8 never queues.
     let one = BackendModel::new(Latency::constant(ms(10))).concurrency(8);
     let sim = Simulation::new([one]).closed_loop(8).duration(secs(1));
-    let r = sim.run(Balance::builder().strategy(RoundRobin::new())).unwrap();
+    let r = sim
+        .run(Balance::builder().strategy(RoundRobin::new()))
+        .unwrap();
     assert_eq!(r.requests, 800);
     assert_eq!(r.p999, ms(10));
     // Capped at 4, half the requests wait one service time in the queue.
@@ -74,7 +94,9 @@ fn closed_loop_concurrency_is_honoured() {
 #[test]
 fn requests_cap_stops_a_closed_loop() {
     let sim = Simulation::new(fleet(2)).closed_loop(10).requests(1_234);
-    let r = sim.run(Balance::builder().strategy(LeastConn::new())).unwrap();
+    let r = sim
+        .run(Balance::builder().strategy(LeastConn::new()))
+        .unwrap();
     assert_eq!(r.requests, 1_234);
     assert_eq!(r.backends.iter().map(|b| b.requests).sum::<u64>(), 1_234);
 }
@@ -85,15 +107,22 @@ fn scripted_slow_window_shows_in_the_report() {
     backends[3] = backends[3]
         .clone()
         .latency_during(secs(10)..secs(20), Latency::constant(secs(2)));
-    let sim = Simulation::new(backends).open_loop(100.0).duration(secs(30));
-    let r = sim.run(Balance::builder().strategy(RoundRobin::new())).unwrap();
+    let sim = Simulation::new(backends)
+        .open_loop(100.0)
+        .duration(secs(30));
+    let r = sim
+        .run(Balance::builder().strategy(RoundRobin::new()))
+        .unwrap();
     // Round robin sends backend 3 a quarter of the 1,000 requests of the window; each
     // times out at 1 s.
     assert_eq!(r.timeouts, 250);
     assert_eq!(r.requests, 3_000);
     assert_eq!(r.successes, 2_750);
     assert_eq!(r.p999, secs(1));
-    assert!(r.backends[3].p99 < ms(101), "finished attempts are the fast ones");
+    assert!(
+        r.backends[3].p99 < ms(101),
+        "finished attempts are the fast ones"
+    );
 }
 
 #[test]
@@ -101,7 +130,9 @@ fn scripted_error_rate_and_refusals() {
     let mut backends = fleet(2);
     backends[0] = backends[0].clone().error_rate_during(secs(5).., 1.0);
     backends[1] = backends[1].clone().refuse_rate(0.5);
-    let sim = Simulation::new(backends).open_loop(100.0).duration(secs(10));
+    let sim = Simulation::new(backends)
+        .open_loop(100.0)
+        .duration(secs(10));
     let r = sim
         .run(Balance::builder().strategy(RoundRobin::new()).retries(1))
         .unwrap();
