@@ -17,6 +17,9 @@
 //! Every run is seeded: the figures are the same on every machine. `SIM_QUICK=1` runs a
 //! tenth of each experiment (CI).
 
+// The simulation runs on Tokio's paused clock; the wall clock only says how long a run took.
+#![allow(clippy::disallowed_types)]
+
 use std::time::{Duration, Instant as WallClock};
 
 use tower_lb::{

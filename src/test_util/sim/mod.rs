@@ -310,6 +310,7 @@ impl Simulation {
 }
 
 /// One request's end.
+#[derive(Clone, Copy)]
 enum Outcome {
     Success(Duration),
     Error(Duration),
