@@ -186,3 +186,30 @@ fn bad_settings_are_typed_errors() {
         Err(SimulationError::ZeroConcurrency { backend: 0 })
     ));
 }
+
+#[cfg(feature = "health-passive")]
+#[test]
+fn passive_health_in_the_endpoint_stack_ejects_a_failing_backend() {
+    use crate::{balance::Target, health::passive::PassiveHealthLayer};
+
+    let mut backends = fleet(4);
+    backends[2] = backends[2].clone().error_rate_during(secs(5).., 1.0);
+    let sim = Simulation::new(backends)
+        .open_loop(100.0)
+        .duration(secs(30));
+    let plain = sim
+        .run(Balance::builder().strategy(RoundRobin::new()))
+        .unwrap();
+    // Every request backend 2 gets from t = 5 s fails: a quarter of 2,500.
+    assert_eq!(plain.backends[2].errors, 625);
+    let ejecting = sim
+        .run(
+            Balance::builder()
+                .strategy(RoundRobin::new())
+                .endpoint_layer(|t: &Target<'_, usize>| PassiveHealthLayer::new(t)),
+        )
+        .unwrap();
+    // nginx defaults: ejected for 10 s after each failure, then one trial.
+    assert!(ejecting.backends[2].errors < 10, "{ejecting}");
+    assert!(ejecting.success_rate() > 0.99, "{ejecting}");
+}
