@@ -90,7 +90,7 @@ fn buoyant(quick: bool) {
         .open_loop(1_000.0)
         .duration(secs(len))
         .timeout(secs(1));
-    println!("### Buoyant 2016: 11 backends, 1,000 rps, backend 0 at 2 s for {}s of {len} s, 1 s timeout\n", to - from);
+    println!("### Buoyant 2016: 11 backends, 1,000 rps, backend 0 at 2 s for {} s of {len} s, 1 s timeout\n", to - from);
     println!("| strategy | success ≤ 1 s | p50 | p99 | p999 | slow backend's share | real time |");
     println!("|---|---|---|---|---|---|---|");
     for (name, builder, keyed) in strategies() {
