@@ -5,6 +5,9 @@
 //! - [`mock`] builds one over [`tower_test::mock`] services, with a handle per backend to
 //!   script readiness, answers and failures.
 //! - [`drive`] sends N requests and returns the per-backend [`Distribution`].
+//! - [`sim`] runs a whole fleet of model backends behind a real [`Balance`] on Tokio's paused
+//!   clock: latency distributions, error rates, scripted slow windows, open- or closed-loop
+//!   load, and a report with per-backend shares and tail latencies.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -33,6 +36,8 @@ use std::{
 
 use tower::ServiceExt;
 use tower_service::Service;
+
+pub mod sim;
 
 use crate::{
     balance::{Builder, Key, RequestPolicy, Target},
