@@ -660,3 +660,32 @@ async fn p2c_peak_ewma_starves_a_slow_backend_despite_stalls() {
         "{counts:?}"
     );
 }
+
+/// A request its client gives up on (a timeout, a dropped connection) still teaches peak
+/// EWMA: the time it waited is the endpoint's latency sample (tower's `PeakEwma` does the
+/// same), so a backend that answers after every client's timeout does not look unmeasured.
+#[tokio::test(start_paused = true)]
+async fn a_request_given_up_on_is_a_latency_sample() {
+    use std::time::Duration;
+    use tower::ServiceExt as _;
+    use tower_lb::{balance::strategy::P2c, balance::Target, Backend, Balance};
+
+    let balance = Balance::builder()
+        .strategy(P2c::new().peak_ewma())
+        .backends([Backend::new("never")])
+        .build(|_: &Target<'_, &'static str>| {
+            tower::service_fn(|_: ()| {
+                std::future::pending::<Result<(), std::convert::Infallible>>()
+            })
+        })
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(3), balance.clone().oneshot(())).await;
+    assert!(waited.is_err(), "the endpoint never answers");
+    let stats = balance.stats();
+    let ewma = stats.backends[0].ewma.expect("a sample");
+    assert!(
+        ewma >= Duration::from_secs(3) && ewma < Duration::from_millis(3100),
+        "{ewma:?}"
+    );
+    assert_eq!(stats.backends[0].in_flight, 0);
+}

@@ -61,8 +61,11 @@ pin_project! {
 
 pin_project! {
     // One attempt of a request: picks, retries on endpoints not tried yet, and answers.
-    // Dropping it drops its in-flight guard (the request no longer counts) and records no
-    // latency: that is how a hedge's loser is cancelled.
+    // `cancel` drops its in-flight guard (the request no longer counts) and records no
+    // latency: that is how a hedge's loser is cancelled. Dropped while it waits on a
+    // response (its client gave up, a timeout fired), it records the time waited so far as
+    // the endpoint's latency sample, as tower's `PeakEwma` does: a lower bound, but a
+    // backend whose answers outlast the clients' timeouts must not look unmeasured.
     struct Attempt<K, S, P, Req>
     where
         S: Service<Req>,
@@ -77,6 +80,28 @@ pin_project! {
         clock: Clock,
         #[pin]
         state: State<K, S, Req>,
+    }
+
+    impl<K, S, P, Req> PinnedDrop for Attempt<K, S, P, Req>
+    where
+        S: Service<Req>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let clock = *this.clock;
+            if let StateProj::Call {
+                guard,
+                started: Some(t0),
+                ..
+            } = this.state.project()
+            {
+                let now = clock.now_ns();
+                guard
+                    .entry()
+                    .state
+                    .observe_rtt_ns(now.saturating_sub(*t0), now);
+            }
+        }
     }
 }
 
@@ -301,9 +326,12 @@ where
         if h.first_failed.is_none() {
             match this.first.as_mut().poll(cx) {
                 Poll::Ready(Ok(rsp)) => {
-                    // The first wins: the second (if any) is dropped, which cancels it.
+                    // The first wins: the second (if any) is cancelled, with no latency
+                    // sample (it started late: its time so far would flatter its backend).
                     h.record();
-                    h.second = None;
+                    if let Some(mut second) = h.second.take() {
+                        second.as_mut().cancel();
+                    }
                     return Poll::Ready(Ok(rsp));
                 }
                 // Nothing hedged (yet): the request fails as without hedging.
