@@ -121,6 +121,7 @@ pub(crate) use endpoint::later;
 pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
+pub(crate) use handle::Apply;
 pub use handle::{Handle, WeakHandle};
 pub(crate) use key::take_key;
 #[cfg(feature = "sticky")]
