@@ -25,7 +25,9 @@ fn any_subsetting(max_k: usize) -> impl Strategy<Value = Subsetting> {
 }
 
 fn keys(n: u32) -> Vec<String> {
-    (0..n).map(|i| format!("10.0.{}.{}:80", i / 256, i % 256)).collect()
+    (0..n)
+        .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+        .collect()
 }
 
 fn sym_diff(a: &[String], b: &[String]) -> (usize, usize) {
@@ -254,13 +256,20 @@ async fn build_discover_with_a_subset_serves_only_the_subset() {
         }));
         Ok::<_, Infallible>(Change::Insert(k, svc))
     }));
-    let balance = Balance::builder().subset(s).build_discover(changes).unwrap();
+    let balance = Balance::builder()
+        .subset(s)
+        .build_discover(changes)
+        .unwrap();
     let want: HashSet<String> = s.select(&all).into_iter().collect();
     // The driver applies the changes in the background: wait for the whole source.
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let held: HashSet<String> =
-                balance.stats().backends.into_iter().map(|b| b.key).collect();
+            let held: HashSet<String> = balance
+                .stats()
+                .backends
+                .into_iter()
+                .map(|b| b.key)
+                .collect();
             if held == want {
                 break;
             }

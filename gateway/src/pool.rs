@@ -57,6 +57,8 @@ struct Settings {
     retries: usize,
     fail_fast: Duration,
     slow_start: Option<Duration>,
+    /// `--subset-*`: which K of the pool's backends this gateway uses.
+    subset: Option<tower_lb::discover::subset::Subsetting>,
     /// Outlier detection (`--outlier-*`), when on.
     outlier: Option<OutlierDetection>,
     /// How `https://` backends are reached (compared by the files' contents).
@@ -75,6 +77,7 @@ impl Settings {
             retries: args.retries,
             fail_fast: args.fail_fast,
             slow_start: args.slow_start,
+            subset: args.subsetting(),
             outlier: outlier_detection(args),
             tls: tls.clone(),
         }
@@ -364,6 +367,7 @@ fn balancer(
         .fail_fast(args.fail_fast)
         .slow_start(args.slow_start.unwrap_or(Duration::ZERO))
         .track_latency(true)
+        .subset(args.subsetting())
         .backends(feed.wanted().backends.into_iter().map(|w| {
             Backend::new(w.key)
                 .with_weight(w.weight)

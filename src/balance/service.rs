@@ -524,12 +524,15 @@ impl<K: Key, P, L> Builder<K, P, L> {
 
     /// Serves only this client's subset of the backends its sources name (deterministic
     /// subsetting, SRE book ch. 20, or random subsetting, gRPC A68); default: all of
-    /// them. The static backends, every [`Handle`] write (so DNS, Kubernetes and file
-    /// sources) and a [`Discover`] source all go through it. See
+    /// them (`None` turns it off again). The static backends, every [`Handle`] write (so
+    /// DNS, Kubernetes and file sources) and a [`Discover`] source all go through it. See
     /// [`discover::subset`](crate::discover::subset) for the exact semantics and an
     /// example.
-    pub fn subset(mut self, subsetting: crate::discover::subset::Subsetting) -> Self {
-        self.subset = Some(subsetting);
+    pub fn subset(
+        mut self,
+        subsetting: impl Into<Option<crate::discover::subset::Subsetting>>,
+    ) -> Self {
+        self.subset = subsetting.into();
         self
     }
 

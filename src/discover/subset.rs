@@ -101,7 +101,9 @@ impl Subsetting {
         if client_count == 0 || client_id >= client_count {
             return Err(ConfigError::Invalid {
                 setting: "subset client id",
-                reason: format!("client id {client_id} is not below the client count {client_count}"),
+                reason: format!(
+                    "client id {client_id} is not below the client count {client_count}"
+                ),
             });
         }
         Ok(Self {
@@ -227,7 +229,9 @@ impl<K: Key> SubsetState<K> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Universe<K>> {
-        self.all.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.all
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
