@@ -7,12 +7,12 @@ mod tests;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use tower_lb::sticky::Cidr;
+use tower_lb::{discover::subset::Subsetting, sticky::Cidr};
 
 pub(crate) use parse::{
-    backend_url, parse_backend, parse_cidr, parse_dns, parse_duration, parse_hash_key,
-    parse_hedge_after, parse_interval, parse_json_expect, parse_percent, parse_pool, parse_route,
-    parse_sni, parse_tcp_backend, parse_tcp_proxy,
+    backend_url, parse_backend, parse_cidr, parse_client_id, parse_dns, parse_duration,
+    parse_hash_key, parse_hedge_after, parse_interval, parse_json_expect, parse_percent,
+    parse_pool, parse_route, parse_sni, parse_tcp_backend, parse_tcp_proxy,
 };
 
 /// The command line. Every value is checked when parsed; a bad one exits with status 2
@@ -191,6 +191,24 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub(crate) slow_start: Option<Duration>,
 
+    /// Subsetting: each pool uses only K of its backends, chosen by --client-id
+    /// (deterministic, SRE book ch. 20) or --subset-seed (random, gRPC A68).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), requires = "subset_mode")]
+    pub(crate) subset_size: Option<u32>,
+
+    /// Deterministic subsetting: this gateway is client I of N (0 ≤ I < N).
+    #[arg(long, value_name = "I/N", group = "subset_mode", requires = "subset_size", value_parser = parse_client_id)]
+    pub(crate) client_id: Option<(u64, u64)>,
+
+    /// Random subsetting (gRPC A68): this gateway's seed, different on every client.
+    #[arg(
+        long,
+        value_name = "S",
+        group = "subset_mode",
+        requires = "subset_size"
+    )]
+    pub(crate) subset_seed: Option<u64>,
+
     /// Active health: the probe also needs a response body containing this text
     /// (HAProxy `http-check expect string`).
     #[arg(long, value_name = "TEXT", requires = "health_path")]
@@ -296,6 +314,17 @@ pub(crate) enum StrategyName {
     Rendezvous,
 
     LoadReport,
+}
+
+impl Args {
+    /// The subsetting the `--subset-*` flags ask for (their parsers checked the values).
+    pub(crate) fn subsetting(&self) -> Option<Subsetting> {
+        let k = self.subset_size? as usize;
+        match (self.client_id, self.subset_seed) {
+            (Some((id, count)), _) => Subsetting::deterministic(k, id, count).ok(),
+            (None, seed) => Subsetting::random(k, seed?).ok(),
+        }
+    }
 }
 
 impl StrategyName {

@@ -59,6 +59,8 @@ struct Settings {
     slow_start: Option<Duration>,
     /// Hedging (`--hedge-after`, `--hedge-budget` as bits, compared exactly), when on.
     hedge: Option<(crate::cli::HedgeAfter, u64)>,
+    /// `--subset-*`: which K of the pool's backends this gateway uses.
+    subset: Option<tower_lb::discover::subset::Subsetting>,
     /// Outlier detection (`--outlier-*`), when on.
     outlier: Option<OutlierDetection>,
     /// How `https://` backends are reached (compared by the files' contents).
@@ -78,6 +80,7 @@ impl Settings {
             fail_fast: args.fail_fast,
             slow_start: args.slow_start,
             hedge: args.hedge_after.map(|h| (h, args.hedge_budget.to_bits())),
+            subset: args.subsetting(),
             outlier: outlier_detection(args),
             tls: tls.clone(),
         }
@@ -367,6 +370,7 @@ fn balancer(
         .fail_fast(args.fail_fast)
         .slow_start(args.slow_start.unwrap_or(Duration::ZERO))
         .track_latency(true)
+        .subset(args.subsetting())
         .backends(feed.wanted().backends.into_iter().map(|w| {
             Backend::new(w.key)
                 .with_weight(w.weight)

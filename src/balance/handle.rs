@@ -123,6 +123,12 @@ impl<K: Key> fmt::Debug for Handle<K> {
 
 impl<K: Key> Handle<K> {
     pub(crate) fn new<S: Clone + Send + Sync + 'static>(core: Arc<Core<K, S>>) -> Self {
+        // With subsetting, every write goes through the core's one subset owner.
+        if let Some(state) = core.subset.get().cloned() {
+            return Self {
+                apply: Arc::new(crate::discover::subset::SubsetApply::new(state, core)),
+            };
+        }
         Self { apply: core }
     }
 

@@ -401,6 +401,7 @@ pub struct Builder<K, P = (), L = Identity> {
     pub(crate) wrap_with: Vec<Box<dyn FnOnce(Arc<dyn Strategy>) -> Arc<dyn Strategy> + Send>>,
     cfg: Config,
     backends: Vec<Backend<K>>,
+    subset: Option<crate::discover::subset::Subsetting>,
     pub(crate) policy: P,
     pub(crate) layer: L,
     error: Option<ConfigError>,
@@ -432,6 +433,7 @@ impl<K: Key> Builder<K> {
             wrap_with: Vec::new(),
             cfg: Config::default(),
             backends: Vec::new(),
+            subset: None,
             policy: (),
             layer: Identity::new(),
             error: None,
@@ -533,6 +535,20 @@ impl<K: Key, P, L> Builder<K, P, L> {
         self
     }
 
+    /// Serves only this client's subset of the backends its sources name (deterministic
+    /// subsetting, SRE book ch. 20, or random subsetting, gRPC A68); default: all of
+    /// them (`None` turns it off again). The static backends, every [`Handle`] write (so
+    /// DNS, Kubernetes and file sources) and a [`Discover`] source all go through it. See
+    /// [`discover::subset`](crate::discover::subset) for the exact semantics and an
+    /// example.
+    pub fn subset(
+        mut self,
+        subsetting: impl Into<Option<crate::discover::subset::Subsetting>>,
+    ) -> Self {
+        self.subset = subsetting.into();
+        self
+    }
+
     /// Sets the request policy: how to read a request's affinity key and replay a failed
     /// request. See [`RequestPolicy`].
     pub fn policy<P2>(self, policy: P2) -> Builder<K, P2, L> {
@@ -550,6 +566,7 @@ impl<K: Key, P, L> Builder<K, P, L> {
             wrap_with: self.wrap_with,
             cfg: self.cfg,
             backends: self.backends,
+            subset: self.subset,
             policy: policy(self.policy),
             layer: layer(self.layer),
             error: self.error,
@@ -656,7 +673,15 @@ impl<K: Key, P, L> Builder<K, P, L> {
             Arc::new(move |t: &Target<'_, K>| maker.make_endpoint(t).map(|s| layer.layer(t, s)));
         let core = Core::new(self.strategy, self.cfg, Some(maker.clone()));
         core.rebuild_on_health_changes();
-        core.replace_with(self.backends, |t| maker(t))?;
+        match self.subset {
+            Some(subset) => {
+                let _ = core
+                    .subset
+                    .set(Arc::new(crate::discover::subset::SubsetState::new(subset)));
+                Handle::new(core.clone()).replace(self.backends)?;
+            }
+            None => core.replace_with(self.backends, |t| maker(t))?,
+        }
         Ok(Balance::from_core(core, self.policy))
     }
 }
@@ -687,7 +712,13 @@ impl<K: Key, P> Builder<K, P> {
         })?;
         let core = Core::new(self.strategy, self.cfg, None);
         core.rebuild_on_health_changes();
-        let task = rt.spawn(drive(Arc::downgrade(&core), discover));
+        let task = match self.subset {
+            Some(subset) => rt.spawn(drive(
+                Arc::downgrade(&core),
+                crate::discover::subset::SubsetDiscover::new(discover, subset),
+            )),
+            None => rt.spawn(drive(Arc::downgrade(&core), discover)),
+        };
         core.set_driver(task.abort_handle());
         Ok(Balance::from_core(core, self.policy))
     }

@@ -13,6 +13,9 @@
 //!   [`Builder::build_discover`](crate::balance::Builder::build_discover) spawns a driver
 //!   that applies its changes with no request traffic needed (tower's `Buffer` +
 //!   `Balance` only see changes when polled, and starve while idle).
+//! - **A subset of any of these**: [`subset`] (deterministic subsetting, SRE book ch. 20;
+//!   random subsetting with a per-client seed, gRPC A68), through
+//!   [`Builder::subset`](crate::balance::Builder::subset) or [`subset::SubsetDiscover`].
 //!
 //! Changes are published copy-on-write: requests in progress keep the snapshot they
 //! started with, readers never block, and per-endpoint state is keyed by backend key so
@@ -45,6 +48,7 @@ pub mod dns;
 pub mod file;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod subset;
 
 /// The set's write API, which every source uses; it lives with the balancer.
 pub use crate::balance::{Handle, WeakHandle};

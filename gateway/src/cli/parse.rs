@@ -289,3 +289,14 @@ pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
         _ => Err(format!("expected a percentage within 0..=100, got {s:?}")),
     }
 }
+
+/// Parses `I/N` for `--client-id`: client I of N, checked as the library checks it.
+pub(crate) fn parse_client_id(s: &str) -> Result<(u64, u64), String> {
+    let (id, count) = s
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .ok_or_else(|| format!("expected I/N such as 0/3, got {s:?}"))?;
+    tower_lb::discover::subset::Subsetting::deterministic(1, id, count)
+        .map_err(|e| e.to_string())?;
+    Ok((id, count))
+}

@@ -140,6 +140,8 @@ pub(crate) struct Core<K, S> {
     pub(crate) cfg: Config,
     discover_error: Mutex<Option<DiscoverError>>,
     driver: Mutex<Option<tokio::task::AbortHandle>>,
+    /// With subsetting, the whole set the sources wrote; handles write through it.
+    pub(crate) subset: std::sync::OnceLock<Arc<crate::discover::subset::SubsetState<K>>>,
 }
 
 impl<K, S> Drop for Core<K, S> {
@@ -189,6 +191,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                 cfg,
                 discover_error: Mutex::new(None),
                 driver: Mutex::new(None),
+                subset: std::sync::OnceLock::new(),
             }
         })
     }
