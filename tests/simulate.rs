@@ -39,7 +39,10 @@ fn buoyant_slow_backend_round_robin_loses_what_it_sends_there() {
     // One eleventh of the 10,000 requests of the slow window time out.
     assert_eq!(rr.timeouts, 909, "{rr}");
     assert!(lc.success_rate() > 0.99, "{lc}");
-    assert!(ewma.success_rate() > 0.97, "{ewma}");
+    // Peak EWMA learns from the requests dropped at the timeout, so it beats least
+    // connections here (Buoyant: ~99.9 % against ~99 %).
+    assert!(ewma.success_rate() > 0.995, "{ewma}");
+    assert!(ewma.success_rate() >= lc.success_rate(), "{ewma}\n{lc}");
     assert!(ewma.success_rate() > rr.success_rate() + 0.02);
     assert!(lc.backends[0].share < rr.backends[0].share / 1.5);
 }
