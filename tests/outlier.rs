@@ -152,7 +152,7 @@ async fn success_rate_ejects_a_fast_500_fastapi_backend() {
     for _ in 0..4 {
         good.push(backend(StatusCode::OK, Duration::from_millis(10)).await);
     }
-    let bad = support::python_peer("status_app.py", &["500"]).await;
+    let bad = support::python_peer("model_app.py", &["500"]).await;
     let addrs: Vec<SocketAddr> = good.iter().map(|s| s.addr).collect();
     // Round robin: the interpreter's first answers are slow, and peak EWMA would keep
     // it under the request volume for seconds; here only the verdicts are the point.

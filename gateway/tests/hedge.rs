@@ -15,7 +15,7 @@ async fn hedged_requests_are_answered_by_the_fast_backend() {
         return;
     }
     // The slow one would take 30 s; the client's bound is the gateway's 30 s timeout.
-    let slow = python_peer("slow_app.py", &["30"]).await;
+    let slow = python_peer("model_app.py", &["200", "30"]).await;
     let fast = TestServer::start(named("fast")).await;
     let slow_addr = format!("127.0.0.1:{}", slow.port);
     let fast_addr = fast.addr.to_string();

@@ -1,6 +1,8 @@
-"""A backend that answers every request after a delay: FastAPI on uvicorn.
+"""A model backend on FastAPI and uvicorn: every request answered with one status after
+one delay.
 
-Usage: python3 slow_app.py SECONDS   (prints "PORT <n>" once listening on 127.0.0.1)
+Usage: python3 model_app.py STATUS [SECONDS]   (prints "PORT <n>" once listening on
+127.0.0.1). `500` answers "fast and wrong" at once; `200 30` answers "slow" after 30 s.
 GET /hits answers how many other requests it began.
 """
 import asyncio
@@ -10,7 +12,9 @@ import sys
 import uvicorn
 from fastapi import FastAPI, Response
 
-delay = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
+status = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+delay = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+body = "slow" if delay > 0 else ("fast and wrong" if status >= 400 else "fast")
 app = FastAPI()
 hits = 0
 
@@ -24,8 +28,9 @@ async def hit_count():
 async def answer(path: str):
     global hits
     hits += 1
-    await asyncio.sleep(delay)
-    return Response(content="slow", status_code=200)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return Response(content=body, status_code=status)
 
 
 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
