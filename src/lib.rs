@@ -39,16 +39,16 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract |
+//! | [`balance`] | the [`Balance`] service, its builder, stats and readiness contract, hedged requests (`balance::Hedge`) |
 //! | [`balance::strategy`] | round robin, smooth weighted round robin, least connections, random, P2C (pending, peak EWMA), IP hash, ring hash, Maglev, bounded-load and rendezvous hashing, weighted round robin from backends' load reports (gRPC A58), and the trait to write your own |
-//! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`) |
+//! | [`discover`] | static lists, a live [`discover::Handle`], any `tower::discover::Discover`, and DNS, Kubernetes and file sources (features `dns`, `kube`, `file`); subsetting (`discover::subset`: each client uses k of n backends) |
 //! | [`http`] | (feature `http`, default) endpoint maker over hyper-util, request policy, error → response mapping, ORCA load reports (`http::load_report`); `http::tls` (feature `tls`) for HTTPS backends |
 //! | [`health`] | (features `health-passive`, `health-active`, default; `health-service`, `grpc`) passive ejection layer, active prober, settings beside nginx, Envoy and HAProxy; the backend's own health endpoint |
 //! | [`metrics`] | (feature `metrics`) Prometheus metrics of balancers through `prometheus-client`: counters, health and latency per backend, read at each scrape |
 //! | [`server`] | (feature `server`) a hardened HTTP server loop: client header and keep-alive timeouts, connection cap, graceful drain |
 //! | [`sticky`] | (feature `sticky`) key extraction layer (header, cookie, query, path, trusted client IP), sticky cookie |
 //! | [`tcp`] | (feature `tcp`) layer 4: connector endpoints counted as load while open, connect retries, PROXY protocol v1/v2, splice with half-close, an accept loop |
-//! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions |
+//! | [`test_util`] | (feature `test-util`) build balancers over in-memory or `tower-test` mocks and read distributions; `test_util::sim`, a deterministic fleet simulator on the paused clock |
 //! | [`error`] | the typed errors behind `BoxError` |
 //!
 //! # Feature flags
