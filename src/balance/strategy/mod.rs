@@ -269,10 +269,9 @@ impl Candidate {
     /// `Instant` inside a balancer's pick.
     #[inline]
     pub(crate) fn ewma_nanos_of(&self, candidates: &Candidates<'_>) -> f64 {
-        if candidates.timed() {
-            self.state.ewma_at_ns(candidates.now_ns())
-        } else {
-            self.state.ewma_nanos_at(candidates.now())
+        match candidates.now_ns() {
+            Some(ns) => self.state.ewma_at_ns(ns),
+            None => self.state.ewma_nanos_at(candidates.now()),
         }
     }
 }
@@ -554,38 +553,26 @@ impl<'a> Candidates<'a> {
             None => Instant::now(),
             Some(cell) => {
                 let clock = cell.get().clock;
-                clock.instant(self.now_ns())
+                clock.instant(self.now_ns().unwrap_or(0))
             }
         }
     }
 
     /// The pick's time in nanoseconds since the balancer's clock's origin (the time line
-    /// of the endpoints' own stamps), read once per pick.
+    /// of the endpoints' own stamps), read once per pick; `None` outside a balancer's pick.
     #[inline]
-    pub(crate) fn now_ns(&self) -> u64 {
-        match self.time {
-            // A view outside a balancer's pick (tests): a fresh origin's clock.
-            None => 0,
-            Some(cell) => {
-                let mut time = cell.get();
-                match time.at {
-                    Some(t) => t,
-                    None => {
-                        let t = time.clock.now_ns();
-                        time.at = Some(t);
-                        cell.set(time);
-                        t
-                    }
-                }
+    pub(crate) fn now_ns(&self) -> Option<u64> {
+        let cell = self.time?;
+        let mut time = cell.get();
+        Some(match time.at {
+            Some(t) => t,
+            None => {
+                let t = time.clock.now_ns();
+                time.at = Some(t);
+                cell.set(time);
+                t
             }
-        }
-    }
-
-    /// Whether `now_ns` reads the balancer's clock (inside a balancer's pick); outside
-    /// one, strategies read [`now`](Self::now).
-    #[inline]
-    pub(crate) fn timed(&self) -> bool {
-        self.time.is_some()
+        })
     }
 }
 
