@@ -73,26 +73,67 @@ fn spread(all: &[String], subsets: &[Vec<String>]) -> (u64, u64, f64) {
     )
 }
 
-/// Clients whose subset changed and entries that moved (left a subset), from `a` to `b`.
-fn churn(cfg: &[Subsetting], a: &[String], b: &[String]) -> (u64, u64) {
-    let (mut changed, mut moved) = (0, 0);
-    for s in cfg {
-        let (old, new) = (s.select(a), s.select(b));
-        let gone = old.iter().filter(|k| !new.contains(k)).count() as u64;
-        changed += u64::from(gone > 0);
-        moved += gone;
-    }
-    (changed, moved)
+/// One membership change seen by every client: the clients whose subset changed, the
+/// entries that moved (left a subset), and the most entries that left any one subset.
+#[derive(Clone, Copy)]
+struct Churn {
+    clients: u64,
+    entries: u64,
+    worst_client: u64,
 }
 
-fn report() -> String {
-    let mut out = String::new();
+/// The churn from `all` (each client's subset of it in `before`) to `next`.
+fn churn(cfg: &[Subsetting], before: &[Vec<String>], next: &[String]) -> Churn {
+    let mut out = Churn {
+        clients: 0,
+        entries: 0,
+        worst_client: 0,
+    };
+    for (s, old) in cfg.iter().zip(before) {
+        let new = s.select(next);
+        let gone = old.iter().filter(|k| !new.contains(k)).count() as u64;
+        out.clients += u64::from(gone > 0);
+        out.entries += gone;
+        out.worst_client = out.worst_client.max(gone);
+    }
+    out
+}
+
+/// Every backend leaving in turn, and 30 new backends joining in turn, for one method.
+/// The events are independent, so they are shared out over the machine's threads.
+fn churn_events(kind: &str) -> (Vec<Churn>, Vec<Churn>) {
     let all: Vec<String> = (0..BACKENDS).map(backend).collect();
-    let _ = writeln!(
-        out,
-        "{CLIENTS} clients, {BACKENDS} backends, subset {K}: connections per backend"
-    );
-    let _ = writeln!(out, "| method | min | max | stdev |\n|---|---|---|---|");
+    let cfg = clients(kind);
+    let before: Vec<Vec<String>> = cfg.iter().map(|s| s.select(&all)).collect();
+    let event = |e: usize| {
+        let mut next = all.clone();
+        if e < BACKENDS {
+            next.remove(e);
+        } else {
+            next.push(format!("joined-{:02}", e - BACKENDS));
+        }
+        churn(&cfg, &before, &next)
+    };
+    let events: Vec<usize> = (0..BACKENDS + 30).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = events.len().div_ceil(threads);
+    let results: Vec<Churn> = std::thread::scope(|scope| {
+        let handles: Vec<_> = events
+            .chunks(per)
+            .map(|chunk| scope.spawn(|| chunk.iter().map(|&e| event(e)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("churn thread"))
+            .collect()
+    });
+    let (leaves, joins) = results.split_at(BACKENDS);
+    (leaves.to_vec(), joins.to_vec())
+}
+
+/// The subsets' spread over the backends, one table row per method.
+fn spread_rows(out: &mut String) {
+    let all: Vec<String> = (0..BACKENDS).map(backend).collect();
     for kind in ["deterministic", "random (A68)"] {
         let subsets: Vec<Vec<String>> = clients(kind).iter().map(|s| s.select(&all)).collect();
         let (min, max, sd) = spread(&all, &subsets);
@@ -100,9 +141,18 @@ fn report() -> String {
     }
     let (min, max, sd) = spread(&all, &plain_random(&all));
     let _ = writeln!(out, "| plain random 10 | {min} | {max} | {sd:.2} |");
+}
 
-    // Churn: every backend leaving in turn, and 30 new backends joining in turn (means
-    // and worst case over those events).
+fn report() -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{CLIENTS} clients, {BACKENDS} backends, subset {K}: connections per backend"
+    );
+    let _ = writeln!(out, "| method | min | max | stdev |\n|---|---|---|---|");
+    spread_rows(&mut out);
+
+    // Churn: means and worst case over the leave and join events.
     let _ = writeln!(
         out,
         "\nchurn per event (mean, worst): clients whose subset changed, entries moved"
@@ -112,29 +162,15 @@ fn report() -> String {
         "| method | leave: clients | leave: entries | join: clients | join: entries |\n|---|---|---|---|---|"
     );
     for kind in ["deterministic", "random (A68)"] {
-        let cfg = clients(kind);
-        let leaves: Vec<(u64, u64)> = (0..BACKENDS)
-            .map(|i| {
-                let mut less = all.clone();
-                less.remove(i);
-                churn(&cfg, &all, &less)
-            })
-            .collect();
-        let joins: Vec<(u64, u64)> = (0..30)
-            .map(|j| {
-                let mut more = all.clone();
-                more.push(format!("joined-{j:02}"));
-                churn(&cfg, &all, &more)
-            })
-            .collect();
-        let stat = |v: &[(u64, u64)], f: fn(&(u64, u64)) -> u64| {
+        let (leaves, joins) = churn_events(kind);
+        let stat = |v: &[Churn], f: fn(&Churn) -> u64| {
             let mean = v.iter().map(f).sum::<u64>() as f64 / v.len() as f64;
             (mean, v.iter().map(f).max().unwrap())
         };
-        let (lc, lcw) = stat(&leaves, |p| p.0);
-        let (le, lew) = stat(&leaves, |p| p.1);
-        let (jc, jcw) = stat(&joins, |p| p.0);
-        let (je, jew) = stat(&joins, |p| p.1);
+        let (lc, lcw) = stat(&leaves, |c| c.clients);
+        let (le, lew) = stat(&leaves, |c| c.entries);
+        let (jc, jcw) = stat(&joins, |c| c.clients);
+        let (je, jew) = stat(&joins, |c| c.entries);
         let _ = writeln!(
             out,
             "| {kind} | {lc:.1} ({lcw}) | {le:.1} ({lew}) | {jc:.1} ({jcw}) | {je:.1} ({jew}) |"
@@ -149,20 +185,27 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn deterministic_subsetting_is_exactly_even_and_a68_moves_one_entry_per_client() {
-        let out = super::report();
+        let mut rows = String::new();
+        spread_rows(&mut rows);
         // 300 clients, 30 per round: every backend gets exactly 10 clients.
-        assert!(out.contains("| deterministic | 10 | 10 | 0.00 |"), "{out}");
-        let a68 = out
-            .lines()
-            .filter(|l| l.starts_with("| random (A68)"))
-            .nth(1)
-            .expect("churn row");
-        // A leave or a join moves at most one entry of each client's subset, so the
-        // clients changed equal the entries moved.
-        let cells: Vec<&str> = a68.split('|').map(str::trim).collect();
-        assert_eq!(cells[2], cells[3], "{a68}");
-        assert_eq!(cells[4], cells[5], "{a68}");
+        assert!(
+            rows.contains("| deterministic | 10 | 10 | 0.00 |"),
+            "{rows}"
+        );
+        // With A68, every leave and every join moves at most one entry of each client's
+        // subset (so the clients changed equal the entries moved), and a leave moves
+        // exactly the entries of the clients that had the backend (10 on average).
+        let (leaves, joins) = churn_events("random (A68)");
+        assert_eq!((leaves.len(), joins.len()), (BACKENDS, 30));
+        for (i, c) in leaves.iter().chain(&joins).enumerate() {
+            assert!(c.worst_client <= 1, "event {i}: {} entries", c.worst_client);
+            assert_eq!(c.clients, c.entries, "event {i}");
+        }
+        let moved: u64 = leaves.iter().map(|c| c.entries).sum();
+        assert_eq!(moved, CLIENTS * K as u64, "every subset entry leaves once");
     }
 }
