@@ -289,10 +289,10 @@ pub fn is_connect_error(err: &(dyn Error + 'static)) -> bool {
             }
         }
         #[cfg(feature = "http")]
-        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if h.is_connect() {
-                return true;
-            }
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>()
+            && h.is_connect()
+        {
+            return true;
         }
         if e.is::<ConnectFailed>() {
             return true;

@@ -139,7 +139,7 @@ async fn zero_weights_are_config_errors() {
 
 fn test_util_echo(
     t: &Target<'_, &'static str>,
-) -> impl Service<(), Response = &'static str, Error = Infallible> + Clone {
+) -> impl Service<(), Response = &'static str, Error = Infallible> + Clone + use<> {
     let k = *t.key();
     service_fn(move |_: ()| async move { Ok::<_, Infallible>(k) })
 }
@@ -173,7 +173,8 @@ fn refusing(
     Response = &'static str,
     Error = BoxError,
     Future = BoxFuture<'static, Result<&'static str, BoxError>>,
-> + Clone {
+> + Clone
+       + use<> {
     let k = *t.key();
     service_fn(
         move |_req: String| -> BoxFuture<'static, Result<&'static str, BoxError>> {

@@ -341,11 +341,11 @@ where
                 Poll::Pending => {}
             }
         }
-        if let Some(timer) = &mut h.timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                h.timer = None;
-                h.fire(&this.first);
-            }
+        if let Some(timer) = &mut h.timer
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            h.timer = None;
+            h.fire(&this.first);
         }
         let Some(second) = &mut h.second else {
             return Poll::Pending;
@@ -464,12 +464,11 @@ fn pick<K, S>(
         return None;
     }
     // Fast path: one pick, one relaxed load for the cap.
-    if tried.is_empty() {
-        if let Some(c) = snap.strategy.pick(&view, key).and_then(|i| view.get(i)) {
-            if !c.state.at_capacity() {
-                return Some(Ok(c.pos));
-            }
-        }
+    if tried.is_empty()
+        && let Some(c) = snap.strategy.pick(&view, key).and_then(|i| view.get(i))
+        && !c.state.at_capacity()
+    {
+        return Some(Ok(c.pos));
     }
     // Slow path: leave out endpoints already tried or at their cap, and ask again.
     let rest: Vec<_> = view

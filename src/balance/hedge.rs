@@ -158,13 +158,13 @@ impl Hedge {
 
     /// Checks the settings, as the builder does.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if let Delay::Percentile(q) = self.delay {
-            if !(q > 0.0 && q < 1.0) {
-                return Err(ConfigError::Invalid {
-                    setting: "hedge percentile",
-                    reason: format!("{q} is not within 0.0..1.0 (exclusive)"),
-                });
-            }
+        if let Delay::Percentile(q) = self.delay
+            && !(q > 0.0 && q < 1.0)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "hedge percentile",
+                reason: format!("{q} is not within 0.0..1.0 (exclusive)"),
+            });
         }
         Ok(())
     }

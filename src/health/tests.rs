@@ -19,7 +19,7 @@ use crate::{
 /// it: `&'static str` keys trip the `Send` check of higher-ranked futures).
 pub(crate) fn start_request(
     rig: &Rig,
-) -> tokio_test::task::Spawn<impl std::future::Future<Output = http::StatusCode>> {
+) -> tokio_test::task::Spawn<impl std::future::Future<Output = http::StatusCode> + use<>> {
     let b = rig.balance.clone();
     let mut fut = tokio_test::task::spawn(async move {
         b.oneshot(http::Request::new(())).await.unwrap().status()

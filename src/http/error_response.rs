@@ -321,11 +321,11 @@ where
     type Future = ErrorResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if self.error.is_none() {
-            if let Err(e) = std::task::ready!(self.inner.poll_ready(cx)) {
-                // Answered on the next call.
-                self.error = Some(e.into());
-            }
+        if self.error.is_none()
+            && let Err(e) = std::task::ready!(self.inner.poll_ready(cx))
+        {
+            // Answered on the next call.
+            self.error = Some(e.into());
         }
         Poll::Ready(Ok(()))
     }

@@ -547,12 +547,12 @@ where
                 let mut rsp = ready!(fut.poll(cx)).map_err(Into::into)?;
                 let status = rsp.status();
                 forward_response_headers(status, rsp.headers_mut());
-                if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client) = upgrade.take() {
-                        let backend = hyper::upgrade::on(&mut rsp);
-                        let load = rsp.extensions_mut().remove::<InFlight>();
-                        tokio::spawn(splice(client, backend, load));
-                    }
+                if status == http::StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client) = upgrade.take()
+                {
+                    let backend = hyper::upgrade::on(&mut rsp);
+                    let load = rsp.extensions_mut().remove::<InFlight>();
+                    tokio::spawn(splice(client, backend, load));
                 }
                 Poll::Ready(Ok(rsp))
             }

@@ -245,7 +245,7 @@ mod tests {
     use futures_util::stream;
     use http_body_util::{BodyExt, StreamBody};
 
-    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin {
+    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = BoxError> + Unpin + use<> {
         StreamBody::new(stream::iter(
             parts
                 .iter()

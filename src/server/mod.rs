@@ -160,7 +160,7 @@ impl Server {
         io: I,
         peer: SocketAddr,
         svc: S,
-    ) -> impl Future<Output = ()> + Send + 'static
+    ) -> impl Future<Output = ()> + Send + 'static + use<I, S, B>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,

@@ -48,10 +48,10 @@ impl<K, S> Writer<K, S> {
                 continue;
             }
             let snap = self.retired.swap_remove(i);
-            if base.is_some_and(|b| b == snap.candidates.view().generation()) {
-                if let Ok(snap) = Arc::try_unwrap(snap) {
-                    self.spare = Some(snap.candidates);
-                }
+            if base.is_some_and(|b| b == snap.candidates.view().generation())
+                && let Ok(snap) = Arc::try_unwrap(snap)
+            {
+                self.spare = Some(snap.candidates);
             }
         }
         if base != self.spare.as_ref().map(|l| l.view().generation()) {

@@ -118,10 +118,10 @@ where
                     if let Some(eos) = this.eos.take() {
                         eos.finish(Some(trailers));
                     }
-                } else if this.inner.is_end_stream() {
-                    if let Some(eos) = this.eos.take() {
-                        eos.finish(None);
-                    }
+                } else if this.inner.is_end_stream()
+                    && let Some(eos) = this.eos.take()
+                {
+                    eos.finish(None);
                 }
             }
             Some(Err(e)) => {

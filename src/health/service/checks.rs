@@ -390,10 +390,10 @@ impl HealthChecks {
     async fn run(&self) -> Arc<Vec<CheckResult>> {
         let mut rx = {
             let mut state = lock(&self.shared.state);
-            if let Some((at, results)) = &state.last {
-                if at.elapsed() < self.shared.cache_for {
-                    return results.clone();
-                }
+            if let Some((at, results)) = &state.last
+                && at.elapsed() < self.shared.cache_for
+            {
+                return results.clone();
             }
             if let Some(rx) = &state.running {
                 rx.clone()

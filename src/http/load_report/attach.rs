@@ -178,10 +178,8 @@ where
         let mut rsp = ready!(this.fut.poll(cx))?;
         let mut pending = this.report.take();
         let in_trailers = *this.encoding == Encoding::GrpcTrailers && !rsp.body().is_end_stream();
-        if !in_trailers {
-            if let Some(report) = pending.take() {
-                attach(rsp.headers_mut(), &report(), *this.encoding);
-            }
+        if !in_trailers && let Some(report) = pending.take() {
+            attach(rsp.headers_mut(), &report(), *this.encoding);
         }
         Poll::Ready(Ok(rsp.map(|body| AttachBody {
             body,

@@ -211,10 +211,10 @@ impl<B: Body> Body for ReadBody<B> {
         let frame = ready!(this.body.poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some(trailers) = f.trailers_ref() {
-                    if let Some(shared) = this.watch.take() {
-                        shared.read(trailers);
-                    }
+                if let Some(trailers) = f.trailers_ref()
+                    && let Some(shared) = this.watch.take()
+                {
+                    shared.read(trailers);
                 }
             }
             // The end, or an error: no trailers to come.

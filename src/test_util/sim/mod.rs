@@ -321,7 +321,7 @@ fn send<S, B>(
     balance: &Balance<usize, S, Keys>,
     req: Request,
     timeout: Duration,
-) -> impl Future<Output = Outcome>
+) -> impl Future<Output = Outcome> + use<S, B>
 where
     S: Service<Request, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
