@@ -17,6 +17,9 @@
 # counted), ROUNDS times in alternation. For each run: req/s, p50, p99, and the proxy's user
 # and kernel CPU time per request from /proc/PID/stat over the measured run.
 #
+# HYPER=path (plain HTTP only) adds a fourth row on 18484: a proxy built on hyper alone (the
+# one in BENCHMARKS.md, run as `PATH LISTEN BACKEND...`), the floor of what hyper costs.
+#
 # Every process started here is killed on exit; nothing else is touched. Loopback only.
 set -euo pipefail
 
@@ -28,6 +31,7 @@ DURATION=${DURATION:-8s}
 CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-2}
 GW_ARGS=${GW_ARGS:-}
+HYPER=${HYPER:-}
 HOST=127.0.0.1
 
 for tool in wrk nginx haproxy curl openssl setsid; do
@@ -176,7 +180,15 @@ start_bg haproxy haproxy -db -f "$TMP/haproxy.cfg"
 start_bg gateway "$GW" --workers 1 --listen $HOST:18483 $GW_TLS $GW_UP \
     $(for p in "${PORTS[@]}"; do printf -- '--backend %s://%s:%s ' "$SCHEME" $HOST "$p"; done) $GW_ARGS
 
-for port in 18481 18482 18483; do wait_ok "$FRONT://$HOST:$port/"; done
+declare -A PORT=([nginx]=18481 [haproxy]=18482 [gateway]=18483 [hyper]=18484)
+NAMES=(nginx haproxy gateway)
+if [[ -n $HYPER ]]; then
+    [[ $LISTEN_TLS == 0 && $UPSTREAM_TLS == 0 ]] || { echo "HYPER is for plain HTTP only" >&2; exit 1; }
+    start_bg hyper "$HYPER" $HOST:18484 $(for p in "${PORTS[@]}"; do printf -- '%s:%s ' $HOST "$p"; done)
+    NAMES+=(hyper)
+fi
+
+for name in "${NAMES[@]}"; do wait_ok "$FRONT://$HOST:${PORT[$name]}/"; done
 log "listeners: $FRONT, upstreams: $SCHEME; loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- runs
@@ -195,12 +207,12 @@ worker_of() {
         nginx) pgrep -P "$PID_nginx" | head -n1 ;;
         haproxy) echo "$PID_haproxy" ;;
         gateway) echo "$PID_gateway" ;;
+        hyper) echo "$PID_hyper" ;;
     esac
 }
-declare -A PORT=([nginx]=18481 [haproxy]=18482 [gateway]=18483)
 printf '%-8s %-6s %10s %8s %8s %9s %9s %s\n' proxy round req/s p50_ms p99_ms user_us kernel_us errors
 for round in $(seq 1 "$ROUNDS"); do
-    for name in nginx haproxy gateway; do
+    for name in "${NAMES[@]}"; do
         url="$FRONT://$HOST:${PORT[$name]}/"
         pid=$(worker_of $name)
         wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null 2>&1 || true

@@ -1,7 +1,7 @@
 //! The HTTP side of one configuration as an axum `Router`, and the service the listener
-//! serves: it reads the current router for each request, so a reload takes effect for
-//! the next request on every open connection, and requests in flight finish on the
-//! router they started with.
+//! serves: it reads the current configuration for each request, so a reload takes effect
+//! for the next request on every open connection, and requests in flight finish on the
+//! configuration they started with.
 
 use std::{
     convert::Infallible,
@@ -11,43 +11,80 @@ use std::{
 
 use arc_swap::ArcSwap;
 use axum::{
-    body::Body,
+    body::{Body, Bytes, HttpBody},
     http::{header, HeaderValue, Request, Response, StatusCode},
     routing::get,
     Router,
 };
+use futures_util::future::Either;
 use tower::{util::Oneshot, Service, ServiceExt};
+use tower_lb::BoxError;
 
-use crate::{admin, state::State};
+use crate::{admin, pool::PoolService, state::State};
 
-/// Serves whatever router is current.
+/// The admin endpoints' paths: served by the router, never proxied.
+const HEALTH: &str = "/health";
+const METRICS: &str = "/metrics";
+const STATUS: &str = "/status";
+
+/// The HTTP side of one configuration.
+pub(crate) struct App {
+    router: Router,
+    /// The default pool, when it is the only place a proxied request can go (no route
+    /// prefixes): a request for any path but the admin ones goes straight to it, as the
+    /// router's fallback would send it, without matching it against the routes.
+    direct: Option<PoolService>,
+}
+
+impl App {
+    pub(crate) fn new(state: &Arc<State>) -> Self {
+        let direct = match state.routes.is_empty() {
+            true => state.pools.get("default").map(|p| p.service.clone()),
+            false => None,
+        };
+        Self {
+            router: router(state),
+            direct,
+        }
+    }
+}
+
+/// Serves whatever configuration is current.
 #[derive(Clone)]
-pub(crate) struct Current(pub(crate) Arc<ArcSwap<Router>>);
+pub(crate) struct Current(pub(crate) Arc<ArcSwap<App>>);
 
 impl<B> Service<Request<B>> for Current
 where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
     Router: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Oneshot<Router, Request<B>>;
+    type Future = Either<Oneshot<PoolService, Request<Body>>, Oneshot<Router, Request<B>>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        Router::clone(&self.0.load()).oneshot(req)
+        let app = self.0.load();
+        match &app.direct {
+            Some(pool) if !matches!(req.uri().path(), HEALTH | METRICS | STATUS) => {
+                Either::Left(pool.clone().oneshot(req.map(Body::new)))
+            }
+            _ => Either::Right(Router::clone(&app.router).oneshot(req)),
+        }
     }
 }
 
 /// Admin endpoints, then one route per prefix (the URI is passed on unchanged, as nginx
 /// `proxy_pass` without a URI does), then the default pool.
-pub(crate) fn router(state: &Arc<State>) -> Router {
+fn router(state: &Arc<State>) -> Router {
     let mut app: Router = Router::new()
-        .route("/health", get(|| async { "OK\n" }))
+        .route(HEALTH, get(|| async { "OK\n" }))
         .route(
-            "/metrics",
+            METRICS,
             get({
                 let state = state.clone();
                 move || async move {
@@ -61,7 +98,7 @@ pub(crate) fn router(state: &Arc<State>) -> Router {
             }),
         )
         .route(
-            "/status",
+            STATUS,
             get({
                 let state = state.clone();
                 move || async move { axum::Json(admin::status_json(&state)) }

@@ -221,7 +221,7 @@ async fn run(args: Args) {
     state.start();
     shared.record_reload(Ok(()));
     let state = Arc::new(state);
-    let current = Arc::new(ArcSwap::from_pointee(app::router(&state)));
+    let current = Arc::new(ArcSwap::from_pointee(app::App::new(&state)));
 
     let addr = listener.local_addr().unwrap_or(listen);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -299,7 +299,7 @@ async fn reloads(
     mut hangups: tokio::signal::unix::Signal,
     mut state: Arc<State>,
     fixed: Fixed,
-    current: Arc<ArcSwap<Router>>,
+    current: Arc<ArcSwap<app::App>>,
     tls: Option<ListenerTls>,
 ) {
     while hangups.recv().await.is_some() {
@@ -331,7 +331,7 @@ async fn reloads(
                 state.stop();
                 next.start();
                 let next = Arc::new(next);
-                current.store(Arc::new(app::router(&next)));
+                current.store(Arc::new(app::App::new(&next)));
                 state.shared.record_reload(Ok(()));
                 state = next;
                 tracing::info!("configuration reloaded");

@@ -517,6 +517,23 @@ async fn health_metrics_and_status_endpoints() {
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["pools"]["default"]["backends"][0]["requests"], 5);
+    // Only the admin paths themselves are the gateway's: their neighbours are proxied.
+    for path in [
+        "/health/",
+        "/healthz",
+        "/metrics/x",
+        "/Status",
+        "/status.json",
+    ] {
+        let (s, body) = get(&c, &gw.url(path)).await;
+        assert_eq!((s, &body[..]), (StatusCode::OK, &b"only"[..]), "{path}");
+    }
+    // And the admin paths answer GET only (axum's 405 for another method).
+    let (s, _, _) = send(&c, Method::POST, &gw.url("/health"), &[], Body::empty()).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (_, body) = get(&c, &gw.url("/status")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["pools"]["default"]["backends"][0]["requests"], 10);
 }
 
 #[tokio::test]
