@@ -6,7 +6,10 @@ Opens N connections to HOST:PORT (loopback) and reads the server process PID's R
 before and after, once it has stopped growing. MODE:
   idle        connect and send nothing;
   stalled     send half a request head and stop;
-  kept-alive  send one whole request, read its response, then stay idle.
+  kept-alive  send one whole request, read its response, then stay idle (all N
+              requests are sent before any response is read: a burst of N at once);
+  one-by-one  the same, one connection at a time (each response read before the next
+              connection opens, so at most one request is in flight).
 Prints the RSS before and after and the KiB per connection, then closes them all.
 """
 import resource
@@ -36,13 +39,22 @@ def settled(pid, limit=30.0):
     return last
 
 
+def read_head(s):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("the server closed a connection")
+        head += chunk
+
+
 def main():
     pid, target, n, mode = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     host, port = target.rsplit(":", 1)
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("loopback only")
-    if mode not in ("idle", "stalled", "kept-alive"):
-        sys.exit("MODE: idle, stalled or kept-alive")
+    if mode not in ("idle", "stalled", "kept-alive", "one-by-one"):
+        sys.exit("MODE: idle, stalled, kept-alive or one-by-one")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 100)), hard))
     before = settled(pid)
@@ -51,17 +63,14 @@ def main():
         s = socket.create_connection((host, int(port)), timeout=10)
         if mode == "stalled":
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nX-Half: ")
-        elif mode == "kept-alive":
+        elif mode in ("kept-alive", "one-by-one"):
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            if mode == "one-by-one":
+                read_head(s)
         conns.append(s)
     if mode == "kept-alive":
         for s in conns:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = s.recv(65536)
-                if not chunk:
-                    sys.exit("the server closed a connection")
-                head += chunk
+            read_head(s)
     after = settled(pid)
     print(f"{mode}: {n} connections, RSS {before} KiB -> {after} KiB, "
           f"{(after - before) / n:.1f} KiB per connection")
