@@ -19,7 +19,10 @@ use tower_lb::{
     },
     health::{
         active::{BodyMatch, HttpProbe, Prober},
-        passive::{FailurePercentage, OutlierDetection, PassiveHealthLayer, SuccessRate, Window},
+        passive::{
+            FailurePercentage, GrpcEos, OutlierDetection, PassiveHealthLayer, ResponseBody,
+            SuccessRate, Window,
+        },
     },
     http::{
         load_report::ReadReportsLayer, proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints,
@@ -39,8 +42,13 @@ use crate::{
 
 /// What the balancer sends upstream: the client's body, its first bytes kept for replay.
 pub(crate) type UpstreamBody = ReplayBody<Body>;
+/// What an endpoint answers with: the backend's body, watched by passive health (its end,
+/// and gRPC's status in the trailers). Not boxed again: the stack below unifies the
+/// clients' bodies into one `Body`, and the pool's front boxes the whole answer once.
+pub(crate) type EndpointBody = ResponseBody<Body, GrpcEos>;
 /// One backend's endpoint stack, boxed.
-pub(crate) type Endpoint = BoxCloneSyncService<Request<UpstreamBody>, Response<Body>, BoxError>;
+pub(crate) type Endpoint =
+    BoxCloneSyncService<Request<UpstreamBody>, Response<EndpointBody>, BoxError>;
 /// A pool as the router sees it.
 pub(crate) type PoolService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
@@ -359,7 +367,6 @@ fn balancer(
             ServiceBuilder::new()
                 .layer(timing.layer(t))
                 .option_layer(stamp.as_ref().map(|c| c.layer(t)))
-                .map_response(|r: Response<_>| r.map(Body::new))
                 .layer(passive)
                 .service(http),
         ))
