@@ -38,9 +38,10 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(state: &Arc<State>) -> Self {
-        let direct = match state.routes.is_empty() {
-            true => state.pools.get("default").map(|p| p.service.clone()),
-            false => None,
+        let direct = if state.routes.is_empty() {
+            state.pools.get("default").map(|p| p.service.clone())
+        } else {
+            None
         };
         Self {
             router: router(state),
