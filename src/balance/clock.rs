@@ -61,6 +61,7 @@ struct Counter {
 
 static COUNTER: OnceLock<Counter> = OnceLock::new();
 
+#[inline]
 fn counter() -> &'static Counter {
     COUNTER.get_or_init(|| {
         let clock = quanta::Clock::new();

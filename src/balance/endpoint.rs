@@ -326,6 +326,7 @@ impl EndpointState {
     // === load ===
 
     /// Requests sent to this endpoint and not yet answered.
+    #[inline]
     pub fn in_flight(&self) -> usize {
         (self.load.load(Relaxed) & IN_FLIGHT_MASK) as usize
     }
@@ -334,6 +335,7 @@ impl EndpointState {
     /// balancer does this itself for every request it sends; call it directly only for
     /// load the balancer cannot see (a TCP connection that outlives its response) or in
     /// tests. Pair every call with [`finish_request`](Self::finish_request).
+    #[inline]
     pub fn start_request(&self) {
         self.load.fetch_add(ONE_REQUEST | 1, Relaxed);
         self.load_changed();
@@ -342,12 +344,14 @@ impl EndpointState {
     /// Counts one unit of load in flight without counting a request: for load that
     /// outlives the balancer's own tracking, such as a TCP connection kept open after the
     /// connect that the balancer counted. Pair with [`remove_load`](Self::remove_load).
+    #[inline]
     pub fn add_load(&self) {
         self.load.fetch_add(1, Relaxed);
         self.load_changed();
     }
 
     /// Removes load added with [`add_load`](Self::add_load).
+    #[inline]
     pub fn remove_load(&self) {
         self.load.fetch_sub(1, Relaxed);
         self.load_changed();
@@ -363,6 +367,7 @@ impl EndpointState {
         }
     }
 
+    #[cold]
     fn queue_load_change(&self) {
         // The swap pairs with the index's own swap before it reads the load: either the
         // index reads this change, or this call sees the flag cleared and queues again.
@@ -399,6 +404,7 @@ impl EndpointState {
     }
 
     /// Counts a request started with [`start_request`](Self::start_request) as finished.
+    #[inline]
     pub fn finish_request(&self) {
         self.load.fetch_sub(1, Relaxed);
         self.load_changed();

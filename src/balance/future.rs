@@ -1,5 +1,4 @@
 use std::{
-    cell::Cell,
     fmt,
     future::Future,
     pin::Pin,
@@ -29,6 +28,7 @@ struct InFlight<K, S> {
 }
 
 impl<K, S> InFlight<K, S> {
+    #[inline]
     fn new(snap: Arc<Snapshot<K, S>>, pos: usize) -> Self {
         snap.entries[pos].state.start_request();
         Self { snap, pos }
@@ -77,7 +77,6 @@ pin_project! {
         // a small future.
         slow: Option<Box<Slow>>,
         retries: usize,
-        clock: Clock,
         #[pin]
         state: State<K, S, Req>,
     }
@@ -88,14 +87,13 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let clock = *this.clock;
             if let StateProj::Call {
                 guard,
                 started: Some(t0),
                 ..
             } = this.state.project()
             {
-                let now = clock.now_ns();
+                let now = guard.snap.clock.now_ns();
                 guard
                     .entry()
                     .state
@@ -255,10 +253,7 @@ where
             return;
         };
         let snap = arc_swap::Guard::into_inner(core.current());
-        let time = Cell::new(PickTime {
-            clock: self.clock,
-            at: None,
-        });
+        let time = PickTime::new(&self.clock);
         let Some(Ok(pos)) = pick(&snap, first.key.as_ref(), &tried, &time) else {
             return;
         };
@@ -271,7 +266,7 @@ where
             return;
         }
         tracing::debug!(backend = %snap.entries[pos].backend.key(), "tower_lb: hedging");
-        let state = ready_state(snap, pos, copy, time.get().at);
+        let state = ready_state(snap, pos, copy, time.at());
         self.second = Some(Box::pin(Attempt {
             policy,
             key: first.key,
@@ -280,7 +275,6 @@ where
                 ..Slow::default()
             })),
             retries: self.retries,
-            clock: self.clock,
             state,
         }));
     }
@@ -383,22 +377,21 @@ where
     S::Error: Into<BoxError>,
     P: RequestPolicy<Req>,
 {
+    #[inline]
     fn new(core: &Arc<Core<K, S>>, snap: &Arc<Snapshot<K, S>>, policy: P, req: Req) -> Self {
         policy.on_request(&req);
         Self::start(core, snap, policy, req)
     }
 
     /// The first attempt, after `on_request`.
+    #[inline]
     fn start(core: &Arc<Core<K, S>>, snap: &Arc<Snapshot<K, S>>, policy: P, req: Req) -> Self {
         let key = policy.key(&req).or_else(super::take_key);
         let mut slow = None;
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
-        let time = Cell::new(PickTime {
-            clock: core.cfg.clock,
-            at: None,
-        });
+        let time = PickTime::new(&snap.clock);
         let state = match pick(snap, key.as_ref(), &[], &time) {
-            Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.get().at),
+            Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.at()),
             Some(Err(error)) => State::Failed { error: Some(error) },
             None => {
                 let s: &mut Slow = slow.get_or_insert_with(Box::default);
@@ -410,13 +403,12 @@ where
             key,
             slow,
             retries: core.cfg.retries,
-            clock: core.cfg.clock,
             state,
         }
     }
 }
 
-#[inline]
+#[inline(always)]
 fn ready_state<K: Key, S, Req>(
     snap: Arc<Snapshot<K, S>>,
     pos: usize,
@@ -452,12 +444,12 @@ struct Slow {
 
 /// Picks an endpoint position in `snap` that this request has not tried and that is not
 /// at its concurrency cap. `None` if the snapshot has no candidate at all.
-#[inline]
+#[inline(always)]
 fn pick<K, S>(
     snap: &Snapshot<K, S>,
     key: Option<&RequestKey>,
     tried: &[u64],
-    time: &Cell<PickTime>,
+    time: &PickTime<'_>,
 ) -> Option<Result<usize, BoxError>> {
     let view = snap.candidates.view_timed(time);
     if view.is_empty() {
@@ -470,7 +462,19 @@ fn pick<K, S>(
     {
         return Some(Ok(c.pos));
     }
-    // Slow path: leave out endpoints already tried or at their cap, and ask again.
+    Some(pick_again(snap, key, tried, time))
+}
+
+/// The slow path of [`pick`]: leaves out endpoints already tried or at their cap, and
+/// asks the strategy again.
+#[inline(never)]
+fn pick_again<K, S>(
+    snap: &Snapshot<K, S>,
+    key: Option<&RequestKey>,
+    tried: &[u64],
+    time: &PickTime<'_>,
+) -> Result<usize, BoxError> {
+    let view = snap.candidates.view_timed(time);
     let rest: Vec<_> = view
         .iter()
         .filter(|c| !tried.contains(&c.id) && !c.state.at_capacity())
@@ -483,16 +487,14 @@ fn pick<K, S>(
     };
     let rest = CandidateList::new(rest);
     let view = rest.view_timed(time);
-    Some(
-        match (!view.is_empty())
-            .then(|| snap.strategy.pick(&view, key))
-            .flatten()
-            .and_then(|i| view.get(i))
-        {
-            Some(c) => Ok(c.pos),
-            None => Err(AllUnavailable::new(snap.entries.len()).into()),
-        },
-    )
+    match (!view.is_empty())
+        .then(|| snap.strategy.pick(&view, key))
+        .flatten()
+        .and_then(|i| view.get(i))
+    {
+        Some(c) => Ok(c.pos),
+        None => Err(AllUnavailable::new(snap.entries.len()).into()),
+    }
 }
 
 /// Every candidate of the serving level already failed this request or is at its cap:
@@ -576,6 +578,66 @@ where
     State::Pick { snap, req }
 }
 
+/// The endpoint was not ready: the request never left. Records the failure and re-picks,
+/// leaving this endpoint out.
+#[cold]
+#[inline(never)]
+fn not_ready<K: Key, S, Req>(
+    slow: &mut Option<Box<Slow>>,
+    guard: InFlight<K, S>,
+    e: BoxError,
+    req: Option<Req>,
+) -> State<K, S, Req>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+{
+    let entry = guard.entry();
+    entry.state.record_failure();
+    entry.state.set_last_failure(crate::error::chain(&*e));
+    tracing::warn!(backend = %entry.backend.key(), error = %e,
+        "tower_lb: endpoint not ready; trying another");
+    let slow = slow.get_or_insert_with(Box::default);
+    slow.tried.push(entry.id);
+    slow.last = Some(EndpointError::new(entry.backend.key().to_string(), e).into());
+    let next = repick_state(&guard.snap, req);
+    // The endpoint no longer counts this request.
+    drop(guard);
+    next
+}
+
+/// The endpoint's call failed: records the failure, then the state that retries the
+/// request elsewhere (when the policy kept a replay copy and the error allows it), or the
+/// error to answer.
+#[cold]
+#[inline(never)]
+fn call_failed<K: Key, S, P, Req>(
+    policy: &P,
+    retries: &mut usize,
+    slow: &mut Option<Box<Slow>>,
+    guard: &InFlight<K, S>,
+    e: BoxError,
+    replay: &mut Option<Req>,
+) -> Result<State<K, S, Req>, BoxError>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    P: RequestPolicy<Req>,
+{
+    let entry = guard.entry();
+    entry.state.record_failure();
+    entry.state.set_last_failure(crate::error::chain(&*e));
+    if *retries > 0 && replay.as_ref().is_some_and(|r| policy.retry_on(r, &e)) {
+        tracing::warn!(backend = %entry.backend.key(), error = %e,
+            "tower_lb: request failed before reaching the backend; retrying elsewhere");
+        *retries -= 1;
+        let slow = slow.get_or_insert_with(Box::default);
+        slow.tried.push(entry.id);
+        slow.last = Some(EndpointError::new(entry.backend.key().to_string(), e).into());
+        return Ok(repick_state(&guard.snap, replay.take()));
+    }
+    tracing::debug!(backend = %entry.backend.key(), error = %e, "tower_lb: request failed");
+    Err(EndpointError::new(entry.backend.key().to_string(), e).into())
+}
+
 impl<K, S, P, Req> Attempt<K, S, P, Req>
 where
     S: Service<Req>,
@@ -603,12 +665,9 @@ where
                 StateProj::Pick { snap, req } => {
                     let req = req.take().expect("request is present until called");
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
-                    let time = Cell::new(PickTime {
-                        clock: *this.clock,
-                        at: None,
-                    });
+                    let time = PickTime::new(&snap.clock);
                     let next = match pick(snap, this.key.as_ref(), &slow.tried, &time) {
-                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.get().at),
+                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.at()),
                         Some(Err(error)) => State::Failed {
                             error: Some(slow.last.take().unwrap_or(error)),
                         },
@@ -654,10 +713,10 @@ where
                         } else {
                             None
                         };
-                        let clock = *this.clock;
+                        let guard = guard.take().expect("guard is present until called");
+                        let clock = guard.snap.clock;
                         let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now_ns()));
                         let fut = svc.call(req);
-                        let guard = guard.take().expect("guard is present until called");
                         this.state.set(State::Call {
                             guard,
                             fut,
@@ -666,20 +725,8 @@ where
                         });
                     }
                     Poll::Ready(Err(e)) => {
-                        // Not ready: the request never left. Skip this endpoint.
-                        let e: BoxError = e.into();
                         let guard = guard.take().expect("guard is present until called");
-                        let entry = guard.entry();
-                        entry.state.record_failure();
-                        entry.state.set_last_failure(crate::error::chain(&*e));
-                        tracing::warn!(backend = %entry.backend.key(), error = %e,
-                            "tower_lb: endpoint not ready; trying another");
-                        let slow = this.slow.get_or_insert_with(Box::default);
-                        slow.tried.push(entry.id);
-                        slow.last =
-                            Some(EndpointError::new(entry.backend.key().to_string(), e).into());
-                        let next = repick_state(&guard.snap, req.take());
-                        drop(guard);
+                        let next = not_ready(this.slow, guard, e.into(), req.take());
                         this.state.set(next);
                     }
                 },
@@ -694,36 +741,27 @@ where
                     match res {
                         Ok(rsp) => {
                             if let Some(t0) = *started {
-                                let now = this.clock.now_ns();
+                                let now = guard.snap.clock.now_ns();
                                 entry.state.observe_rtt_ns(now.saturating_sub(t0), now);
                             }
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(rsp));
                         }
                         Err(e) => {
-                            let e: BoxError = e.into();
-                            entry.state.record_failure();
-                            entry.state.set_last_failure(crate::error::chain(&*e));
-                            if *this.retries > 0
-                                && replay.as_ref().is_some_and(|r| this.policy.retry_on(r, &e))
-                            {
-                                tracing::warn!(backend = %entry.backend.key(), error = %e,
-                                    "tower_lb: request failed before reaching the backend; retrying elsewhere");
-                                *this.retries -= 1;
-                                let slow = this.slow.get_or_insert_with(Box::default);
-                                slow.tried.push(entry.id);
-                                slow.last = Some(
-                                    EndpointError::new(entry.backend.key().to_string(), e).into(),
-                                );
-                                let next = repick_state(&guard.snap, replay.take());
-                                this.state.set(next);
-                                continue;
+                            match call_failed(
+                                this.policy,
+                                this.retries,
+                                this.slow,
+                                guard,
+                                e.into(),
+                                replay,
+                            ) {
+                                Ok(next) => this.state.set(next),
+                                Err(err) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(err));
+                                }
                             }
-                            tracing::debug!(backend = %entry.backend.key(), error = %e,
-                                "tower_lb: request failed");
-                            let err = EndpointError::new(entry.backend.key().to_string(), e);
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(err.into()));
                         }
                     }
                 }

@@ -85,6 +85,9 @@ pub(crate) struct Snapshot<K, S> {
     pub(crate) tier: Tier,
     /// The priority level the candidates come from (0 for primaries).
     pub(crate) level: u8,
+    /// The balancer's latency clock (a copy of its config's), so a request reads it from
+    /// the snapshot it holds rather than carrying its own copy.
+    pub(crate) clock: crate::balance::clock::Clock,
     /// How many endpoints of each priority level are live and available, so one change
     /// can update the candidate list without looking at every endpoint.
     counts: Counts,
@@ -173,6 +176,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                 deadline: None,
                 tier: Tier::None,
                 level: 0,
+                clock: cfg.clock,
                 counts: Counts::default(),
                 delta: None,
             };
@@ -343,6 +347,7 @@ impl<K: Key, S: Clone> Core<K, S> {
                     deadline: None,
                     tier,
                     level,
+                    clock: self.cfg.clock,
                     counts,
                     delta: Some(delta),
                 }
@@ -543,6 +548,7 @@ impl<K: Key, S: Clone> Core<K, S> {
             deadline,
             tier,
             level,
+            clock: self.cfg.clock,
             counts,
             delta: None,
         }

@@ -438,7 +438,7 @@ impl CandidateList {
 
     /// The list as a balancer's pick sees it: [`Candidates::now`] reads `time`'s clock
     /// once and keeps the instant there.
-    pub(crate) fn view_timed<'a>(&'a self, time: &'a std::cell::Cell<PickTime>) -> Candidates<'a> {
+    pub(crate) fn view_timed<'a>(&'a self, time: &'a PickTime<'a>) -> Candidates<'a> {
         Candidates {
             list: self,
             time: Some(time),
@@ -482,7 +482,7 @@ impl Hasher for IdHasher {
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     list: &'a CandidateList,
-    time: Option<&'a std::cell::Cell<PickTime>>,
+    time: Option<&'a PickTime<'a>>,
 }
 
 impl<'a> Deref for Candidates<'a> {
@@ -551,10 +551,7 @@ impl<'a> Candidates<'a> {
     pub fn now(&self) -> Instant {
         match self.time {
             None => Instant::now(),
-            Some(cell) => {
-                let clock = cell.get().clock;
-                clock.instant(self.now_ns().unwrap_or(0))
-            }
+            Some(time) => time.clock.instant(self.now_ns().unwrap_or(0)),
         }
     }
 
@@ -562,26 +559,46 @@ impl<'a> Candidates<'a> {
     /// of the endpoints' own stamps), read once per pick; `None` outside a balancer's pick.
     #[inline]
     pub(crate) fn now_ns(&self) -> Option<u64> {
-        let cell = self.time?;
-        let mut time = cell.get();
-        Some(match time.at {
-            Some(t) => t,
-            None => {
-                let t = time.clock.now_ns();
-                time.at = Some(t);
-                cell.set(time);
-                t
-            }
-        })
+        self.time.map(PickTime::read)
     }
 }
 
 /// The time of one pick of a balancer: its clock, and the time once read (nanoseconds
 /// since the clock's origin).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PickTime {
-    pub(crate) clock: Clock,
-    pub(crate) at: Option<u64>,
+#[derive(Debug)]
+pub(crate) struct PickTime<'a> {
+    clock: &'a Clock,
+    at: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a> PickTime<'a> {
+    /// A pick on `clock` that has not read it yet.
+    #[inline]
+    pub(crate) fn new(clock: &'a Clock) -> Self {
+        Self {
+            clock,
+            at: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The pick's time, reading the clock on first use.
+    #[inline]
+    fn read(&self) -> u64 {
+        match self.at.get() {
+            Some(t) => t,
+            None => {
+                let t = self.clock.now_ns();
+                self.at.set(Some(t));
+                t
+            }
+        }
+    }
+
+    /// The time, if the pick read the clock.
+    #[inline]
+    pub(crate) fn at(&self) -> Option<u64> {
+        self.at.get()
+    }
 }
 
 /// A request's affinity key (from a header, cookie, client IP…), read by hash strategies.

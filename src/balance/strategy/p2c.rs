@@ -58,8 +58,12 @@ impl P2c {
             return (0, 0);
         }
         if candidates.uniform() {
-            let i = self.rng.below(n as u64) as usize;
-            let mut j = self.rng.below(n as u64 - 1) as usize;
+            // One draw for both picks: its high and low halves, each scaled by
+            // multiply-shift into its range (a bias of at most n / 2^32).
+            let r = self.rng.next_u64();
+            let scale = |half: u64, n: usize| ((u128::from(half) * n as u128) >> 32) as usize;
+            let i = scale(r >> 32, n);
+            let mut j = scale(r & 0xffff_ffff, n - 1);
             if j >= i {
                 j += 1;
             }
