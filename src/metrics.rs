@@ -78,11 +78,11 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    balance::clock::Clock,
     balance::WeakHandle,
     balance::{Key, Stats, Status, Target},
 };
@@ -180,6 +180,7 @@ impl PoolMetrics {
         let labels = [("pool", self.inner.name.clone()), ("backend", backend)];
         LatencyLayer {
             histogram: self.inner.latency.get_or_create_owned(&labels),
+            clock: target.state().clock(),
         }
     }
 
@@ -378,6 +379,8 @@ impl Collector for BalanceMetrics {
 #[derive(Clone, Debug)]
 pub struct LatencyLayer {
     histogram: Histogram,
+    /// The balancer's latency clock (the time-stamp counter where it tracks latency).
+    clock: Clock,
 }
 
 impl<S> Layer<S> for LatencyLayer {
@@ -387,6 +390,7 @@ impl<S> Layer<S> for LatencyLayer {
         Latency {
             inner,
             histogram: self.histogram.clone(),
+            clock: self.clock,
         }
     }
 }
@@ -396,6 +400,7 @@ impl<S> Layer<S> for LatencyLayer {
 pub struct Latency<S> {
     inner: S,
     histogram: Histogram,
+    clock: Clock,
 }
 
 impl<S> Latency<S> {
@@ -415,7 +420,8 @@ impl<S: Service<Req>, Req> Service<Req> for Latency<S> {
         LatencyFuture {
             fut: self.inner.call(req),
             histogram: self.histogram.clone(),
-            start: Instant::now(),
+            clock: self.clock,
+            start: self.clock.now_ns(),
         }
     }
 }
@@ -426,7 +432,9 @@ pin_project! {
         #[pin]
         fut: F,
         histogram: Histogram,
-        start: Instant,
+        clock: Clock,
+        // Nanoseconds since the clock's origin.
+        start: u64,
     }
 }
 
@@ -442,7 +450,8 @@ impl<F: Future> Future for LatencyFuture<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let out = ready!(this.fut.poll(cx));
-        this.histogram.observe(this.start.elapsed().as_secs_f64());
+        let elapsed = this.clock.now_ns().saturating_sub(*this.start);
+        this.histogram.observe(elapsed as f64 * 1e-9);
         Poll::Ready(out)
     }
 }

@@ -22,6 +22,14 @@ pub(crate) const DECAY_SAMPLES: f64 = 100.0;
 /// `1 / DEFAULT_DECAY` in nanoseconds: a multiplication on the request path, not a division.
 const DECAY_PER_NANO: f64 = 1.0 / (DEFAULT_DECAY.as_nanos() as f64);
 
+/// Nanoseconds as `f64`, through `i64`: one instruction on x86-64, where an unsigned
+/// conversion takes several (and a `u128` one is a library call). A span of 2^63 ns is
+/// 292 years; anything longer saturates.
+#[inline]
+fn ns_f64(ns: u64) -> f64 {
+    i64::try_from(ns).unwrap_or(i64::MAX) as f64
+}
+
 /// `t + d`, or about a century later when `d` is too large to add (a configured
 /// `Duration::MAX` means "as long as possible", not a panic).
 pub(crate) fn later(t: Instant, d: Duration) -> Instant {
@@ -90,9 +98,10 @@ pub(crate) struct Pool {
     /// Where endpoints report load changes for an indexed strategy (least connections
     /// over large sets); set by that strategy when it first indexes an endpoint.
     pub(crate) loads: std::sync::OnceLock<Arc<LoadQueue>>,
-    /// What every endpoint of the balancer counts its times from (the balancer's clock's
-    /// origin): their nanosecond stamps compare with the clock's readings directly.
-    pub(crate) origin: super::clock::Origin,
+    /// The balancer's latency clock: every endpoint counts its times from its origin, so
+    /// their nanosecond stamps compare with the clock's readings directly; layers that
+    /// time requests read it too (the time-stamp counter, where latency is tracked).
+    pub(crate) clock: super::clock::Clock,
 }
 
 /// A strategy's load index (least connections over large sets), where endpoints queue
@@ -274,10 +283,10 @@ impl EndpointState {
     pub(crate) fn new(pool: Arc<Pool>, max_conns: usize, level: u8) -> Self {
         // Joined now: slow start ramps from here.
         let joined = Instant::now()
-            .saturating_duration_since(pool.origin.at)
+            .saturating_duration_since(pool.clock.origin.at)
             .as_nanos() as u64;
         Self {
-            base: pool.origin.at,
+            base: pool.clock.origin.at,
             pool,
             load: AtomicU64::new(0),
             max_conns: AtomicUsize::new(max_conns),
@@ -312,6 +321,14 @@ impl EndpointState {
 
     pub(crate) fn instant(&self, ns: u64) -> Instant {
         self.base + Duration::from_nanos(ns)
+    }
+
+    /// The balancer's latency clock, for layers that time this endpoint's requests: the
+    /// time-stamp counter where the balancer tracks latency, Tokio's clock otherwise (and
+    /// whenever it was paused when the balancer was built).
+    #[inline]
+    pub(crate) fn clock(&self) -> super::clock::Clock {
+        self.pool.clock
     }
 
     /// Tells the balancer its candidate list is stale, and has it rebuilt now, on this
@@ -534,8 +551,7 @@ impl EndpointState {
     /// nanoseconds since the balancer's clock's origin (the request path's form).
     #[inline]
     pub(crate) fn observe_rtt_ns(&self, rtt_ns: u64, now_ns: u64) {
-        // Through u64: a u128 to f64 conversion is a library call.
-        let sample = rtt_ns as f64;
+        let sample = ns_f64(rtt_ns);
         let prev_bits = self.ewma_bits.load(Relaxed);
         let next = if prev_bits == 0 {
             sample
@@ -544,7 +560,7 @@ impl EndpointState {
             if sample > prev {
                 sample
             } else {
-                let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                let elapsed = ns_f64(now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)));
                 let x = elapsed * DECAY_PER_NANO;
                 // e^-x > 1 - 1/N while x < 1/N: the sample-count floor decides, no `exp`
                 // needed (the usual case for a busy endpoint).
@@ -583,7 +599,7 @@ impl EndpointState {
         match self.ewma_bits.load(Relaxed) {
             0 => DEFAULT_RTT.as_nanos() as f64,
             bits => {
-                let elapsed = now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+                let elapsed = ns_f64(now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)));
                 let x = elapsed * DECAY_PER_NANO;
                 // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
                 let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };

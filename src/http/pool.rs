@@ -14,12 +14,12 @@ use http::{header, uri, HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::net::TcpStream;
 use tower_service::Service;
 
 use super::{parse_base, TlsRequired};
 use crate::{
-    balance::{MakeEndpoint, Target},
+    balance::{clock::Clock, MakeEndpoint, Target},
     error::{BoxError, ConnectFailed},
 };
 
@@ -171,9 +171,10 @@ where
                 port,
                 host_header: HeaderValue::from_str(authority.as_str())?,
                 idle: Mutex::new(Vec::new()),
+                clock: target.state().clock(),
                 connect_timeout: self.connect_timeout,
                 max_idle: self.max_idle,
-                idle_timeout: self.idle_timeout,
+                idle_timeout_ns: u64::try_from(self.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
                 #[cfg(feature = "tls")]
                 tls,
             }),
@@ -186,10 +187,14 @@ struct Pool<B> {
     host: String,
     port: u16,
     host_header: HeaderValue,
-    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
+    /// Idle connections, each with the time it became idle (nanoseconds on `clock`).
+    idle: Mutex<Vec<(http1::SendRequest<B>, u64)>>,
+    /// The balancer's latency clock: the time-stamp counter where it tracks latency,
+    /// cheaper than the system clock for the two readings each request makes here.
+    clock: Clock,
     connect_timeout: Duration,
     max_idle: usize,
-    idle_timeout: Duration,
+    idle_timeout_ns: u64,
     /// For `https://` backends: the connector and the name the certificate must carry.
     #[cfg(feature = "tls")]
     tls: Option<(
@@ -201,9 +206,13 @@ struct Pool<B> {
 impl<B> Pool<B> {
     fn take(&self) -> Option<http1::SendRequest<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.is_empty() {
+            return None;
+        }
+        let now = self.clock.now_ns();
         // Most recently used first: its connection is the least likely to have timed out.
         while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+            if !sender.is_closed() && now.saturating_sub(since) < self.idle_timeout_ns {
                 return Some(sender);
             }
         }
@@ -216,7 +225,7 @@ impl<B> Pool<B> {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
+            idle.push((sender, self.clock.now_ns()));
         }
     }
 }
@@ -322,7 +331,10 @@ where
             loop {
                 let (mut sender, reused) = match pool.take() {
                     Some(s) => (s, true),
-                    None => (pool.connect().await?, false),
+                    // Boxed: the connect's state (TCP, TLS and HTTP handshakes) would
+                    // otherwise make every request's future kilobytes larger, copied
+                    // whole as each layer above wraps it.
+                    None => (Box::pin(pool.connect()).await?, false),
                 };
                 if sender.ready().await.is_err() {
                     continue; // closed meanwhile: take another

@@ -314,7 +314,9 @@ fn forward<B>(req: &mut Request<B>, client: Option<IpAddr>, proto: &str) {
 }
 
 /// An IP address as a header value; IPv4 is written by hand (`Display` for `Ipv4Addr`
-/// goes through the formatting machinery, a measurable share of a proxied request).
+/// goes through the formatting machinery, a measurable share of a proxied request). Its
+/// bytes are shared from the start (one allocation), so the copies that `X-Real-IP` and
+/// `X-Forwarded-For` take cost no more.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
@@ -336,11 +338,24 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
                 buf[len] = b'0' + octet % 10;
                 len += 1;
             }
-            HeaderValue::from_bytes(&buf[..len]).expect("digits and dots are valid")
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Ipv4Text { buf, len }))
+                .expect("digits and dots are valid")
         }
         IpAddr::V6(_) => {
             HeaderValue::try_from(ip.to_string()).expect("an IPv6 address is a valid value")
         }
+    }
+}
+
+/// The text of an IPv4 address, owned by the `Bytes` of its header value.
+struct Ipv4Text {
+    buf: [u8; 15],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Ipv4Text {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

@@ -162,7 +162,7 @@ impl<K: Key, S: Clone> Core<K, S> {
         maker: Option<Maker<K, S>>,
     ) -> Arc<Self> {
         let pool = Arc::new(Pool {
-            origin: cfg.clock.origin,
+            clock: cfg.clock,
             ..Pool::default()
         });
         Arc::new_cyclic(|me| {
