@@ -265,13 +265,16 @@ impl Candidate {
         self.state.ewma_nanos_at(now)
     }
 
-    /// [`ewma_nanos`](Self::ewma_nanos) at the pick's time, without building an
-    /// `Instant` inside a balancer's pick.
-    #[inline]
-    pub(crate) fn ewma_nanos_of(&self, candidates: &Candidates<'_>) -> f64 {
+    /// [`ewma_nanos`](Self::ewma_nanos) of two candidates at the pick's time (read once),
+    /// without building an `Instant` inside a balancer's pick.
+    #[inline(always)]
+    pub(crate) fn ewma_nanos_pair(a: &Self, b: &Self, candidates: &Candidates<'_>) -> (f64, f64) {
         match candidates.now_ns() {
-            Some(ns) => self.state.ewma_at_ns(ns),
-            None => self.state.ewma_nanos_at(candidates.now()),
+            Some(ns) => (a.state.ewma_at_ns(ns), b.state.ewma_at_ns(ns)),
+            None => {
+                let now = candidates.now();
+                (a.state.ewma_nanos_at(now), b.state.ewma_nanos_at(now))
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-use super::{Candidates, RequestKey, Rng, Strategy};
+use super::{Candidate, Candidates, RequestKey, Rng, Strategy};
 
 /// Lowest cost floor for peak EWMA: an endpoint never looks faster than 1 ms.
 const EWMA_FLOOR_NS: f64 = 1_000_000.0;
@@ -96,11 +96,10 @@ impl Strategy for P2c {
                 let (a, b) = (&candidates[i], &candidates[j]);
                 let (wa, wb) = (f64::from(a.weight.max(1)), f64::from(b.weight.max(1)));
                 let (la, lb) = if self.ewma {
+                    let (ea, eb) = Candidate::ewma_nanos_pair(a, b, candidates);
                     (
-                        a.ewma_nanos_of(candidates).max(EWMA_FLOOR_NS)
-                            * (a.in_flight() as f64 + 1.0),
-                        b.ewma_nanos_of(candidates).max(EWMA_FLOOR_NS)
-                            * (b.in_flight() as f64 + 1.0),
+                        ea.max(EWMA_FLOOR_NS) * (a.in_flight() as f64 + 1.0),
+                        eb.max(EWMA_FLOOR_NS) * (b.in_flight() as f64 + 1.0),
                     )
                 } else {
                     (a.in_flight() as f64, b.in_flight() as f64)
