@@ -272,10 +272,21 @@ pub fn forward_request_headers<B>(req: &mut Request<B>, client: IpAddr, proto: &
 }
 
 fn forward<B>(req: &mut Request<B>, client: Option<IpAddr>, proto: &str) {
-    let upgrade = upgrade_protocol(req);
-    let trailers = wants_trailers(req.headers());
+    // One scan of the names instead of a hashed lookup per rule: most requests carry none
+    // of the headers these rules look at.
+    let seen = Seen::scan(req.headers());
+    // An upgrade needs `Connection`, which is hop-by-hop; `TE: trailers` needs `TE`, gRPC
+    // a `Content-Type`.
+    let upgrade = if seen.hop_by_hop {
+        upgrade_protocol(req)
+    } else {
+        None
+    };
+    let trailers = (seen.te || seen.content_type) && wants_trailers(req.headers());
     let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
+    if seen.hop_by_hop {
+        remove_hop_by_hop(headers);
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -286,7 +297,12 @@ fn forward<B>(req: &mut Request<B>, client: Option<IpAddr>, proto: &str) {
     if let Some(client) = client {
         let client_value = ip_header_value(client);
         let xff = HeaderName::from_static("x-forwarded-for");
-        let mut prior = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok());
+        // `Connection` may have named it, and the removal above took it away.
+        let mut prior = seen
+            .forwarded_for
+            .then(|| headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()))
+            .into_iter()
+            .flatten();
         let value = match prior.next() {
             None => client_value.clone(),
             Some(first) => {
@@ -310,6 +326,38 @@ fn forward<B>(req: &mut Request<B>, client: Option<IpAddr>, proto: &str) {
     };
     if let Some(v) = proto {
         headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
+    }
+}
+
+/// Which of the headers that [`forward`]'s rules read a request carries, from one scan of
+/// its names.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A header [`remove_hop_by_hop`] removes whatever `Connection` says (`Connection`
+    /// itself among them).
+    hop_by_hop: bool,
+    te: bool,
+    content_type: bool,
+    forwarded_for: bool,
+}
+
+impl Seen {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for name in headers.keys() {
+            if name == header::TE {
+                seen.te = true;
+            } else if name == header::CONTENT_TYPE {
+                seen.content_type = true;
+            } else if name.as_str() == "x-forwarded-for" {
+                seen.forwarded_for = true;
+            }
+            // `TE` is hop-by-hop too.
+            if is_hop_by_hop(name) {
+                seen.hop_by_hop = true;
+            }
+        }
+        seen
     }
 }
 
