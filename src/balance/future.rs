@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::{clock::Clock, hedge::Shared, strategy::PickTime};
 use super::{
     set::{candidate, Core, Key, Snapshot},
-    strategy::{Candidate, CandidateList, RequestKey},
+    strategy::{Candidate, CandidateList, Candidates, RequestKey},
     RequestPolicy,
 };
 use crate::error::{AllUnavailable, BoxError, EndpointError, NoEndpoints};
@@ -462,7 +462,7 @@ fn pick<K, S>(
     {
         return Some(Ok(c.pos));
     }
-    Some(pick_again(snap, key, tried, time))
+    Some(pick_again(snap, &view, key, tried, time))
 }
 
 /// The slow path of [`pick`]: leaves out endpoints already tried or at their cap, and
@@ -470,11 +470,11 @@ fn pick<K, S>(
 #[inline(never)]
 fn pick_again<K, S>(
     snap: &Snapshot<K, S>,
+    view: &Candidates<'_>,
     key: Option<&RequestKey>,
     tried: &[u64],
     time: &PickTime<'_>,
 ) -> Result<usize, BoxError> {
-    let view = snap.candidates.view_timed(time);
     let rest: Vec<_> = view
         .iter()
         .filter(|c| !tried.contains(&c.id) && !c.state.at_capacity())
@@ -596,13 +596,28 @@ where
     entry.state.set_last_failure(crate::error::chain(&*e));
     tracing::warn!(backend = %entry.backend.key(), error = %e,
         "tower_lb: endpoint not ready; trying another");
-    let slow = slow.get_or_insert_with(Box::default);
-    slow.tried.push(entry.id);
-    slow.last = Some(EndpointError::new(entry.backend.key().to_string(), e).into());
-    let next = repick_state(&guard.snap, req);
+    let next = try_another(slow, &guard, e, req);
     // The endpoint no longer counts this request.
     drop(guard);
     next
+}
+
+/// Leaves the guarded endpoint out of this request's next picks, keeping `e` to answer
+/// if no other endpoint is left, and re-picks.
+fn try_another<K: Key, S, Req>(
+    slow: &mut Option<Box<Slow>>,
+    guard: &InFlight<K, S>,
+    e: BoxError,
+    req: Option<Req>,
+) -> State<K, S, Req>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+{
+    let entry = guard.entry();
+    let slow = slow.get_or_insert_with(Box::default);
+    slow.tried.push(entry.id);
+    slow.last = Some(EndpointError::new(entry.backend.key().to_string(), e).into());
+    repick_state(&guard.snap, req)
 }
 
 /// The endpoint's call failed: records the failure, then the state that retries the
@@ -629,10 +644,7 @@ where
         tracing::warn!(backend = %entry.backend.key(), error = %e,
             "tower_lb: request failed before reaching the backend; retrying elsewhere");
         *retries -= 1;
-        let slow = slow.get_or_insert_with(Box::default);
-        slow.tried.push(entry.id);
-        slow.last = Some(EndpointError::new(entry.backend.key().to_string(), e).into());
-        return Ok(repick_state(&guard.snap, replay.take()));
+        return Ok(try_another(slow, guard, e, replay.take()));
     }
     tracing::debug!(backend = %entry.backend.key(), error = %e, "tower_lb: request failed");
     Err(EndpointError::new(entry.backend.key().to_string(), e).into())
