@@ -23,7 +23,10 @@ use tower::{timeout::TimeoutLayer, ServiceBuilder};
 use tower_lb::{
     balance::strategy::P2c,
     health::passive::Window,
-    http::{proxy::ProxyLayer, ErrorResponseLayer, HttpPolicy, PooledEndpoints, ReplayBody},
+    http::{
+        proxy::ProxyLayer, ErrorResponseLayer, HttpPolicy, PooledEndpoints, ReplayBody,
+        ReplayBodyLayer,
+    },
     server::Server,
     Backend, Balance, BoxError,
 };
@@ -45,7 +48,7 @@ async fn gateway(
         .layer(TimeoutLayer::new(Duration::from_secs(30)))
         .layer(ProxyLayer::new())
         // Keep the first 64 KiB of each body, so a refused request can be sent elsewhere.
-        .map_request(|req: http::Request<Incoming>| req.map(|b| ReplayBody::new(b, 64 * 1024)))
+        .layer(ReplayBodyLayer::new(64 * 1024))
         .service(balance);
     Server::new()
         .header_timeout(Duration::from_secs(60))

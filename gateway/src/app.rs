@@ -16,11 +16,18 @@ use axum::{
     routing::get,
     Router,
 };
-use futures_util::future::Either;
+use futures_util::{
+    future::{Either, MapOk},
+    TryFutureExt,
+};
 use tower::{util::Oneshot, Service, ServiceExt};
 use tower_lb::BoxError;
 
-use crate::{admin, pool::PoolService, state::State};
+use crate::{
+    admin,
+    pool::{Front, FrontBody},
+    state::State,
+};
 
 /// The admin endpoints' paths: served by the router, never proxied.
 const HEALTH: &str = "/health";
@@ -32,14 +39,15 @@ pub(crate) struct App {
     router: Router,
     /// The default pool, when it is the only place a proxied request can go (no route
     /// prefixes): a request for any path but the admin ones goes straight to it, as the
-    /// router's fallback would send it, without matching it against the routes.
-    direct: Option<PoolService>,
+    /// router's fallback would send it, without matching it against the routes, and
+    /// without the router's boxed service and future.
+    direct: Option<Front>,
 }
 
 impl App {
     pub(crate) fn new(state: &Arc<State>) -> Self {
         let direct = if state.routes.is_empty() {
-            state.pools.get("default").map(|p| p.service.clone())
+            state.pools.get("default").map(|p| p.front.clone())
         } else {
             None
         };
@@ -54,15 +62,31 @@ impl App {
 #[derive(Clone)]
 pub(crate) struct Current(pub(crate) Arc<ArcSwap<App>>);
 
+/// What the listener answers with: a pool's answer as it is, or the router's.
+pub(crate) type AnswerBody = http_body_util::Either<FrontBody, Body>;
+
+fn direct_answer(rsp: Response<FrontBody>) -> Response<AnswerBody> {
+    rsp.map(http_body_util::Either::Left)
+}
+
+fn routed_answer(rsp: Response<Body>) -> Response<AnswerBody> {
+    rsp.map(http_body_util::Either::Right)
+}
+
+type Answer<F, B> = MapOk<F, fn(Response<B>) -> Response<AnswerBody>>;
+
 impl<B> Service<Request<B>> for Current
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     Router: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
 {
-    type Response = Response<Body>;
+    type Response = Response<AnswerBody>;
     type Error = Infallible;
-    type Future = Either<Oneshot<PoolService, Request<Body>>, Oneshot<Router, Request<B>>>;
+    type Future = Either<
+        Answer<Oneshot<Front, Request<Body>>, FrontBody>,
+        Answer<Oneshot<Router, Request<B>>, Body>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -71,10 +95,22 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let app = self.0.load();
         match &app.direct {
-            Some(pool) if !matches!(req.uri().path(), HEALTH | METRICS | STATUS) => {
-                Either::Left(pool.clone().oneshot(req.map(Body::new)))
+            Some(front) if !matches!(req.uri().path(), HEALTH | METRICS | STATUS) => {
+                // A request without a body (most) needs no boxed one.
+                let req = req.map(|b| {
+                    if b.is_end_stream() {
+                        Body::empty()
+                    } else {
+                        Body::new(b)
+                    }
+                });
+                let answer: fn(_) -> _ = direct_answer;
+                Either::Left(front.clone().oneshot(req).map_ok(answer))
             }
-            _ => Either::Right(Router::clone(&app.router).oneshot(req)),
+            _ => {
+                let answer: fn(_) -> _ = routed_answer;
+                Either::Right(Router::clone(&app.router).oneshot(req).map_ok(answer))
+            }
         }
     }
 }

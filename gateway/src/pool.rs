@@ -4,10 +4,11 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::body::Body;
 use http::{Request, Response};
+use hyper::body::Incoming;
 use tower::{
-    timeout::TimeoutLayer,
-    util::{BoxCloneSyncService, Either},
-    ServiceBuilder, ServiceExt,
+    timeout::{Timeout, TimeoutLayer},
+    util::{BoxCloneSyncService, Either, MapErr, MapResponse},
+    Layer, Service, ServiceBuilder, ServiceExt,
 };
 use tower_lb::{
     balance::{
@@ -20,16 +21,22 @@ use tower_lb::{
     health::{
         active::{BodyMatch, HttpProbe, Prober},
         passive::{
-            FailurePercentage, GrpcEos, OutlierDetection, PassiveHealthLayer, ResponseBody,
-            SuccessRate, Window,
+            FailurePercentage, GrpcEos, OutlierDetection, PassiveHealth, PassiveHealthLayer,
+            ResponseBody, SuccessRate, Window,
         },
     },
     http::{
-        load_report::ReadReportsLayer, proxy::ProxyLayer, ErrorResponseLayer, HttpEndpoints,
-        HttpPolicy, PooledEndpoints, ReplayBodies, ReplayBody,
+        load_report::{ReadBody, ReadReports, ReadReportsLayer},
+        proxy::{Proxy, ProxyLayer},
+        ErrorResponse, ErrorResponseBody, ErrorResponseLayer, HttpEndpoint, HttpEndpoints,
+        HttpPolicy, PooledBody, PooledEndpoint, PooledEndpoints, ReplayBodies, ReplayBody,
+        ReplayBodyLayer, ReplayBodyService, TrackBody, TrackedBody,
     },
-    metrics::PoolMetrics,
-    sticky::{ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, StickyLayer},
+    metrics::{Latency, PoolMetrics},
+    sticky::{
+        ClientIp, CookieKey, ExtractKey, HeaderKey, QueryKey, SessionCookie, SetCookie, Sticky,
+        StickyLayer,
+    },
     Backend, Balance, BoxError, Guard,
 };
 
@@ -42,15 +49,50 @@ use crate::{
 
 /// What the balancer sends upstream: the client's body, its first bytes kept for replay.
 pub(crate) type UpstreamBody = ReplayBody<Body>;
+
+/// An HTTP/1.1 backend: the lean keep-alive pool.
+type H1 = TrackBody<PooledEndpoint<UpstreamBody>>;
+/// An HTTP/2 backend: hyper-util's client, its errors boxed as the pool's are.
+type H2 = MapErr<
+    TrackBody<HttpEndpoint<UpstreamBody>>,
+    fn(
+        <TrackBody<HttpEndpoint<UpstreamBody>> as Service<Request<UpstreamBody>>>::Error,
+    ) -> BoxError,
+>;
+/// Either client's response body.
+type ClientBody =
+    http_body_util::Either<TrackedBody<PooledBody<UpstreamBody>>, TrackedBody<Incoming>>;
+/// One backend's client, HTTP/1.1 or HTTP/2.
+type Client = Either<
+    MapResponse<H1, fn(Response<TrackedBody<PooledBody<UpstreamBody>>>) -> Response<ClientBody>>,
+    MapResponse<H2, fn(Response<TrackedBody<Incoming>>) -> Response<ClientBody>>,
+>;
+/// A client's body, its load reports read or not.
+type ReportBody = http_body_util::Either<ReadBody<ClientBody>, ClientBody>;
+/// The client, reading the load reports of its responses for the load-report strategy.
+type Reported = Either<
+    MapResponse<ReadReports<Client>, fn(Response<ReadBody<ClientBody>>) -> Response<ReportBody>>,
+    MapResponse<Client, fn(Response<ClientBody>) -> Response<ReportBody>>,
+>;
 /// What an endpoint answers with: the backend's body, watched by passive health (its end,
-/// and gRPC's status in the trailers). Not boxed again: the stack below unifies the
-/// clients' bodies into one `Body`, and the pool's front boxes the whole answer once.
-pub(crate) type EndpointBody = ResponseBody<Body, GrpcEos>;
-/// One backend's endpoint stack, boxed.
+/// and gRPC's status in the trailers).
+pub(crate) type EndpointBody = ResponseBody<ReportBody, GrpcEos>;
+/// One backend's endpoint stack, outermost first: latency histogram, sticky cookie,
+/// passive health, load reports, HTTP client. A named type, so the balancer clones and
+/// calls it without a boxed service or future per request.
 pub(crate) type Endpoint =
-    BoxCloneSyncService<Request<UpstreamBody>, Response<EndpointBody>, BoxError>;
-/// A pool as the router sees it.
+    Latency<Either<SetCookie<PassiveHealth<Reported>>, PassiveHealth<Reported>>>;
+
+/// A pool as the router sees it: its [`Front`], boxed.
 pub(crate) type PoolService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// Which key, if any, a request is balanced by (see [`key_extractor`]).
+type Keys = Option<Arc<dyn ExtractKey<Body>>>;
+/// A pool's layers in front of its balancer, outermost first: error answers, time limit,
+/// proxy header rules, affinity keys, replay. A named type, so the listener can call the
+/// only pool there is (no routes) without a boxed service or future per request.
+pub(crate) type Front = ErrorResponse<Timeout<Proxy<Sticky<ReplayBodyService<HttpBalance>, Keys>>>>;
+/// What a [`Front`] answers with.
+pub(crate) type FrontBody = ErrorResponseBody<EndpointBody>;
 
 /// What the balancer of a pool is built from: a reload with the same settings keeps the
 /// balancer, and so the state of every backend that stays (health, counters, latency).
@@ -100,6 +142,8 @@ pub(crate) type HttpBalance = Balance<String, Endpoint, HttpPolicy<ReplayBodies>
 pub(crate) struct Pool {
     pub(crate) balance: HttpBalance,
     /// Error answers, time limit, proxy header rules, affinity keys, replay, balancer.
+    pub(crate) front: Front,
+    /// The same, boxed, for the router.
     pub(crate) service: PoolService,
     pub(crate) upkeep: Upkeep,
     settings: Settings,
@@ -176,10 +220,7 @@ pub(crate) fn strategy(name: StrategyName) -> Arc<dyn Strategy> {
 /// The extractor of each request's affinity key: a valid sticky cookie wins, then the
 /// `--hash-key` source; hash strategies without `--hash-key` hash the client IP (nginx
 /// `ip_hash`, or `hash $remote_addr consistent`).
-fn key_extractor(
-    args: &Args,
-    cookie: Option<&SessionCookie>,
-) -> Result<Option<Arc<dyn ExtractKey<Body>>>, String> {
+fn key_extractor(args: &Args, cookie: Option<&SessionCookie>) -> Result<Keys, String> {
     let source = match (&args.hash_key, args.strategy.is_hash()) {
         (None, true) => Some(HashKey::ClientIp),
         (k, _) => k.clone(),
@@ -278,18 +319,22 @@ pub(crate) fn build(
         probe,
         previous.map(|p| &p.upkeep),
     );
-    let replay_cap = args.replay_buffer;
-    let front = ServiceBuilder::new()
+    let front: Front = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
         .layer(TimeoutLayer::new(args.timeout))
         .layer(ProxyLayer::new().rewrite_host(args.rewrite_host))
         .layer(StickyLayer::new(keys))
-        .map_request(move |req: Request<Body>| req.map(|b| ReplayBody::new(b, replay_cap)))
-        .service(balance.clone())
-        .map_response(|r| r.map(Body::new));
+        .layer(ReplayBodyLayer::new(args.replay_buffer))
+        .service(balance.clone());
+    let service = BoxCloneSyncService::new(
+        front
+            .clone()
+            .map_response(|r: Response<FrontBody>| r.map(Body::new)),
+    );
     Ok(Pool {
         balance,
-        service: BoxCloneSyncService::new(front),
+        front,
+        service,
         upkeep,
         settings,
         cookie,
@@ -329,31 +374,25 @@ fn balancer(
     let stamp = cookie.clone();
     let reports = args.strategy == StrategyName::LoadReport;
     let maker = move |t: &Target<'_, String>| -> Result<Endpoint, BoxError> {
-        let http = match &h2 {
-            Some(client) => Either::Right(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(Body::new))
-                    .map_err(BoxError::from)
-                    .service(client.make_endpoint(t)?),
-            ),
-            None => Either::Left(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(Body::new))
-                    .map_err(BoxError::from)
-                    .service(pooled.make_endpoint(t)?),
-            ),
+        let http: Client = match &h2 {
+            Some(client) => {
+                let boxed: fn(_) -> BoxError = BoxError::from;
+                let body: fn(Response<_>) -> _ = |r| r.map(http_body_util::Either::Right);
+                Either::Right(client.make_endpoint(t)?.map_err(boxed).map_response(body))
+            }
+            None => {
+                let body: fn(Response<_>) -> _ = |r| r.map(http_body_util::Either::Left);
+                Either::Left(pooled.make_endpoint(t)?.map_response(body))
+            }
         };
         // The load-report strategy weighs what each response's report says: read it
         // into the endpoint's record (headers, or trailers for gRPC).
-        let http = if reports {
-            Either::Left(
-                ServiceBuilder::new()
-                    .map_response(|r: Response<_>| r.map(Body::new))
-                    .layer(ReadReportsLayer::new(t))
-                    .service(http),
-            )
+        let http: Reported = if reports {
+            let body: fn(Response<_>) -> _ = |r| r.map(http_body_util::Either::Left);
+            Either::Left(ReadReportsLayer::new(t).layer(http).map_response(body))
         } else {
-            Either::Right(http)
+            let body: fn(Response<_>) -> _ = |r| r.map(http_body_util::Either::Right);
+            Either::Right(http.map_response(body))
         };
         // Passive health (`max_fails(0)` classifies but never ejects, as nginx).
         let passive = PassiveHealthLayer::new(t).policy(
@@ -361,15 +400,12 @@ fn balancer(
                 .max_fails(max_fails)
                 .fail_timeout(fail_timeout),
         );
-        // Outermost first: latency histogram, sticky cookie, passive health, HTTP client;
-        // one boxed service, so one allocation per request for the whole stack.
-        Ok(BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(timing.layer(t))
-                .option_layer(stamp.as_ref().map(|c| c.layer(t)))
-                .layer(passive)
-                .service(http),
-        ))
+        // Outermost first: latency histogram, sticky cookie, passive health, HTTP client.
+        Ok(ServiceBuilder::new()
+            .layer(timing.layer(t))
+            .option_layer(stamp.as_ref().map(|c| c.layer(t)))
+            .layer(passive)
+            .service(http))
     };
     let builder = Balance::builder()
         .strategy(strategy)

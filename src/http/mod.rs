@@ -49,6 +49,7 @@
 
 use std::{
     fmt,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -77,7 +78,7 @@ pub use error_response::{
 };
 pub use policy::{CloneBody, HttpPolicy, NoReplay, ReplayBodies};
 pub use pool::{PooledBody, PooledEndpoint, PooledEndpoints};
-pub use replay::{NotReplayable, ReplayBody};
+pub use replay::{NotReplayable, ReplayBody, ReplayBodyLayer, ReplayBodyService};
 pub use track::{TrackBody, TrackBodyLayer, TrackFuture, TrackedBody};
 
 use crate::{
@@ -294,9 +295,11 @@ where
             tls::server_name(authority.host())?;
         }
         let endpoint = HttpEndpoint {
-            client: self.client.clone(),
-            scheme,
-            authority,
+            shared: Arc::new(EndpointShared {
+                client: self.client.clone(),
+                scheme,
+                authority,
+            }),
         };
         Ok(TrackBody::new(endpoint, target))
     }
@@ -357,8 +360,13 @@ impl fmt::Display for TlsRequired {
 impl std::error::Error for TlsRequired {}
 
 /// One backend's HTTP service: rewrites the request URI to the backend and sends it
-/// through the shared client. Made by [`HttpEndpoints`].
+/// through the shared client. Made by [`HttpEndpoints`]. A clone (the balancer makes one
+/// per request) is one reference count: the client and the backend's address are shared.
 pub struct HttpEndpoint<B> {
+    shared: Arc<EndpointShared<B>>,
+}
+
+struct EndpointShared<B> {
     client: Clients<B>,
     scheme: uri::Scheme,
     authority: uri::Authority,
@@ -367,9 +375,7 @@ pub struct HttpEndpoint<B> {
 impl<B> Clone for HttpEndpoint<B> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -377,8 +383,8 @@ impl<B> Clone for HttpEndpoint<B> {
 impl<B> fmt::Debug for HttpEndpoint<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
-            .field("scheme", &self.scheme)
-            .field("authority", &self.authority)
+            .field("scheme", &self.shared.scheme)
+            .field("authority", &self.shared.authority)
             .finish()
     }
 }
@@ -393,12 +399,10 @@ where
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match &mut self.client {
-            Clients::Plain(c) => Service::<Request<B>>::poll_ready(c, cx),
-            #[cfg(feature = "tls")]
-            Clients::Tls(c) => Service::<Request<B>>::poll_ready(c, cx),
-        }
+    /// Always ready, as hyper-util's client is: it waits for a connection inside the
+    /// response future.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -408,14 +412,15 @@ where
             .cloned()
             .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
         let mut parts = uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
+        let shared = &*self.shared;
+        parts.scheme = Some(shared.scheme.clone());
+        parts.authority = Some(shared.authority.clone());
         parts.path_and_query = Some(path);
         // Scheme, authority and path are all set: this cannot fail.
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        match &self.client {
+        match &shared.client {
             Clients::Plain(c) => c.request(req),
             #[cfg(feature = "tls")]
             Clients::Tls(c) => c.request(req),

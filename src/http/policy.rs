@@ -72,7 +72,8 @@ impl HttpPolicy {
 
     /// Also replays requests whose body is a [`ReplayBody`] (a streaming body that keeps
     /// its first bytes), while it still holds all it sent, with the default
-    /// [`RetryBudget`]. This is how a proxy retries without buffering bodies first.
+    /// [`RetryBudget`]. This is how a proxy retries without buffering bodies first;
+    /// [`ReplayBodyLayer`](super::ReplayBodyLayer) wraps the bodies.
     pub fn replay_body(self) -> HttpPolicy<ReplayBodies> {
         HttpPolicy {
             _replay: ReplayBodies,

@@ -239,6 +239,85 @@ where
     }
 }
 
+/// Wraps every request's body in a [`ReplayBody`] keeping up to `max_bytes`, so a
+/// balancer with [`HttpPolicy::replay_body`](super::HttpPolicy::replay_body) below can
+/// send a request again on another backend (Envoy's retry buffer, `per_connection_buffer_limit_bytes`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_lb::http::{ReplayBody, ReplayBodyLayer};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(ReplayBodyLayer::new(64 * 1024))
+///     .service(service_fn(|req: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///         let copy = req.body().clone();
+///         let body = req.into_body().collect().await?.to_bytes();
+///         assert_eq!(copy.collect().await?.to_bytes(), body); // the same bytes again
+///         Ok::<_, tower_lb::BoxError>(http::Response::new(body))
+///     }));
+/// let req = http::Request::new(Full::new(Bytes::from("hello")));
+/// assert_eq!(svc.oneshot(req).await.unwrap().body(), "hello");
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayBodyLayer {
+    max_bytes: usize,
+}
+
+impl ReplayBodyLayer {
+    /// Keeps up to `max_bytes` of each request body for replays.
+    pub const fn new(max_bytes: usize) -> Self {
+        Self { max_bytes }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for ReplayBodyLayer {
+    type Service = ReplayBodyService<S>;
+
+    fn layer(&self, inner: S) -> ReplayBodyService<S> {
+        ReplayBodyService {
+            inner,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The service made by [`ReplayBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct ReplayBodyService<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+impl<S> ReplayBodyService<S> {
+    define_inner_service_accessors!();
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for ReplayBodyService<S>
+where
+    S: tower_service::Service<http::Request<ReplayBody<B>>>,
+    B: Body,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: http::Request<B>) -> S::Future {
+        let max = self.max_bytes;
+        self.inner.call(req.map(|b| ReplayBody::new(b, max)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
