@@ -46,14 +46,9 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(state: &Arc<State>) -> Self {
-        let direct = if state.routes.is_empty() {
-            state.pools.get("default").map(|p| p.front.clone())
-        } else {
-            None
-        };
         Self {
             router: router(state),
-            direct,
+            direct: state.only_pool().map(|p| p.front.clone()),
         }
     }
 }
@@ -151,7 +146,7 @@ fn router(state: &Arc<State>) -> Router {
             app = app.route_service(&format!("{base}/"), svc);
         }
     }
-    match state.pools.get("default") {
+    match state.fallback_pool() {
         Some(default) => app.fallback_service(default.service.clone()),
         None => app.fallback(|| async {
             let mut rsp = Response::new(Body::from("404 Not Found: no route\n"));

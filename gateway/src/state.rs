@@ -171,7 +171,26 @@ fn tcp_specs(args: &Args) -> Vec<TcpSpec> {
     specs
 }
 
+/// The pool of `--backend`, `--backends-file` and `--dns`: where a request that no route
+/// prefix takes goes.
+const DEFAULT_POOL: &str = "default";
+
 impl State {
+    /// The pool a request goes to when no route prefix takes it, if there is one.
+    pub(crate) fn fallback_pool(&self) -> Option<&Pool> {
+        self.pools.get(DEFAULT_POOL)
+    }
+
+    /// The pool every proxied request goes to, when there is no route prefix (the
+    /// fallback pool is then the only place to go).
+    pub(crate) fn only_pool(&self) -> Option<&Pool> {
+        if self.routes.is_empty() {
+            self.fallback_pool()
+        } else {
+            None
+        }
+    }
+
     /// Builds the configuration `args` describe, reusing what it can of `previous`.
     /// Nothing of `previous` changes, and nothing runs, until [`start`](Self::start).
     /// `bind` is false for `--check`.
@@ -188,7 +207,7 @@ impl State {
                 Source::File(_) => "--backends-file",
                 Source::Dns(_) => "--dns",
             };
-            specs.push(("default".into(), flag, source));
+            specs.push((DEFAULT_POOL.into(), flag, source));
         }
         for PoolSpec { name, source } in &args.pools {
             specs.push((name.clone(), "--pool", source.clone()));
