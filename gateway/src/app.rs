@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use arc_swap::ArcSwap;
@@ -79,7 +79,10 @@ where
     type Response = Response<AnswerBody>;
     type Error = Infallible;
     type Future = Either<
-        Answer<Oneshot<Front, Request<Body>>, FrontBody>,
+        Answer<
+            Either<<Front as Service<Request<Body>>>::Future, Oneshot<Front, Request<Body>>>,
+            FrontBody,
+        >,
         Answer<Oneshot<Router, Request<B>>, Body>,
     >;
 
@@ -100,7 +103,15 @@ where
                     }
                 });
                 let answer: fn(_) -> _ = direct_answer;
-                Either::Left(front.clone().oneshot(req).map_ok(answer))
+                // Called at once when ready (a balancer always is), so the response
+                // future is built in place rather than moved in at its first poll.
+                let mut front = front.clone();
+                let call = match front.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Ok(())) => Either::Left(front.call(req)),
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => Either::Right(front.oneshot(req)),
+                };
+                Either::Left(call.map_ok(answer))
             }
             _ => {
                 let answer: fn(_) -> _ = routed_answer;

@@ -15,7 +15,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*},
         Arc,
     },
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
     time::Duration,
 };
 
@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use pin_project_lite::pin_project;
 use tokio::{
@@ -35,6 +34,7 @@ use tokio::{
     sync::OwnedSemaphorePermit,
     time::{Instant, Sleep},
 };
+use tower::{util::Oneshot, ServiceExt};
 use tower_service::Service;
 
 use crate::{error::BoxError, ClientAddr};
@@ -381,23 +381,68 @@ pub(super) struct Counted<S> {
     peer: ClientAddr,
 }
 
-impl<S, B> Service<Request<Incoming>> for Counted<S>
+pin_project! {
+    /// What a request's response comes from: the service's future, called at once (the
+    /// usual case: a service that is ready when asked), its `poll_ready` error, or a
+    /// call still waiting for readiness.
+    #[project = DispatchProj]
+    pub(super) enum Dispatch<S>
+    where
+        S: Service<Request<Incoming>>,
+    {
+        Called { #[pin] fut: S::Future },
+        Failed { error: Option<BoxError> },
+        Waiting { #[pin] call: Oneshot<S, Request<Incoming>> },
+    }
+}
+
+impl<S> Future for Dispatch<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<Incoming>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DispatchProj::Called { fut } => fut.poll(cx).map_err(Into::into),
+            DispatchProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+            DispatchProj::Waiting { call } => call.poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+/// hyper calls this directly: a clone of the service per request, asked for readiness
+/// at once (with a waker that does nothing: a service that is not ready is asked again
+/// from the response future, with the connection's waker), and called at once when
+/// ready. hyper-util's `TowerToHyperService` defers both to the future's first poll,
+/// which then moves the whole response future into its own; here it is built in place.
+impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
 {
     type Response = Response<CountedBody<B>>;
-    type Error = S::Error;
-    type Future = CountedFuture<S::Future>;
+    type Error = BoxError;
+    type Future = CountedFuture<Dispatch<S>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.watch.start();
         req.extensions_mut().insert(self.peer);
+        let mut svc = self.inner.clone();
+        let fut = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Dispatch::Called { fut: svc.call(req) },
+            Poll::Ready(Err(e)) => Dispatch::Failed {
+                error: Some(e.into()),
+            },
+            Poll::Pending => Dispatch::Waiting {
+                call: svc.oneshot(req),
+            },
+        };
         CountedFuture {
-            fut: self.inner.call(req),
+            fut,
             done: Some(Done(self.watch.clone())),
         }
     }
@@ -469,12 +514,8 @@ impl<B: Body> Body for CountedBody<B> {
 
 // === impl Serving ===
 
-type Conn<S, T = TcpStream> = auto::UpgradeableConnection<
-    'static,
-    TokioIo<Io<T>>,
-    TowerToHyperService<Counted<S>>,
-    TokioExecutor,
->;
+type Conn<S, T = TcpStream> =
+    auto::UpgradeableConnection<'static, TokioIo<Io<T>>, Counted<S>, TokioExecutor>;
 
 /// A connection that can be closed gracefully.
 pub(super) trait Graceful: Future<Output = Result<(), BoxError>> {
@@ -543,7 +584,7 @@ where
             peer: ClientAddr(peer),
         };
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(counted))
+            .serve_connection_with_upgrades(TokioIo::new(io), counted)
             .into_owned();
         let first = watch.deadline(&limits).unwrap_or(NONE);
         watch.armed.store(first, Release);

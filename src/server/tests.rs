@@ -43,6 +43,16 @@ async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
 
 /// One served connection; the client's end, and the server's shutdown switch.
 fn connect() -> (DuplexStream, tokio::sync::watch::Sender<bool>) {
+    connect_to(tower::service_fn(app))
+}
+
+/// One connection served by `svc`.
+fn connect_to<S>(svc: S) -> (DuplexStream, tokio::sync::watch::Sender<bool>)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<crate::BoxError>,
+{
     let limits = Arc::new(Limits {
         header: HEADER,
         keepalive: KEEPALIVE,
@@ -53,7 +63,7 @@ fn connect() -> (DuplexStream, tokio::sync::watch::Sender<bool>) {
     let serving = Serving::new(
         &builder,
         Io::new(server, None, limits.clone()),
-        tower::service_fn(app),
+        svc,
         limits,
         stopped,
         "127.0.0.1:1".parse().unwrap(),
@@ -251,4 +261,77 @@ async fn the_first_head_is_collected_before_hyper_and_served_whole() {
         .await
         .unwrap();
     assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200"));
+}
+
+/// `app` behind a readiness that is not there at first: `Pending` for the first
+/// `not_ready` asks (waking the task each time), then ready; or an error.
+#[derive(Clone)]
+struct Readiness {
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    not_ready: usize,
+    fail: bool,
+}
+
+impl tower::Service<Request<Incoming>> for Readiness {
+    type Response = Response<Body>;
+    type Error = crate::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, crate::BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), crate::BoxError>> {
+        if self.fail {
+            return std::task::Poll::Ready(Err("not able to serve".into()));
+        }
+        let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if asked < self.not_ready {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(async move { Ok(app(req).await.unwrap_or_else(|e| match e {})) })
+    }
+}
+
+/// A connection to `app` behind `Readiness`; the client's end, and the readiness asks.
+fn connect_with_readiness(
+    not_ready: usize,
+    fail: bool,
+) -> (
+    DuplexStream,
+    tokio::sync::watch::Sender<bool>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (client, stop) = connect_to(Readiness {
+        asked: asked.clone(),
+        not_ready,
+        fail,
+    });
+    (client, stop, asked)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_not_ready_at_once_is_asked_again_and_serves() {
+    // Asked once when the request came, then from the response future until ready.
+    for (not_ready, asks) in [(2, 3), (0, 1)] {
+        let (mut client, _stop, asked) = connect_with_readiness(not_ready, false);
+        client.write_all(GET).await.unwrap();
+        assert!(read_hi(&mut client).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), asks);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_whose_readiness_fails_closes_the_connection_without_an_answer() {
+    let (mut client, _stop, _) = connect_with_readiness(0, true);
+    client.write_all(GET).await.unwrap();
+    let (got, _) = read_to_close(&mut client).await;
+    assert_eq!(got, "");
 }
