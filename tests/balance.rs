@@ -165,6 +165,27 @@ async fn not_ready_endpoints_are_skipped_and_nothing_is_lost() {
     assert_eq!(stats.backends[0].in_flight, 0);
 }
 
+#[tokio::test]
+async fn an_endpoint_not_ready_at_once_gets_the_request_when_it_is() {
+    let (balance, mut handles) = test_util::mock::<_, &str, &str, ()>(
+        Balance::builder()
+            .strategy(RoundRobin::new())
+            .backends(["a"].map(Backend::new)),
+    );
+    let mut a = handles.remove("a").unwrap();
+    a.allow(0);
+    let call = tokio::spawn(balance.clone().oneshot("req"));
+    // Picked (counted in flight), but not sent while the endpoint is not ready.
+    wait_for(|| balance.stats().backends[0].in_flight == 1).await;
+    assert!(futures_util::FutureExt::now_or_never(a.next_request()).is_none());
+    a.allow(1);
+    let (req, rsp) = a.next_request().await.unwrap();
+    assert_eq!(req, "req");
+    rsp.send_response("from a");
+    assert_eq!(call.await.unwrap().unwrap(), "from a");
+    assert_eq!(balance.stats().backends[0].in_flight, 0);
+}
+
 /// An endpoint that refuses connections (before any byte leaves) or answers its key.
 fn refusing(
     t: &Target<'_, &'static str>,

@@ -3,7 +3,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
 };
 
 use pin_project_lite::pin_project;
@@ -391,7 +391,28 @@ where
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
         let time = PickTime::new(&snap.clock);
         let state = match pick(snap, key.as_ref(), &[], &time) {
-            Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.at()),
+            Some(Ok(pos)) => {
+                // Asked for readiness at once (a waker that does nothing: an endpoint
+                // that is not ready is asked again from `poll`, with the task's), and
+                // called at once when ready: the request goes straight into the
+                // endpoint's future instead of waiting in this one for the first poll.
+                let guard = InFlight::new(snap.clone(), pos);
+                let entry = guard.entry();
+                tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
+                let mut svc = entry.service.clone();
+                match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(Ok(())) => {
+                        call_state(&policy, core.cfg.retries, guard, &mut svc, req, time.at())
+                    }
+                    Poll::Ready(Err(e)) => not_ready(&mut slow, guard, e.into(), Some(req)),
+                    Poll::Pending => State::Ready {
+                        guard: Some(guard),
+                        svc,
+                        req: Some(req),
+                        picked: None,
+                    },
+                }
+            }
             Some(Err(error)) => State::Failed { error: Some(error) },
             None => {
                 let s: &mut Slow = slow.get_or_insert_with(Box::default);
@@ -427,6 +448,38 @@ where
         svc,
         req: Some(req),
         picked,
+    }
+}
+
+/// Sends `req` to the ready endpoint `svc`, keeping a copy for a retry when `retries`
+/// allow; its latency counts from `picked` (the pick's clock reading, if the endpoint took
+/// the request at once) or from now.
+#[inline(always)]
+fn call_state<K: Key, S, P, Req>(
+    policy: &P,
+    retries: usize,
+    guard: InFlight<K, S>,
+    svc: &mut S,
+    req: Req,
+    picked: Option<u64>,
+) -> State<K, S, Req>
+where
+    S: Service<Req>,
+    P: RequestPolicy<Req>,
+{
+    let replay = if retries > 0 {
+        policy.replay(&req)
+    } else {
+        None
+    };
+    let clock = guard.snap.clock;
+    let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now_ns()));
+    let fut = svc.call(req);
+    State::Call {
+        guard,
+        fut,
+        replay,
+        started,
     }
 }
 
@@ -720,21 +773,9 @@ where
                     }
                     Poll::Ready(Ok(())) => {
                         let req = req.take().expect("request is present until called");
-                        let replay = if *this.retries > 0 {
-                            this.policy.replay(&req)
-                        } else {
-                            None
-                        };
                         let guard = guard.take().expect("guard is present until called");
-                        let clock = guard.snap.clock;
-                        let started = clock.on().then(|| picked.unwrap_or_else(|| clock.now_ns()));
-                        let fut = svc.call(req);
-                        this.state.set(State::Call {
-                            guard,
-                            fut,
-                            replay,
-                            started,
-                        });
+                        let next = call_state(this.policy, *this.retries, guard, svc, req, *picked);
+                        this.state.set(next);
                     }
                     Poll::Ready(Err(e)) => {
                         let guard = guard.take().expect("guard is present until called");
