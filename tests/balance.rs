@@ -711,3 +711,48 @@ async fn a_request_given_up_on_is_a_latency_sample() {
     );
     assert_eq!(stats.backends[0].in_flight, 0);
 }
+
+/// A backend that joins a fleet of fast ones under p2c peak EWMA starts at the assumed
+/// 30 ms, so it loses every comparison at first; that assumption fades from the moment
+/// it joined (tower's and linkerd's `PeakEwma` treat the default as a sample taken then),
+/// so it is tried within about 10 s × ln(30 ms / 1 ms floor) ≈ 34 s and never shut out.
+#[tokio::test(start_paused = true)]
+async fn a_p2c_peak_ewma_joiner_is_tried_once_its_assumed_latency_fades() {
+    use std::collections::HashMap;
+    use tower_lb::balance::strategy::P2c;
+
+    let balance = test_util::echo(
+        Balance::builder()
+            .strategy(P2c::with_seed(3).peak_ewma())
+            .backends(["a", "b"].map(Backend::new)),
+    );
+    let send = |n: usize| {
+        let balance = balance.clone();
+        async move {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for _ in 0..n {
+                *counts
+                    .entry(balance.clone().oneshot(()).await.unwrap())
+                    .or_default() += 1;
+            }
+            counts
+        }
+    };
+    send(100).await; // a and b measured: fast
+    balance.handle().insert(Backend::new("joiner")).unwrap();
+    // Just joined: assumed slow, not picked.
+    assert_eq!(send(200).await.get("joiner"), None);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(
+        send(200).await.get("joiner"),
+        None,
+        "still above the others at 20 s"
+    );
+    tokio::time::advance(Duration::from_secs(20)).await;
+    // 40 s after joining the assumption is under the 1 ms floor: an equal, then measured.
+    let counts = send(300).await;
+    assert!(
+        counts.get("joiner").copied().unwrap_or(0) > 50,
+        "{counts:?}"
+    );
+}

@@ -295,7 +295,8 @@ impl EndpointState {
             failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
-            ewma_stamp: AtomicU64::new(0),
+            // The assumed latency counts as a sample taken when the endpoint joined.
+            ewma_stamp: AtomicU64::new(joined),
             ejected_until: AtomicU64::new(0),
             probation: AtomicBool::new(false),
             active_down: AtomicBool::new(false),
@@ -586,8 +587,9 @@ impl EndpointState {
     }
 
     /// The peak-EWMA RTT in nanoseconds, decayed towards zero for the time since the last
-    /// sample, so an endpoint that had one slow answer is tried again eventually; the
-    /// default RTT (30 ms) when there is no sample.
+    /// sample, so an endpoint that had one slow answer is tried again eventually. Before
+    /// the first sample, the assumed 30 ms, decayed for the time since the endpoint
+    /// joined (as tower's `PeakEwma` does), so a joiner is tried eventually too.
     pub fn ewma_nanos_at(&self, now: Instant) -> f64 {
         self.ewma_at_ns(self.nanos(now))
     }
@@ -596,16 +598,18 @@ impl EndpointState {
     /// balancer's clock's origin (the pick's form).
     #[inline]
     pub(crate) fn ewma_at_ns(&self, now_ns: u64) -> f64 {
-        match self.ewma_bits.load(Relaxed) {
+        let estimate = match self.ewma_bits.load(Relaxed) {
+            // No sample yet: the assumed latency, fading from when the endpoint joined as a
+            // sample would (tower's and linkerd's `PeakEwma`), so a joiner among faster
+            // endpoints is tried eventually rather than never.
             0 => DEFAULT_RTT.as_nanos() as f64,
-            bits => {
-                let elapsed = ns_f64(now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)));
-                let x = elapsed * DECAY_PER_NANO;
-                // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
-                let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };
-                f64::from_bits(bits) * w
-            }
-        }
+            bits => f64::from_bits(bits),
+        };
+        let elapsed = ns_f64(now_ns.saturating_sub(self.ewma_stamp.load(Relaxed)));
+        let x = elapsed * DECAY_PER_NANO;
+        // Under 10 ms since the last sample (x < 0.001), 1 - x is e^-x within 5e-7.
+        let w = if x < 1e-3 { 1.0 - x } else { (-x).exp() };
+        estimate * w
     }
 
     // === health ===

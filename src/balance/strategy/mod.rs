@@ -259,7 +259,8 @@ impl Candidate {
         }
     }
 
-    /// Peak-EWMA RTT in nanoseconds at `now` (30 ms without samples).
+    /// Peak-EWMA RTT in nanoseconds at `now` (without samples, 30 ms decayed since the
+    /// endpoint joined).
     #[inline]
     pub fn ewma_nanos(&self, now: Instant) -> f64 {
         self.state.ewma_nanos_at(now)
@@ -306,7 +307,8 @@ impl Load<'_> {
         self.0.ewma()
     }
 
-    /// The peak-EWMA RTT in nanoseconds at `now`, decayed; 30 ms without samples.
+    /// The peak-EWMA RTT in nanoseconds at `now`, decayed; without samples, 30 ms
+    /// decayed since the endpoint joined.
     #[inline]
     pub fn ewma_nanos_at(&self, now: Instant) -> f64 {
         self.0.ewma_nanos_at(now)
