@@ -266,14 +266,15 @@ where
             return;
         }
         tracing::debug!(backend = %snap.entries[pos].backend.key(), "tower_lb: hedging");
-        let state = ready_state(snap, pos, copy, time.at());
+        let mut slow = Some(Box::new(Slow {
+            tried,
+            ..Slow::default()
+        }));
+        let state = ready_state(snap, pos, copy, time.at(), &policy, self.retries, &mut slow);
         self.second = Some(Box::pin(Attempt {
             policy,
             key: first.key,
-            slow: Some(Box::new(Slow {
-                tried,
-                ..Slow::default()
-            })),
+            slow,
             retries: self.retries,
             state,
         }));
@@ -391,28 +392,15 @@ where
         // Pick at once from the caller's snapshot: the common case starts in `Ready`.
         let time = PickTime::new(&snap.clock);
         let state = match pick(snap, key.as_ref(), &[], &time) {
-            Some(Ok(pos)) => {
-                // Asked for readiness at once (a waker that does nothing: an endpoint
-                // that is not ready is asked again from `poll`, with the task's), and
-                // called at once when ready: the request goes straight into the
-                // endpoint's future instead of waiting in this one for the first poll.
-                let guard = InFlight::new(snap.clone(), pos);
-                let entry = guard.entry();
-                tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
-                let mut svc = entry.service.clone();
-                match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(Ok(())) => {
-                        call_state(&policy, core.cfg.retries, guard, &mut svc, req, time.at())
-                    }
-                    Poll::Ready(Err(e)) => not_ready(&mut slow, guard, e.into(), Some(req)),
-                    Poll::Pending => State::Ready {
-                        guard: Some(guard),
-                        svc,
-                        req: Some(req),
-                        picked: None,
-                    },
-                }
-            }
+            Some(Ok(pos)) => ready_state(
+                snap.clone(),
+                pos,
+                req,
+                time.at(),
+                &policy,
+                core.cfg.retries,
+                &mut slow,
+            ),
             Some(Err(error)) => State::Failed { error: Some(error) },
             None => {
                 let s: &mut Slow = slow.get_or_insert_with(Box::default);
@@ -429,25 +417,40 @@ where
     }
 }
 
+/// The state of a request that picked `pos` in `snap` (at `picked`, if the pick read the
+/// clock): the endpoint is asked for readiness at once (with a waker that does nothing:
+/// one that is not ready is asked again from `poll`, with the task's) and called at once
+/// when ready, so the request goes straight into the endpoint's future instead of waiting
+/// in this one for its first poll.
 #[inline(always)]
-fn ready_state<K: Key, S, Req>(
+fn ready_state<K: Key, S, P, Req>(
     snap: Arc<Snapshot<K, S>>,
     pos: usize,
     req: Req,
     picked: Option<u64>,
+    policy: &P,
+    retries: usize,
+    slow: &mut Option<Box<Slow>>,
 ) -> State<K, S, Req>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    P: RequestPolicy<Req>,
 {
     let guard = InFlight::new(snap, pos);
     let entry = guard.entry();
     tracing::debug!(backend = %entry.backend.key(), "tower_lb: picked");
-    let svc = entry.service.clone();
-    State::Ready {
-        guard: Some(guard),
-        svc,
-        req: Some(req),
-        picked,
+    let mut svc = entry.service.clone();
+    match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => call_state(policy, retries, guard, &mut svc, req, picked),
+        Poll::Ready(Err(e)) => not_ready(slow, guard, e.into(), Some(req)),
+        // The wait is not the endpoint's latency: time from the call.
+        Poll::Pending => State::Ready {
+            guard: Some(guard),
+            svc,
+            req: Some(req),
+            picked: None,
+        },
     }
 }
 
@@ -732,7 +735,15 @@ where
                     let slow: &mut Slow = this.slow.get_or_insert_with(Box::default);
                     let time = PickTime::new(&snap.clock);
                     let next = match pick(snap, this.key.as_ref(), &slow.tried, &time) {
-                        Some(Ok(pos)) => ready_state(snap.clone(), pos, req, time.at()),
+                        Some(Ok(pos)) => ready_state(
+                            snap.clone(),
+                            pos,
+                            req,
+                            time.at(),
+                            this.policy,
+                            *this.retries,
+                            this.slow,
+                        ),
                         Some(Err(error)) => State::Failed {
                             error: Some(slow.last.take().unwrap_or(error)),
                         },
