@@ -216,11 +216,14 @@ pub fn check_host<B>(req: &mut Request<B>) -> Result<(), HostError> {
         return Err(HostError::Repeated);
     }
     if let Some(value) = first {
-        let valid = value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && !v.contains(['@', ',', '/', '?', '#', ' ']))
-            .is_some_and(|v| parses_as_authority(v.as_bytes()) && valid_port(v));
+        // One pass over the value: the authority's characters (which leave out `@`, `,`,
+        // `/`, `?`, `#`, spaces and anything not ASCII) and where its port starts.
+        let host = value.as_bytes();
+        let valid = !host.is_empty()
+            && parses_as_authority(host).is_some_and(|port| {
+                let port = &host[port..];
+                port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+            });
         if !valid {
             return Err(HostError::Invalid);
         }
@@ -243,41 +246,35 @@ pub fn check_host<B>(req: &mut Request<B>) -> Result<(), HostError> {
 /// Whether `host` (not empty, and without `@`, `,`, `/`, `?`, `#` or a space) parses as
 /// an [`http::uri::Authority`]: the same rules, checked without building one, which would
 /// copy the value. Only URI characters; a `%` only inside the brackets of an IP literal;
-/// brackets once each, in order; one port colon at most outside them.
-fn parses_as_authority(host: &[u8]) -> bool {
+/// brackets once each, in order; one port colon at most outside them. If it does, where
+/// its port starts: after the last `:` that follows the last `]`, else at its end.
+fn parses_as_authority(host: &[u8]) -> Option<usize> {
     let (mut colons, mut open, mut closed, mut percent) = (0u32, false, false, false);
-    for &b in host {
+    let mut port = host.len();
+    for (i, &b) in host.iter().enumerate() {
         match b {
             b'%' => percent = true,
-            b':' if colons >= 8 => return false,
-            b':' => colons += 1,
-            b'[' if percent || open => return false,
+            b':' if colons >= 8 => return None,
+            b':' => {
+                colons += 1;
+                port = i + 1;
+            }
+            b'[' if percent || open => return None,
             b'[' => open = true,
-            b']' if !open || closed => return false,
+            b']' if !open || closed => return None,
             b']' => {
                 closed = true;
                 colons = 0;
                 percent = false;
+                port = host.len();
             }
             b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=' | b'-' | b'.'
             | b'_' | b'~' => {}
             b if b.is_ascii_alphanumeric() => {}
-            _ => return false,
+            _ => return None,
         }
     }
-    open == closed && colons <= 1 && !percent
-}
-
-/// Whether the port of a `host[:port]` (if any) is digits only.
-fn valid_port(authority: &str) -> bool {
-    let after_host = match authority.rfind(']') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
-    match after_host.rsplit_once(':') {
-        Some((_, port)) => port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5,
-        None => true,
-    }
+    (open == closed && colons <= 1 && !percent).then_some(port)
 }
 
 /// Prepares a request's headers for the backend: removes hop-by-hop headers (keeping a
@@ -681,9 +678,64 @@ mod tests {
         #[test]
         fn authority_check_agrees_with_http(host in "[a-z0-9:%\\[\\].!$&'()*+;=_~\\-\"<>^`{|}\\\\\x7f\u{e9}]{1,12}") {
             proptest::prop_assert_eq!(
-                parses_as_authority(host.as_bytes()),
+                parses_as_authority(host.as_bytes()).is_some(),
                 host.parse::<http::uri::Authority>().is_ok(),
                 "{:?}", host
+            );
+        }
+    }
+
+    /// `check_host`'s rule for a `Host` value, written out step by step: the single pass
+    /// must agree with it.
+    fn host_value_is_valid(v: &str) -> bool {
+        let port_ok = |authority: &str| {
+            let after_host = authority
+                .rfind(']')
+                .map_or(authority, |i| &authority[i + 1..]);
+            after_host
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && p.len() <= 5)
+        };
+        !v.is_empty()
+            && !v.contains(['@', ',', '/', '?', '#', ' '])
+            && v.parse::<http::uri::Authority>().is_ok()
+            && port_ok(v)
+    }
+
+    fn check_host_accepts(v: &str) -> bool {
+        let mut req = Request::get("/").header("host", v).body(()).unwrap();
+        check_host(&mut req).is_ok()
+    }
+
+    proptest::proptest! {
+        /// The one-pass check of a `Host` value agrees with the rule spelled out.
+        #[test]
+        fn host_check_agrees_with_the_rule(host in "[a-z0-9:\\[\\]%@,/?# .]{1,14}") {
+            proptest::prop_assert_eq!(check_host_accepts(&host), host_value_is_valid(&host), "{:?}", host);
+        }
+    }
+
+    #[test]
+    fn host_check_on_edge_cases() {
+        for host in [
+            "a:80",
+            "a:",
+            "a:123456",
+            "a:12345",
+            "[::1]:65535",
+            "[::1]:123456",
+            "[::1]x",
+            "a:[::1]",
+            "[::1]:",
+            "a:8a",
+            "1.2.3.4:0",
+            "[fe80::1%25eth0]:80",
+            "a::80",
+        ] {
+            assert_eq!(
+                check_host_accepts(host),
+                host_value_is_valid(host),
+                "{host:?}"
             );
         }
     }
@@ -709,7 +761,7 @@ mod tests {
             "a:1:2:3:4:5:6:7:8:9",
         ] {
             assert_eq!(
-                parses_as_authority(host.as_bytes()),
+                parses_as_authority(host.as_bytes()).is_some(),
                 host.parse::<http::uri::Authority>().is_ok(),
                 "{host:?}"
             );
