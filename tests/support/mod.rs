@@ -209,9 +209,11 @@ pub async fn python_peer(script: &str, args: &[&str]) -> Peer {
 }
 
 /// Starts `program` with the arguments `args` gives for a free 127.0.0.1 port, and
-/// waits (up to 10 s) until the port accepts connections. The port is found by binding
-/// port 0 and letting it go; if the program exits before it listens (someone else took
-/// the port meanwhile), it is started again on another port, up to three times.
+/// waits (up to 10 s) until the program itself listens there. The port is found by
+/// binding port 0 and letting it go; if the program exits before it listens (someone
+/// else took the port meanwhile, perhaps a server of a test running beside this one), it
+/// is started again on another port, up to three times. A connection to the port is not
+/// proof: it would also reach whoever took the port.
 pub async fn command_peer(program: &str, args: impl Fn(u16) -> Vec<String>) -> Peer {
     // Ports handed out by this process: tests run in parallel, and two of them could be
     // given the same free port one after the other.
@@ -237,7 +239,9 @@ pub async fn command_peer(program: &str, args: impl Fn(u16) -> Vec<String>) -> P
         let mut peer = Peer { child, port };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::time::Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(peer.addr()).await.is_ok() {
+            if listens(peer.child.id(), port)
+                && tokio::net::TcpStream::connect(peer.addr()).await.is_ok()
+            {
                 return peer;
             }
             if peer.child.try_wait().ok().flatten().is_some() {
@@ -248,4 +252,36 @@ pub async fn command_peer(program: &str, args: impl Fn(u16) -> Vec<String>) -> P
         drop(peer);
     }
     panic!("{program} did not start listening");
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (Linux: the listening
+/// sockets of `/proc/net/tcp{,6}` against the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let port = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // local address, state (0A: LISTEN), inode
+                    (fields.len() > 9 && fields[1].ends_with(&port) && fields[3] == "0A")
+                        .then(|| format!("socket:[{}]", fields[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
 }
