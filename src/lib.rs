@@ -103,6 +103,7 @@ pub mod sticky;
 pub mod tcp;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+pub mod util;
 
 /// The README's examples, compiled and run as doc-tests (they use the `grpc`,
 /// `health-service`, `server`, `test-util` and `tls` features: `cargo test --workspace

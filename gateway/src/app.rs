@@ -6,7 +6,7 @@
 use std::{
     convert::Infallible,
     sync::Arc,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,10 @@ use futures_util::{
     TryFutureExt,
 };
 use tower::{util::Oneshot, Service, ServiceExt};
-use tower_lb::BoxError;
+use tower_lb::{
+    util::{call_now, CallNow},
+    BoxError,
+};
 
 use crate::{
     admin,
@@ -79,10 +82,7 @@ where
     type Response = Response<AnswerBody>;
     type Error = Infallible;
     type Future = Either<
-        Answer<
-            Either<<Front as Service<Request<Body>>>::Future, Oneshot<Front, Request<Body>>>,
-            FrontBody,
-        >,
+        Answer<CallNow<Front, Request<Body>>, FrontBody>,
         Answer<Oneshot<Router, Request<B>>, Body>,
     >;
 
@@ -105,13 +105,7 @@ where
                 let answer: fn(_) -> _ = direct_answer;
                 // Called at once when ready (a balancer always is), so the response
                 // future is built in place rather than moved in at its first poll.
-                let mut front = front.clone();
-                let call = match front.poll_ready(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(Ok(())) => Either::Left(front.call(req)),
-                    Poll::Ready(Err(never)) => match never {},
-                    Poll::Pending => Either::Right(front.oneshot(req)),
-                };
-                Either::Left(call.map_ok(answer))
+                Either::Left(call_now(front.clone(), req).map_ok(answer))
             }
             _ => {
                 let answer: fn(_) -> _ = routed_answer;

@@ -15,7 +15,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*},
         Arc,
     },
-    task::{ready, Context, Poll, Waker},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
@@ -34,10 +34,13 @@ use tokio::{
     sync::OwnedSemaphorePermit,
     time::{Instant, Sleep},
 };
-use tower::{util::Oneshot, ServiceExt};
 use tower_service::Service;
 
-use crate::{error::BoxError, ClientAddr};
+use crate::{
+    error::BoxError,
+    util::{call_now, CallNow},
+    ClientAddr,
+};
 
 /// The timeouts, shared by every connection of a server.
 #[derive(Debug)]
@@ -381,68 +384,24 @@ pub(super) struct Counted<S> {
     peer: ClientAddr,
 }
 
-pin_project! {
-    /// What a request's response comes from: the service's future, called at once (the
-    /// usual case: a service that is ready when asked), its `poll_ready` error, or a
-    /// call still waiting for readiness.
-    #[project = DispatchProj]
-    pub(super) enum Dispatch<S>
-    where
-        S: Service<Request<Incoming>>,
-    {
-        Called { #[pin] fut: S::Future },
-        Failed { error: Option<BoxError> },
-        Waiting { #[pin] call: Oneshot<S, Request<Incoming>> },
-    }
-}
-
-impl<S> Future for Dispatch<S>
-where
-    S: Service<Request<Incoming>>,
-    S::Error: Into<BoxError>,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            DispatchProj::Called { fut } => fut.poll(cx).map_err(Into::into),
-            DispatchProj::Failed { error } => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| "polled after completion".into()))),
-            DispatchProj::Waiting { call } => call.poll(cx).map_err(Into::into),
-        }
-    }
-}
-
-/// hyper calls this directly: a clone of the service per request, asked for readiness
-/// at once (with a waker that does nothing: a service that is not ready is asked again
-/// from the response future, with the connection's waker), and called at once when
-/// ready. hyper-util's `TowerToHyperService` defers both to the future's first poll,
-/// which then moves the whole response future into its own; here it is built in place.
+/// hyper calls this directly: a clone of the service per request, called at once when
+/// it is ready at once ([`call_now`]). hyper-util's `TowerToHyperService` defers the
+/// readiness and the call to the future's first poll, which then moves the whole
+/// response future into its own; here it is built in place.
 impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + Send,
 {
     type Response = Response<CountedBody<B>>;
     type Error = BoxError;
-    type Future = CountedFuture<Dispatch<S>>;
+    type Future = CountedFuture<CallNow<S, Request<Incoming>>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.watch.start();
         req.extensions_mut().insert(self.peer);
-        let mut svc = self.inner.clone();
-        let fut = match svc.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => Dispatch::Called { fut: svc.call(req) },
-            Poll::Ready(Err(e)) => Dispatch::Failed {
-                error: Some(e.into()),
-            },
-            Poll::Pending => Dispatch::Waiting {
-                call: svc.oneshot(req),
-            },
-        };
         CountedFuture {
-            fut,
+            fut: call_now(self.inner.clone(), req),
             done: Some(Done(self.watch.clone())),
         }
     }
@@ -468,12 +427,13 @@ pin_project! {
 impl<F, B, E> Future for CountedFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
 {
-    type Output = Result<Response<CountedBody<B>>, E>;
+    type Output = Result<Response<CountedBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let rsp = ready!(this.fut.poll(cx))?;
+        let rsp = ready!(this.fut.poll(cx)).map_err(Into::into)?;
         let done = this.done.take();
         Poll::Ready(Ok(rsp.map(|body| CountedBody { body, done })))
     }
@@ -527,7 +487,7 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + Send,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -564,7 +524,7 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + Send,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,

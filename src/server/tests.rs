@@ -51,7 +51,7 @@ fn connect_to<S>(svc: S) -> (DuplexStream, tokio::sync::watch::Sender<bool>)
 where
     S: tower::Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<crate::BoxError>,
+    S::Error: Into<crate::BoxError> + Send,
 {
     let limits = Arc::new(Limits {
         header: HEADER,

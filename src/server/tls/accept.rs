@@ -48,7 +48,7 @@ impl Accept {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S::Error: Into<BoxError> + Send,
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
