@@ -327,6 +327,7 @@ impl EndpointState {
     /// The balancer's latency clock, for layers that time this endpoint's requests: the
     /// time-stamp counter where the balancer tracks latency, Tokio's clock otherwise (and
     /// whenever it was paused when the balancer was built).
+    #[cfg(any(feature = "http", feature = "health-passive", feature = "metrics"))]
     #[inline]
     pub(crate) fn clock(&self) -> super::clock::Clock {
         self.pool.clock

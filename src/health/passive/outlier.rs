@@ -146,7 +146,9 @@ use crate::{
 mod tally;
 mod task;
 
-pub(crate) use tally::{probe_passed, Tally};
+#[cfg(feature = "health-active")]
+pub(crate) use tally::probe_passed;
+pub(crate) use tally::Tally;
 
 // === configuration ===
 

@@ -7,10 +7,8 @@ use std::sync::{
 
 use tokio::time::Instant;
 
-use crate::balance::EndpointState;
-
 /// Outlier detection's record of one endpoint, kept with it
-/// ([`EndpointState::slot`]): the interval's verdicts, counted by the endpoint's passive
+/// ([`EndpointState::slot`](crate::balance::EndpointState::slot)): the interval's verdicts, counted by the endpoint's passive
 /// layer as it classifies each outcome, read and reset by the detector at every interval;
 /// and the detector's own "times ejected" and current ejection.
 #[derive(Debug, Default)]
@@ -56,7 +54,8 @@ impl Tally {
 /// detector's ejection of it, if there is one that a probe may end (Envoy
 /// `successful_active_health_check_uneject_host`). An ejection by another policy, or
 /// one that already gave way to a new ejection, is left alone.
-pub(crate) fn probe_passed(backend: &dyn std::fmt::Display, state: &EndpointState) {
+#[cfg(feature = "health-active")]
+pub(crate) fn probe_passed(backend: &dyn std::fmt::Display, state: &crate::balance::EndpointState) {
     let tally = state.slot::<Tally>();
     let mut may_end = tally.probe_may_end();
     let Some(until) = *may_end else { return };
