@@ -45,8 +45,8 @@ use http::{
 const HOP_BY_HOP_COUNT: usize = 8;
 
 /// Headers that only concern one connection (RFC 9110 §7.6.1), removed in both
-/// directions, plus the `Proxy-*` headers meant for this proxy. A `static`, so a lookup
-/// reads it in place rather than building the array.
+/// directions, plus the `Proxy-*` headers meant for this proxy. [`HopByHop::of`] gives
+/// each its bit by text; the removals walk this list in place.
 static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),

@@ -8,7 +8,8 @@ const EWMA_FLOOR_NS: f64 = 1_000_000.0;
 ///
 /// Load is the number of in-flight requests by default, or peak-EWMA RTT × (in-flight + 1)
 /// with [`P2c::peak_ewma`] (Finagle, linkerd; decay 10 s, 30 ms assumed before the first
-/// sample and fading from the endpoint's join as a sample would, 1 ms floor; a peak also fades after ~100 faster answers, see
+/// sample and fading from the endpoint's join as a sample would, 1 ms floor; a peak also
+/// fades after ~100 faster answers, see
 /// [`EndpointState::observe_rtt`](crate::balance::EndpointState::observe_rtt)). Unlike
 /// Envoy, the two draws never hit the same endpoint, so with two endpoints the less loaded
 /// always wins; unlike `tower::balance::p2c`, weights count.

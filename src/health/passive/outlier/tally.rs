@@ -8,9 +8,10 @@ use std::sync::{
 use tokio::time::Instant;
 
 /// Outlier detection's record of one endpoint, kept with it
-/// ([`EndpointState::slot`](crate::balance::EndpointState::slot)): the interval's verdicts, counted by the endpoint's passive
-/// layer as it classifies each outcome, read and reset by the detector at every interval;
-/// and the detector's own "times ejected" and current ejection.
+/// ([`EndpointState::slot`](crate::balance::EndpointState::slot)): the interval's
+/// verdicts, counted by the endpoint's passive layer as it classifies each outcome, read
+/// and reset by the detector at every interval; and the detector's own "times ejected"
+/// and current ejection.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     successes: AtomicU64,
