@@ -1,7 +1,5 @@
 //! Behaviour of the `Balance` service over in-memory and mock endpoints.
 
-mod support;
-
 use std::{
     convert::Infallible,
     sync::{
@@ -12,7 +10,6 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
-use support::wait_for;
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
 use tower::{discover::Change, service_fn, Service, ServiceExt};
@@ -24,6 +21,8 @@ use tower_lb::{
     error::{ConfigError, ConnectFailed, EndpointError, NoEndpoints},
     test_util, Backend, Balance, BoxError,
 };
+
+use crate::support::wait_for;
 
 mod tokio_stream_shim {
     use futures_util::Stream;

@@ -1,13 +1,10 @@
 //! File discovery against real files in a temporary directory.
-#![cfg(feature = "file")]
-
-mod support;
 
 use std::{fs, net::SocketAddr, path::Path, time::Duration};
 
-use support::{addr_balance, eventually, AddrSvc};
-
 use tower_lb::{discover::file::FileSource, Balance};
+
+use crate::support::{addr_balance, eventually, AddrSvc};
 
 type Svc = AddrSvc;
 

@@ -1,11 +1,7 @@
 //! Health against real axum backends on 127.0.0.1 that are stopped and restarted.
 //!
-//! Run with `cargo test --features health --test health -- --nocapture` to see the
+//! Run with `cargo test --features health --test main health:: -- --nocapture` to see the
 //! measured figures (time to eject, time to readmit, requests lost).
-
-#![cfg(all(feature = "health-passive", feature = "health-active"))]
-
-mod support;
 
 use std::{
     net::SocketAddr,
@@ -31,6 +27,8 @@ use tower_lb::{
     http::{HttpEndpoints, HttpPolicy},
     Backend, Balance, BoxError,
 };
+
+use crate::support;
 
 // === test backends ===
 

@@ -1,13 +1,9 @@
 //! `health::service` behind real servers on 127.0.0.1: probed by the crate's own prober
 //! through a balancer, by `curl`, and (feature `grpc`) by a Python `grpcio` health client.
 //!
-//! Run with `cargo test --features health-service,grpc --test health_service --
+//! Run with `cargo test --features health-service,grpc --test main health_service:: --
 //! --nocapture` to see the measured figures (time from a failing check or a drain to the
 //! backend marked down).
-
-#![cfg(all(feature = "health-service", feature = "health-active"))]
-
-mod support;
 
 use std::{
     process::Stdio,
@@ -33,7 +29,7 @@ use tower_lb::{
     Backend, Balance,
 };
 
-use support::{have_command, wait_for, TestServer};
+use crate::support::{have_command, wait_for, TestServer};
 
 /// A backend's checks: `database` (readiness only) fails while `db_down` is set, `disk`
 /// always passes. Cached for 50 ms.
@@ -278,7 +274,7 @@ async fn curl_reads_the_verdict_liveness_and_the_drain() {
 #[cfg(feature = "grpc")]
 mod grpc {
     use super::*;
-    use support::have_python;
+    use crate::support::have_python;
     use tower_lb::health::service::{GrpcReporter, Probe};
 
     /// Runs `tests/peers/grpc_health_check.py`: what `grpc.health.v1.Health/Check` of

@@ -1,8 +1,6 @@
 //! Hedged requests: on the paused clock over `tower-test` mocks, then over real axum
 //! servers on loopback.
 
-mod support;
-
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
@@ -17,6 +15,8 @@ use tower_lb::{
     http::HttpPolicy,
     test_util, Backend, Balance, BoxError,
 };
+
+use crate::support;
 
 type Req = Request<String>;
 type Mocked = Balance<

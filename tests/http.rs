@@ -1,20 +1,19 @@
 //! The HTTP endpoint maker against real axum servers on loopback.
 
-mod support;
-
 use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::{body::Body, Router};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use support::{named, TestServer};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_lb::{
     balance::strategy::RoundRobin,
     http::{ErrorResponseLayer, HttpEndpoints, HttpPolicy},
     Backend, Balance,
 };
+
+use crate::support::{named, TestServer};
 
 async fn text(rsp: http::Response<tower_lb::http::TrackedBody<hyper::body::Incoming>>) -> String {
     let body = rsp.into_body().collect().await.unwrap().to_bytes();

@@ -2,15 +2,12 @@
 //! backends that attach reports with `AttachReportLayer`, and Python backends whose
 //! reports Google's `protobuf` package encodes (`tests/peers/orca_backend.py`).
 
-mod support;
-
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use support::{have_python, named, python_peer, TestServer};
 use tower::{util::BoxCloneService, ServiceExt};
 use tower_lb::{
     balance::{strategy::LoadReport, Target},
@@ -20,6 +17,8 @@ use tower_lb::{
     },
     Backend, Balance, BoxError,
 };
+
+use crate::support::{have_python, named, python_peer, TestServer};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 type Lb = BoxCloneService<Request<Empty<Bytes>>, http::Response<Body>, BoxError>;

@@ -2,12 +2,8 @@
 //! 200 in 10 ms and one that answers 500 at once (axum behind peak-EWMA P2C, or a FastAPI
 //! app on uvicorn behind round robin), through `http::HttpEndpoints`.
 //!
-//! Run with `cargo test --features health --test outlier -- --nocapture` to see the
+//! Run with `cargo test --features health --test main outlier:: -- --nocapture` to see the
 //! figures (requests and failures before the ejection, time to eject).
-
-#![cfg(all(feature = "http", feature = "health-passive"))]
-
-mod support;
 
 use std::{
     net::SocketAddr,
@@ -32,7 +28,7 @@ use tower_lb::{
     Backend, Balance,
 };
 
-use support::TestServer;
+use crate::support::{self, TestServer};
 
 /// A backend that answers `status` after `delay`.
 async fn backend(status: StatusCode, delay: Duration) -> TestServer {

@@ -1,8 +1,6 @@
 //! The server loop's client limits with real sockets on loopback: hundreds of stalled
 //! clients while normal requests are served, the connection cap.
 
-mod support;
-
 use std::{
     net::SocketAddr,
     sync::{
@@ -18,6 +16,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tower_lb::server::Server;
+
+use crate::support;
 
 /// Starts `server` over a tiny app; returns its address and how many connections it
 /// accepted so far.

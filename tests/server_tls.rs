@@ -5,8 +5,6 @@
 //!
 //! Without `curl` or `openssl` a test says so and returns; under `CI=true` it fails.
 
-mod support;
-
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use axum::{body::Body, extract::Request, routing::get, Router};
@@ -26,7 +24,7 @@ use tower_lb::{
     Backend, Balance,
 };
 
-use support::{have_command, TestServer};
+use crate::support::{self, have_command, TestServer};
 
 // === certificates ===
 

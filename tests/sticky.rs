@@ -1,8 +1,7 @@
 //! Session affinity end to end: real axum backends on loopback, reached through
 //! `HttpEndpoints`, keyed by header, sticky cookie and client IP.
 //!
-//! Run with `cargo test --test sticky --features sticky,axum`.
-#![cfg(all(feature = "sticky", feature = "http", feature = "axum"))]
+//! Run with `cargo test --test main --features sticky,axum sticky::`.
 
 use std::{
     collections::{HashMap, HashSet},

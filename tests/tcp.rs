@@ -2,11 +2,8 @@
 //! to in RESP by hand through `tcp::serve`; and the PROXY protocol header as a plain
 //! listener receives it.
 
-mod support;
-
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use support::{command_peer, have_command, wait_for, Peer};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
@@ -18,6 +15,8 @@ use tower_lb::{
     tcp::{self, ProxyProtocol, TcpEndpoint, TcpEndpoints, TcpPolicy},
     Backend, Balance,
 };
+
+use crate::support::{command_peer, have_command, wait_for, Peer};
 
 /// A redis-server on a free 127.0.0.1 port, without persistence: the one this test
 /// started (its `INFO server` names the process), not another process that happened to

@@ -4,8 +4,6 @@
 //!
 //! Without `openssl` (or `python3`) a test says so and returns; under `CI=true` it fails.
 
-mod support;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -26,7 +24,6 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use support::{command_peer, eventually, have_python, named, python_peer, TestServer};
 use tokio::{net::TcpListener, task::JoinSet};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_lb::{
@@ -40,6 +37,8 @@ use tower_lb::{
     },
     Backend, Balance, BoxError,
 };
+
+use crate::support::{self, command_peer, eventually, have_python, named, python_peer, TestServer};
 
 // === certificates ===
 

@@ -1,11 +1,5 @@
 //! The gateway binary as a process, against real servers on loopback.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-use common::{client, gateway_bin, get, send, Gateway};
-
 use std::{
     net::SocketAddr,
     process::Command,
@@ -25,11 +19,13 @@ use axum::{
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::{named, wait_for, TestServer};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
 };
+
+use crate::common::{client, gateway_bin, get, send, Gateway};
+use crate::support::{named, wait_for, TestServer};
 
 /// A backend that answers with the method and the headers it received, one per line.
 fn echo_headers() -> Router {

@@ -1,13 +1,10 @@
 //! `--hedge-after` through the gateway binary: a slow third-party backend (FastAPI on
 //! uvicorn) and a fast axum one on loopback.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use axum::http::StatusCode;
-use common::{client, get, Gateway};
-use support::{have_python, named, python_peer, TestServer};
+
+use crate::common::{self, client, get, Gateway};
+use crate::support::{have_python, named, python_peer, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedged_requests_are_answered_by_the_fast_backend() {

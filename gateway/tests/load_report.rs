@@ -1,15 +1,12 @@
 //! `--strategy load-report` against real backends that report their load.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{collections::HashMap, time::Duration};
 
 use axum::http::StatusCode;
-use common::{client, get, Gateway};
-use support::{named, TestServer};
 use tower_lb::http::load_report::{AttachReportLayer, Report};
+
+use crate::common::{client, get, Gateway};
+use crate::support::{named, TestServer};
 
 /// A backend named `name` reporting `cpu` utilization at 100 requests a second.
 async fn reporting(name: &'static str, cpu: f64) -> TestServer {

@@ -1,10 +1,6 @@
 //! `--outlier-detection` through the gateway binary, against five backends on loopback,
 //! one of them fast but wrong.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -14,8 +10,9 @@ use std::{
 };
 
 use axum::{http::StatusCode, Router};
-use common::{client, get, Gateway, TestClient};
-use support::TestServer;
+
+use crate::common::{self, client, get, Gateway, TestClient};
+use crate::support::TestServer;
 
 /// A backend that answers `status` after `delay`.
 async fn backend(status: StatusCode, delay: Duration) -> TestServer {

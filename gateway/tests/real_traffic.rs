@@ -3,22 +3,19 @@
 //! and the failures they found: backups, gRPC, Host rules, error pages, stalled clients,
 //! in-flight counts, unresolvable backends, body-checking probes.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{process::Stdio, sync::Arc, time::Duration};
 
 use axum::{body::Body, extract::Request, routing::get as route_get, Router};
 use bytes::Bytes;
-use common::{client, gateway_bin, get, send, Gateway};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use support::{have_command, have_python, named, python_peer, TestServer};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
 };
+
+use crate::common::{client, gateway_bin, get, send, Gateway};
+use crate::support::{self, have_command, have_python, named, python_peer, TestServer};
 
 /// The gateway's `/status` as JSON.
 async fn status(gw: &Gateway) -> serde_json::Value {

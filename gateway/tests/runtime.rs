@@ -2,13 +2,6 @@
 //! and from DNS, whole-configuration reloads on SIGHUP, and a rolling deployment under
 //! load.
 
-mod common;
-#[allow(dead_code)]
-#[path = "../../tests/dns/server.rs"]
-mod dns_server;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{
     collections::HashMap,
     future::Future,
@@ -22,12 +15,13 @@ use std::{
 };
 
 use axum::{body::Body, routing::get as route, Router};
-use common::{client, get, Gateway, TestClient};
-use dns_server::DnsServer;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use support::{named, TestServer};
 use tokio::sync::{mpsc, Notify};
+
+use crate::common::{self, client, get, Gateway, TestClient};
+use crate::dns_server::DnsServer;
+use crate::support::{named, TestServer};
 
 /// Polls `cond` every 20 ms for up to 30 s; whether it came to hold.
 async fn until<F, Fut>(mut cond: F) -> bool

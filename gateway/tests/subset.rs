@@ -2,10 +2,6 @@
 //! each gateway uses only its subset, and gateways with ids 0/3, 1/3 and 2/3 share the
 //! backends out without overlap (deterministic subsetting, SRE book ch. 20).
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{
     collections::BTreeSet,
     sync::{
@@ -15,8 +11,9 @@ use std::{
 };
 
 use axum::{http::StatusCode, Router};
-use common::{client, get, Gateway, TestClient};
-use support::TestServer;
+
+use crate::common::{self, client, get, Gateway, TestClient};
+use crate::support::TestServer;
 
 /// Six backends, each counting the requests it answers.
 async fn backends() -> Vec<(TestServer, Arc<AtomicU32>)> {

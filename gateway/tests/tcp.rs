@@ -1,18 +1,15 @@
 //! The gateway's TCP proxies (`--tcp-listen`, `[[tcp]]`) against real `redis-server`
 //! processes (a third-party peer), spoken to in RESP by hand.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{collections::HashMap, future::Future, net::SocketAddr, path::Path, time::Duration};
 
-use common::{client, gateway_bin, get, Gateway};
-use support::{command_peer, have_command, Peer};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
 };
+
+use crate::common::{client, gateway_bin, get, Gateway};
+use crate::support::{command_peer, have_command, Peer};
 
 /// A redis-server on a free 127.0.0.1 port, without persistence: the one this test
 /// started (its `INFO server` names the process), not another process that happened to

@@ -5,19 +5,16 @@
 //! Without `openssl`, `curl` or `python3` a test says so and returns; under `CI=true` it
 //! fails.
 
-mod common;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::{
     path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{gateway_bin, Gateway};
-use support::{have_command, have_python, named, pki::Pki, python_peer, Peer, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::common::{self, gateway_bin, Gateway};
+use crate::support::{have_command, have_python, named, pki::Pki, python_peer, Peer, TestServer};
 
 /// The certificates of these tests: `ca` signs the gateway's own (`gw` for localhost and
 /// 127.0.0.1, `api` for api.test, `renewed` as gw's next one); `backend-ca` signs the

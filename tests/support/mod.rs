@@ -1,4 +1,6 @@
 //! Real HTTP servers on 127.0.0.1 for integration tests.
+// Shared by the library's tests, whose modules depend on features, and the gateway's:
+// each uses a part.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pki;

@@ -1,5 +1,5 @@
 //! Running the gateway binary, and an HTTP client for it.
-#![allow(dead_code, unreachable_pub)]
+#![allow(unreachable_pub)]
 
 use std::{
     net::SocketAddr,

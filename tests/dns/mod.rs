@@ -1,13 +1,10 @@
 //! DNS discovery with the real hickory resolver against a DNS server on 127.0.0.1.
-#![cfg(feature = "dns")]
 
 mod server;
-#[path = "../support/mod.rs"]
-mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use support::{addr_balance, eventually, AddrSvc};
+use crate::support::{addr_balance, eventually, AddrSvc};
 
 use hickory_resolver::config::{ResolveHosts, ResolverOpts};
 use server::{DnsServer, Mode};

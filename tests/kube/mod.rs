@@ -1,15 +1,12 @@
 //! EndpointSlice discovery through the real kube-runtime watcher, against a fake API
 //! server on 127.0.0.1.
-#![cfg(feature = "kube")]
 #![allow(clippy::needless_pass_by_value)]
 
 mod api;
-#[path = "../support/mod.rs"]
-mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use support::{addr_balance, eventually, AddrSvc};
+use crate::support::{addr_balance, eventually, AddrSvc};
 
 use api::FakeApi;
 use serde_json::{json, Value};
