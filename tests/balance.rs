@@ -323,32 +323,118 @@ async fn duplicate_insert_keeps_state() {
     assert_eq!(s.backends[0].weight, 2);
 }
 
-#[tokio::test]
-async fn drained_backends_get_no_new_requests_but_finish_in_flight_ones() {
+type MockBalance = Balance<&'static str, test_util::MockEndpoint<u32, u32>>;
+type MockHandle = tower_test::mock::Handle<u32, u32>;
+
+/// Mock backends "a" and "b" in round robin, with request 1 sent to "a" and unanswered.
+async fn one_in_flight_on_a() -> (
+    MockBalance,
+    tokio::task::JoinHandle<Result<u32, BoxError>>,
+    tower_test::mock::SendResponse<u32>,
+    MockHandle,
+) {
     let (balance, mut handles) = test_util::mock::<_, u32, u32, ()>(
         Balance::builder()
             .strategy(RoundRobin::new())
             .backends(["a", "b"].map(Backend::new)),
     );
     let mut a = handles.remove("a").unwrap();
-    let mut b = handles.remove("b").unwrap();
+    let b = handles.remove("b").unwrap();
     let first = tokio::spawn(balance.clone().oneshot(1));
     let (req, rsp_a) = a.next_request().await.unwrap();
     assert_eq!(req, 1);
-    balance.handle().drain(&"a").unwrap();
-    assert_eq!(balance.stats().backends[0].status, Status::Draining);
-    for i in 2..6 {
+    (balance, first, rsp_a, b)
+}
+
+/// Sends `requests` and checks that `b` gets and answers every one.
+async fn all_served_by(balance: &MockBalance, b: &mut MockHandle, requests: std::ops::Range<u32>) {
+    for i in requests {
         let call = tokio::spawn(balance.clone().oneshot(i));
         let (req, rsp) = b.next_request().await.unwrap();
         assert_eq!(req, i);
         rsp.send_response(i * 10);
         assert_eq!(call.await.unwrap().unwrap(), i * 10);
     }
+}
+
+#[tokio::test]
+async fn drained_backends_get_no_new_requests_but_finish_in_flight_ones() {
+    let (balance, first, rsp_a, mut b) = one_in_flight_on_a().await;
+    balance.handle().drain(&"a").unwrap();
+    assert_eq!(balance.stats().backends[0].status, Status::Draining);
+    all_served_by(&balance, &mut b, 2..6).await;
     // The in-flight request on the drained backend still completes.
     rsp_a.send_response(10);
     assert_eq!(first.await.unwrap().unwrap(), 10);
     balance.handle().undrain(&"a").unwrap();
     assert_eq!(balance.stats().available, 2);
+}
+
+#[tokio::test]
+async fn reconcile_drains_a_leaving_backend_and_removes_it_once_idle() {
+    let (balance, first, rsp_a, mut b) = one_in_flight_on_a().await;
+    let handle = balance.handle();
+
+    // "a" leaves, and a zero weight for "b" is refused: "a" drains, "b" keeps serving.
+    let done = handle.reconcile([Backend::new("b").with_weight(0)]);
+    assert_eq!(done.drained, ["a"]);
+    assert!(done.removed.is_empty());
+    assert_eq!(done.draining, 1);
+    assert_eq!(done.failed.len(), 1);
+    assert_eq!(done.failed[0].0, "b");
+    assert!(matches!(done.failed[0].1, ConfigError::ZeroWeight { .. }));
+    let status = |k: &str| {
+        handle
+            .stats()
+            .backends
+            .into_iter()
+            .find(|s| s.key == k)
+            .map(|s| (s.status, s.in_flight))
+    };
+    assert_eq!(status("a"), Some((Status::Draining, 1)));
+    all_served_by(&balance, &mut b, 2..5).await;
+
+    // Still in flight: a second call neither drains again nor removes.
+    let done = handle.reconcile([Backend::new("b")]);
+    assert!(done.drained.is_empty() && done.removed.is_empty());
+    assert_eq!(done.draining, 1);
+
+    // Its request finishes on the drained backend; the next call removes it.
+    rsp_a.send_response(10);
+    assert_eq!(first.await.unwrap().unwrap(), 10);
+    let done = handle.reconcile([Backend::new("b")]);
+    assert_eq!(done.removed, ["a"]);
+    assert_eq!(done.draining, 0);
+    assert_eq!(status("a"), None);
+    assert_eq!(handle.keys(), ["b"]);
+}
+
+#[tokio::test]
+async fn reconcile_adds_updates_and_takes_a_draining_backend_back() {
+    let balance = echo(&["a", "b"]);
+    let handle = balance.handle();
+    handle.drain(&"b").unwrap();
+    let done = handle.reconcile([
+        Backend::new("a").with_priority(1),
+        Backend::new("b").with_weight(3),
+        Backend::new("c"),
+    ]);
+    assert_eq!(done.added, ["c"]);
+    assert_eq!(done.updated, ["a", "b"]);
+    assert_eq!(done.undrained, ["b"]);
+    assert!(done.drained.is_empty() && done.removed.is_empty() && done.failed.is_empty());
+    let stats = handle.stats();
+    let get = |k: &str| stats.backends.iter().find(|s| s.key == k).unwrap();
+    assert_eq!(get("a").priority, 1);
+    assert_eq!((get("b").weight, get("b").status), (3, Status::Healthy));
+    assert_eq!(get("c").status, Status::Healthy);
+    // The same set again changes nothing.
+    let again = handle.reconcile([
+        Backend::new("a").with_priority(1),
+        Backend::new("b").with_weight(3),
+        Backend::new("c"),
+    ]);
+    assert!(again.added.is_empty() && again.updated.is_empty() && again.undrained.is_empty());
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! Brings a balancer's set to what its source wants, through the library's
-//! [`Handle`]: new backends are inserted (they take traffic at once, ramped by slow
-//! start when it is on), changed ones re-weighted or moved to their new level, and
+//! Keeps a balancer's set at what its source wants, through the library's
+//! [`Handle::reconcile`]: new backends are inserted (they take traffic at once, ramped by
+//! slow start when it is on), changed ones re-weighted or moved to their new level, and
 //! backends that left are drained (no new requests) and removed once their requests in
 //! flight have finished (nginx: a server taken out of an upstream finishes what it has).
 //!
@@ -10,16 +10,14 @@
 //! is safe to stop. Here a leaving backend stays in `/status` as `draining`, with its
 //! `in_flight` count, until it reaches 0.
 //!
-//! The reconciler keeps no state of its own: it compares the wanted set with the
-//! balancer's stats, so a new one (after a reload) continues where the old one left.
+//! Neither this task nor `reconcile` keeps state of its own: each call compares the
+//! wanted set with the balancer's stats, so a new task (after a reload) continues where
+//! the old one left.
 
 use std::{collections::HashMap, time::Duration};
 
 use tokio::sync::watch;
-use tower_lb::{
-    balance::{Handle, Status},
-    Backend,
-};
+use tower_lb::{balance::Handle, Backend};
 
 /// How often draining backends are checked for requests still in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -41,7 +39,8 @@ pub(crate) struct Wanted {
     pub(crate) error: Option<String>,
 }
 
-/// Applies `wanted` to `handle` once. Returns whether a backend is still draining (and
+/// Applies `wanted` to `handle` once, through [`Handle::reconcile`] (drain, then remove
+/// once idle), and logs what changed. Returns whether a backend is still draining (and
 /// needs another look).
 pub(crate) fn apply(pool: &str, handle: &Handle<String>, wanted: &Wanted) -> bool {
     let stats = handle.stats();
@@ -50,63 +49,33 @@ pub(crate) fn apply(pool: &str, handle: &Handle<String>, wanted: &Wanted) -> boo
         _ if stats.discover_error.is_some() => handle.clear_error(),
         _ => {}
     }
-    let now: HashMap<&str, _> = stats.backends.iter().map(|b| (b.key.as_str(), b)).collect();
-    for want in &wanted.backends {
-        let backend = Backend::new(want.key.clone())
-            .with_weight(want.weight)
-            .with_priority(want.priority);
-        let result = match now.get(want.key.as_str()) {
-            None => handle.insert(backend).map(|()| {
-                tracing::info!(pool, backend = %want.key, "backend added");
-            }),
-            Some(b) => {
-                let moved = if b.priority != want.priority {
-                    // Same key: the state (health, counters) is kept.
-                    handle.insert(backend)
-                } else if b.weight != want.weight {
-                    handle.set_weight(&want.key, want.weight)
-                } else {
-                    Ok(())
-                };
-                moved.and_then(|()| {
-                    if b.status == Status::Draining {
-                        tracing::info!(pool, backend = %want.key, "backend back: draining ends");
-                        handle.undrain(&want.key)
-                    } else {
-                        Ok(())
-                    }
-                })
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(pool, backend = %want.key, error = %e, "cannot apply backend");
-        }
-    }
-    let keep: std::collections::HashSet<&str> =
-        wanted.backends.iter().map(|w| w.key.as_str()).collect();
-    let mut draining = false;
-    for b in stats
+    let in_flight: HashMap<&str, usize> = stats
         .backends
         .iter()
-        .filter(|b| !keep.contains(b.key.as_str()))
-    {
-        if b.status != Status::Draining {
-            if let Err(e) = handle.drain(&b.key) {
-                tracing::error!(pool, backend = %b.key, error = %e, "cannot drain backend");
-                continue;
-            }
-            tracing::info!(pool, backend = %b.key, in_flight = b.in_flight, "backend left: draining");
-        }
-        // A request that picked it just before the drain holds its service and
-        // finishes even after the removal.
-        if b.in_flight == 0 {
-            handle.remove(&b.key);
-            tracing::info!(pool, backend = %b.key, "backend drained and removed");
-        } else {
-            draining = true;
-        }
+        .map(|b| (b.key.as_str(), b.in_flight))
+        .collect();
+    let done = handle.reconcile(wanted.backends.iter().map(|want| {
+        Backend::new(want.key.clone())
+            .with_weight(want.weight)
+            .with_priority(want.priority)
+    }));
+    for backend in &done.added {
+        tracing::info!(pool, %backend, "backend added");
     }
-    draining
+    for backend in &done.undrained {
+        tracing::info!(pool, %backend, "backend back: draining ends");
+    }
+    for backend in &done.drained {
+        let in_flight = in_flight.get(backend.as_str()).copied().unwrap_or(0);
+        tracing::info!(pool, %backend, in_flight, "backend left: draining");
+    }
+    for backend in &done.removed {
+        tracing::info!(pool, %backend, "backend drained and removed");
+    }
+    for (backend, error) in &done.failed {
+        tracing::error!(pool, %backend, %error, "cannot apply backend");
+    }
+    done.draining > 0
 }
 
 /// Keeps `handle` at what `wanted` says, for as long as the task runs: applies every

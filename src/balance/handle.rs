@@ -263,6 +263,137 @@ impl<K: Key> Handle<K> {
     pub fn stats(&self) -> Stats<K> {
         self.apply.stats()
     }
+
+    /// Brings the set to `wanted` without cutting a request short: new backends are
+    /// inserted, listed ones get their new weight or priority level (their state is
+    /// kept), a draining one that is listed again takes requests again, and a backend
+    /// that is no longer listed is drained, then removed once it has no request in flight
+    /// (nginx: a server taken out of an upstream finishes what it has; until then it shows
+    /// in [`stats`](Self::stats) as [`Status::Draining`](super::Status::Draining) with its
+    /// `in_flight` count).
+    ///
+    /// Call it again while [`Reconciled::draining`] is not zero (every 100 ms or so, or at
+    /// the next change) to remove what has drained: it keeps no state of its own, so any
+    /// caller, or a new one after a restart of the caller, continues where the last left.
+    /// Compare [`replace`](Self::replace), which removes at once.
+    ///
+    /// A backend that cannot be applied (a zero weight, a maker error) is reported in
+    /// [`Reconciled::failed`] and the others are applied.
+    ///
+    /// ```
+    /// use tower_lb::{balance::Status, test_util, Backend, Balance};
+    ///
+    /// let balance = test_util::echo(Balance::builder().backends(["a", "b"].map(Backend::new)));
+    /// let handle = balance.handle();
+    ///
+    /// // "b" leaves while a request it took is in flight: it drains.
+    /// let b_busy = handle.endpoints().into_iter().find(|(k, _)| *k == "b").unwrap().1;
+    /// let request = b_busy.track(); // one unit of load in flight until dropped
+    /// let done = handle.reconcile([Backend::new("a").with_weight(2), Backend::new("c")]);
+    /// assert_eq!(done.added, ["c"]);
+    /// assert_eq!(done.updated, ["a"]);
+    /// assert_eq!(done.drained, ["b"]);
+    /// assert_eq!(done.draining, 1);
+    /// let status = |k: &str| handle.stats().backends.into_iter().find(|b| b.key == k).map(|b| b.status);
+    /// assert_eq!(status("b"), Some(Status::Draining));
+    ///
+    /// // Its request ends: the next call removes it.
+    /// drop(request);
+    /// let done = handle.reconcile([Backend::new("a").with_weight(2), Backend::new("c")]);
+    /// assert_eq!((done.removed.as_slice(), done.draining), (&["b"][..], 0));
+    /// assert_eq!(status("b"), None);
+    /// ```
+    pub fn reconcile(&self, wanted: impl IntoIterator<Item = Backend<K>>) -> Reconciled<K> {
+        let stats = self.stats();
+        let now: std::collections::HashMap<&K, &super::BackendStats<K>> =
+            stats.backends.iter().map(|b| (&b.key, b)).collect();
+        let mut done = Reconciled::default();
+        let mut listed = std::collections::HashSet::new();
+        for backend in wanted {
+            let key = backend.key().clone();
+            let result = match now.get(&key) {
+                None => self.insert(backend).map(|()| done.added.push(key.clone())),
+                Some(b) => {
+                    let updated = if b.priority != backend.priority() {
+                        // Same key: the state (health, counters) is kept.
+                        self.insert(backend).map(|()| true)
+                    } else if b.weight != backend.weight() {
+                        self.set_weight(&key, backend.weight()).map(|()| true)
+                    } else {
+                        Ok(false)
+                    };
+                    updated.and_then(|updated| {
+                        if updated {
+                            done.updated.push(key.clone());
+                        }
+                        if b.status == super::Status::Draining {
+                            self.undrain(&key)
+                                .map(|()| done.undrained.push(key.clone()))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                }
+            };
+            if let Err(e) = result {
+                done.failed.push((key.clone(), e));
+            }
+            listed.insert(key);
+        }
+        for b in stats.backends.iter().filter(|b| !listed.contains(&b.key)) {
+            if b.status != super::Status::Draining {
+                if let Err(e) = self.drain(&b.key) {
+                    done.failed.push((b.key.clone(), e));
+                    continue;
+                }
+                done.drained.push(b.key.clone());
+            }
+            // A request that picked it just before the drain holds its service and
+            // finishes even after the removal.
+            if b.in_flight == 0 {
+                self.remove(&b.key);
+                done.removed.push(b.key.clone());
+            } else {
+                done.draining += 1;
+            }
+        }
+        done
+    }
+}
+
+/// What one [`Handle::reconcile`] did, key by key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Reconciled<K> {
+    /// Backends inserted.
+    pub added: Vec<K>,
+    /// Backends whose weight or priority level changed.
+    pub updated: Vec<K>,
+    /// Draining backends listed again: they take new requests again.
+    pub undrained: Vec<K>,
+    /// Backends no longer listed that started draining in this call.
+    pub drained: Vec<K>,
+    /// Backends no longer listed and with no request in flight: removed.
+    pub removed: Vec<K>,
+    /// Backends still draining after this call, with requests in flight: call again to
+    /// remove them once those finish.
+    pub draining: usize,
+    /// Backends that could not be applied, and why; the others were.
+    pub failed: Vec<(K, ConfigError)>,
+}
+
+impl<K> Default for Reconciled<K> {
+    fn default() -> Self {
+        Self {
+            added: Vec::new(),
+            updated: Vec::new(),
+            undrained: Vec::new(),
+            drained: Vec::new(),
+            removed: Vec::new(),
+            draining: 0,
+            failed: Vec::new(),
+        }
+    }
 }
 
 /// A [`Handle`] that does not keep its balancer alive; from [`Handle::downgrade`].

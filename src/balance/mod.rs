@@ -123,7 +123,7 @@ pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
 pub(crate) use handle::Apply;
-pub use handle::{Handle, WeakHandle};
+pub use handle::{Handle, Reconciled, WeakHandle};
 pub use hedge::Hedge;
 pub(crate) use key::take_key;
 #[cfg(feature = "sticky")]
