@@ -138,14 +138,11 @@ impl HopByHop {
                 let (_, mut values) = entry.remove_entry_mult();
                 (values.next(), values.collect::<Vec<HeaderValue>>())
             };
-            for value in first.iter().chain(&more) {
-                for name in value.to_str().unwrap_or_default().split(',') {
-                    let name = name.trim();
-                    if name.eq_ignore_ascii_case("upgrade") {
-                        upgrade = true;
-                    } else if !name.is_empty() {
-                        headers.remove(name);
-                    }
+            for name in tokens(first.iter().chain(&more)) {
+                if name.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
+                } else {
+                    headers.remove(name);
                 }
             }
         }
@@ -176,13 +173,8 @@ impl HopByHop {
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`),
 /// e.g. `websocket`.
 pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    let wants = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let wants = tokens(req.headers().get_all(header::CONNECTION))
+        .any(|t| t.eq_ignore_ascii_case("upgrade"));
     if wants {
         req.headers().get(header::UPGRADE).cloned()
     } else {
@@ -194,17 +186,24 @@ pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// or the request is gRPC (`content-type: application/grpc`, `application/grpc+proto`…),
 /// which gRPC's HTTP/2 protocol requires it to.
 pub fn wants_trailers(headers: &HeaderMap) -> bool {
-    let sent = headers
-        .get_all(header::TE)
-        .iter()
+    let sent = tokens(headers.get_all(header::TE)).any(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim_end().eq_ignore_ascii_case("trailers"))
+    });
+    sent || is_grpc(headers)
+}
+
+/// The tokens of a comma-separated list header (`Connection`, `TE`) over all its values,
+/// trimmed, empty ones left out (RFC 9110 §5.6.1). A value that is not visible ASCII has
+/// none.
+fn tokens<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    sent || is_grpc(headers)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether a request or response is gRPC: its `content-type` is `application/grpc` or
@@ -772,6 +771,22 @@ mod tests {
             .body(())
             .unwrap();
         upgrade_protocol(&req)
+    }
+
+    #[test]
+    fn list_tokens_are_trimmed_over_every_value_and_empty_ones_dropped() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" , Upgrade ,,x-a"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-\xff").unwrap(),
+        );
+        let all: Vec<_> = tokens(h.get_all(header::CONNECTION)).collect();
+        assert_eq!(all, ["Upgrade", "x-a", "keep-alive"]);
     }
 
     #[test]
