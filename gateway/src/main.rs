@@ -312,21 +312,21 @@ async fn reloads(
                         "this setting changes only with a restart; the running value is kept"
                     );
                 }
-                match check_certificates(tls.as_ref(), &fixed).await {
-                    Ok(()) => State::build(args, &state.shared, Some(&state), true).await,
+                match read_certificates(tls.as_ref()).await {
+                    Ok(certs) => State::build(args, &state.shared, Some(&state), true)
+                        .await
+                        .map(|next| (next, certs)),
                     Err(e) => Err(e),
                 }
             }
             Err(e) => Err(e),
         };
         match next {
-            Ok(next) => {
-                if let Some(tls) = &tls {
-                    // Checked above: the new certificates serve new handshakes from now
-                    // on; open connections keep theirs. (Files broken since the check
-                    // leave the running certificates, and say so in the log.)
-                    let tls = tls.clone();
-                    let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+            Ok((next, certs)) => {
+                // Read and checked above: the new certificates serve new handshakes from
+                // now on; open connections keep theirs.
+                if let Some(certs) = certs {
+                    certs.apply();
                 }
                 state.stop();
                 next.start();
@@ -344,16 +344,19 @@ async fn reloads(
     }
 }
 
-/// Whether the listener's certificate files (those it started with) all load now, read
-/// off the runtime's threads.
+/// The listener's certificate files (those it started with), read and checked now, off
+/// the runtime's threads; used only once the rest of the configuration is built too.
 #[cfg(unix)]
-async fn check_certificates(tls: Option<&ListenerTls>, fixed: &Fixed) -> Result<(), String> {
-    let (Some(_), Some(spec)) = (tls, fixed.tls().cloned()) else {
-        return Ok(());
+async fn read_certificates(
+    tls: Option<&ListenerTls>,
+) -> Result<Option<tower_lb::server::tls::ReadCertificates>, String> {
+    let Some(tls) = tls.cloned() else {
+        return Ok(None);
     };
-    tokio::task::spawn_blocking(move || spec.load().map(drop))
-        .await
-        .unwrap_or_else(|e| Err(format!("--tls-cert: {e}")))
+    match tokio::task::spawn_blocking(move || tls.read_files()).await {
+        Ok(read) => read.map(Some).map_err(|e| format!("--tls-cert: {e}")),
+        Err(e) => Err(format!("--tls-cert: {e}")),
+    }
 }
 
 async fn demo_backends() -> Vec<BackendSpec> {

@@ -319,11 +319,6 @@ impl Fixed {
         }
     }
 
-    /// The listener's TLS settings it started with.
-    pub(crate) fn tls(&self) -> Option<&ListenerSpec> {
-        self.tls.as_ref()
-    }
-
     /// The flags whose values differ in `next`.
     pub(crate) fn changed(&self, next: &Self) -> Vec<&'static str> {
         [

@@ -15,7 +15,7 @@
 //! | versions | TLS 1.3 and 1.2 only: rustls implements nothing older (no SSLv3, TLS 1.0 or 1.1), and rustls's safe default cipher suites | — | `ssl_protocols TLSv1.2 TLSv1.3` |
 //! | renegotiation | never: rustls does not implement TLS 1.2 renegotiation (a client's request for it is refused) | — | client-initiated renegotiation refused |
 //! | [`handshake_timeout`](TlsConfig::handshake_timeout) | a client that has not finished its handshake this long after connecting is closed; until then it holds its socket, a small task and a slot of the connection cap, and delays no one else | 10 s | `ssl_handshake_timeout` (60 s) |
-//! | reload | [`reload`](TlsConfig::reload) re-reads every file: all of them good, the new certificates serve new handshakes at once; any of them bad, the old ones stay, and the error is returned and logged. Open connections keep the certificate they began with | — | `nginx -s reload` |
+//! | reload | [`reload`](TlsConfig::reload) re-reads every file: all of them good, the new certificates serve new handshakes at once; any of them bad, the old ones stay, and the error is returned and logged. Open connections keep the certificate they began with; [`read_files`](TlsConfig::read_files) reads and checks them without using them yet, for a reload that goes with other changes | — | `nginx -s reload` |
 //!
 //! The handshake runs in the connection's task, never in the accept loop, so a slow
 //! client delays nobody else. It counts against
@@ -132,6 +132,52 @@ struct Shared {
     resolver: Arc<Resolver>,
     config: Arc<ServerConfig>,
     provider: Arc<CryptoProvider>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Option<String>, Source)>> {
+        // A panic while holding it cannot leave the list half-edited: every edit is one
+        // push or one assignment.
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every certificate of a [`TlsConfig`], read from its files and checked, not yet in use;
+/// from [`TlsConfig::read_files`].
+pub struct ReadCertificates {
+    shared: Arc<Shared>,
+    certs: Certs,
+    count: usize,
+}
+
+impl fmt::Debug for ReadCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadCertificates")
+            .field("certificates", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadCertificates {
+    /// Serves these certificates to new handshakes from now on (connections already open
+    /// keep theirs). A name added with [`TlsConfig::add_sni`] since they were read keeps
+    /// the certificate it was added with.
+    pub fn apply(mut self) {
+        let sources = self.shared.lock();
+        let current = self.shared.resolver.certs.load();
+        for name in sources.iter().filter_map(|(n, _)| n.as_ref()) {
+            if !self.certs.names.contains_key(name)
+                && let Some(c) = current.names.get(name)
+            {
+                self.certs.names.insert(name.clone(), c.clone());
+            }
+        }
+        self.shared.resolver.certs.store(Arc::new(self.certs));
+        tracing::info!(
+            certificates = sources.len(),
+            "tower_lb: tls certificates reloaded"
+        );
+    }
 }
 
 impl fmt::Debug for TlsConfig {
@@ -266,20 +312,38 @@ impl TlsConfig {
     /// handler task as the [module docs](self#reloading) show, or from
     /// `spawn_blocking`.
     pub fn reload(&self) -> Result<(), CertificateError> {
+        self.read_files()
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "tower_lb: tls reload failed; the certificates in use stay");
+            })?
+            .apply();
+        Ok(())
+    }
+
+    /// Reads and checks every certificate and key file as [`reload`](Self::reload) does,
+    /// without using them yet: [`ReadCertificates::apply`] does. For a reload that must
+    /// succeed or fail with something else (a whole configuration checked first, as the
+    /// gateway does on `SIGHUP`), with each file read once. Logs nothing.
+    ///
+    /// ```
+    /// # fn run(config: tower_lb::server::tls::TlsConfig) {
+    /// // Read now; serve the new certificates only once the rest is ready too.
+    /// match config.read_files() {
+    ///     Ok(read) => read.apply(),
+    ///     Err(e) => eprintln!("keeping the old certificate: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn read_files(&self) -> Result<ReadCertificates, CertificateError> {
         let sources = self.lock();
         let mut certs = Certs {
             default: self.shared.resolver.certs.load().default.clone(),
             names: Default::default(),
         };
         for (name, source) in sources.iter() {
-            let certified = match source.load(&self.shared.provider) {
-                Ok(c) => c,
-                Err(e) => {
-                    let e = e.for_name(name.as_deref());
-                    tracing::warn!(error = %e, "tower_lb: tls reload failed; the certificates in use stay");
-                    return Err(e);
-                }
-            };
+            let certified = source
+                .load(&self.shared.provider)
+                .map_err(|e| e.for_name(name.as_deref()))?;
             match name {
                 None => certs.default = certified,
                 Some(name) => {
@@ -287,12 +351,11 @@ impl TlsConfig {
                 }
             }
         }
-        self.shared.resolver.certs.store(Arc::new(certs));
-        tracing::info!(
-            certificates = sources.len(),
-            "tower_lb: tls certificates reloaded"
-        );
-        Ok(())
+        Ok(ReadCertificates {
+            shared: self.shared.clone(),
+            certs,
+            count: sources.len(),
+        })
     }
 
     /// Checks the certificate and key files' modification times (and sizes) every
@@ -349,12 +412,7 @@ impl TlsConfig {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Option<String>, Source)>> {
-        // A panic while holding it cannot leave the list half-edited: every edit is one
-        // push or one assignment.
-        self.shared
-            .sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 
     pub(super) fn accept(

@@ -89,6 +89,17 @@ impl Pki {
         self.dir.path().join(file)
     }
 
+    /// The live copy's file (`pem` or `key`): what a config under reload reads.
+    fn live(&self, ext: &str) -> PathBuf {
+        self.path(&format!("live.{ext}"))
+    }
+
+    /// Copies certificate `name` and its key over the live files.
+    fn put_live(&self, name: &str) {
+        std::fs::copy(self.path(&format!("{name}.pem")), self.live("pem")).unwrap();
+        std::fs::copy(self.path(&format!("{name}.key")), self.live("key")).unwrap();
+    }
+
     fn pem(&self, file: &str) -> Vec<u8> {
         std::fs::read(self.path(file)).unwrap()
     }
@@ -255,11 +266,8 @@ fn sni_picks_exact_then_wildcard_then_default() {
 #[test]
 fn reload_swaps_all_or_nothing() {
     let Some(pki) = Pki::make() else { return };
-    let live = |f: &str| pki.path(&format!("live.{f}"));
-    let put = |name: &str| {
-        std::fs::copy(pki.path(&format!("{name}.pem")), live("pem")).unwrap();
-        std::fs::copy(pki.path(&format!("{name}.key")), live("key")).unwrap();
-    };
+    let live = |f: &str| pki.live(f);
+    let put = |name: &str| pki.put_live(name);
     put("server");
     std::fs::copy(pki.path("other.pem"), pki.path("sni.pem")).unwrap();
     std::fs::copy(pki.path("other.key"), pki.path("sni.key")).unwrap();
@@ -297,10 +305,35 @@ fn reload_swaps_all_or_nothing() {
     assert_eq!(picked(&served, None), pki.der("server"));
 }
 
+#[test]
+fn files_read_serve_only_once_applied_and_as_they_were_read() {
+    let Some(pki) = Pki::make() else { return };
+    let live = |f: &str| pki.live(f);
+    let put = |name: &str| pki.put_live(name);
+    put("server");
+    let config = TlsConfig::from_pem_files(live("pem"), live("key")).unwrap();
+    put("server2");
+    let read = config.read_files().unwrap();
+    // Not in use yet.
+    assert_eq!(picked(&config, None), pki.der("server"));
+    // The files change again (or break) after the read: what was read is what serves.
+    std::fs::write(live("pem"), "garbage").unwrap();
+    // A name added meanwhile keeps its certificate.
+    let config = config
+        .add_sni("other.test", pki.path("other.pem"), pki.path("other.key"))
+        .unwrap();
+    read.apply();
+    assert_eq!(picked(&config, None), pki.der("server2"));
+    assert_eq!(picked(&config, Some("other.test")), pki.der("other"));
+    // A read that fails is the error `reload` gives, and changes nothing.
+    assert_eq!(config.read_files().unwrap_err().kind(), Kind::NoCertificate);
+    assert_eq!(picked(&config, None), pki.der("server2"));
+}
+
 #[tokio::test]
 async fn watch_reloads_when_a_file_changes_and_keeps_going_after_a_bad_one() {
     let Some(pki) = Pki::make() else { return };
-    let (pem, key) = (pki.path("live.pem"), pki.path("live.key"));
+    let (pem, key) = (pki.live("pem"), pki.live("key"));
     std::fs::copy(pki.path("server.pem"), &pem).unwrap();
     std::fs::copy(pki.path("server.key"), &key).unwrap();
     let config = TlsConfig::from_pem_files(&pem, &key).unwrap();
