@@ -79,6 +79,9 @@
 #[macro_use]
 mod macros;
 
+#[cfg(any(feature = "server", feature = "tcp"))]
+mod accept;
+
 pub mod backend;
 pub mod balance;
 mod client_addr;

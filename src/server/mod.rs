@@ -222,20 +222,11 @@ impl Server {
                     _ = shutdown.as_mut() => break,
                 },
             };
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = shutdown.as_mut() => break,
+            let Some((stream, peer)) =
+                crate::accept::next_client(&listener, shutdown.as_mut()).await
+            else {
+                break;
             };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE, ENFILE, ECONNABORTED…: the listener is still good.
-                    tracing::warn!(error = %e, "tower_lb: accept failed; pausing");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
             let svc = make(peer);
             #[cfg(feature = "server-tls")]
             if let Some(tls) = &tls {
@@ -255,21 +246,7 @@ impl Server {
         }
         drop(listener);
         let _ = stop.send(true);
-        let open = conns.len();
-        if open > 0 {
-            tracing::info!(open, "tower_lb: shutting down: draining open connections");
-        }
-        let drained = tokio::time::timeout(self.drain_timeout, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                open = conns.len(),
-                "tower_lb: drain timeout: closing the remaining connections"
-            );
-            conns.abort_all();
-        }
+        crate::accept::drain(&mut conns, self.drain_timeout, "connections").await;
         Ok(())
     }
 }

@@ -115,21 +115,9 @@ impl Proxy {
     {
         let mut conns = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = shutdown.as_mut() => break,
-            };
-            let (client, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE, ENFILE, ECONNABORTED…: the listener is still good.
-                    tracing::warn!(error = %e, "tower_lb: accept failed; pausing");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = client.set_nodelay(true);
+        while let Some((client, peer)) =
+            crate::accept::next_client(&listener, shutdown.as_mut()).await
+        {
             let req = match client.local_addr() {
                 Ok(local) => TcpRequest::new(peer, local),
                 Err(_) => TcpRequest::unknown(),
@@ -150,25 +138,7 @@ impl Proxy {
             while conns.try_join_next().is_some() {}
         }
         drop(listener);
-        let open = conns.len();
-        if open > 0 {
-            tracing::info!(
-                open,
-                "tower_lb: shutting down: draining open tcp connections"
-            );
-        }
-        let drained = tokio::time::timeout(self.drain_timeout, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                open = conns.len(),
-                "tower_lb: drain timeout: closing the remaining tcp connections"
-            );
-            conns.abort_all();
-            while conns.join_next().await.is_some() {}
-        }
+        crate::accept::drain(&mut conns, self.drain_timeout, "tcp connections").await;
         Ok(())
     }
 }
