@@ -42,7 +42,11 @@ pub(crate) async fn next_client<F: Future + ?Sized>(
 pub(crate) async fn drain(conns: &mut JoinSet<()>, timeout: Duration, what: &'static str) {
     let open = conns.len();
     if open > 0 {
-        tracing::info!(open, what, "tower_lb: shutting down: draining open connections");
+        tracing::info!(
+            open,
+            what,
+            "tower_lb: shutting down: draining open connections"
+        );
     }
     let drained = tokio::time::timeout(timeout, async {
         while conns.join_next().await.is_some() {}
