@@ -4,23 +4,12 @@ use std::{fs, net::SocketAddr, path::Path, time::Duration};
 
 use tower_lb::{discover::file::FileSource, Balance};
 
-use crate::support::{addr_balance, eventually, AddrSvc};
+use crate::support::{addr_balance, backend_table as table, eventually, AddrSvc};
 
 type Svc = AddrSvc;
 
 fn balance() -> Balance<SocketAddr, Svc> {
     addr_balance()
-}
-
-fn table(b: &Balance<SocketAddr, Svc>) -> Vec<(String, u32, bool)> {
-    let mut t: Vec<_> = b
-        .stats()
-        .backends
-        .iter()
-        .map(|s| (s.key.to_string(), s.weight, s.backup))
-        .collect();
-    t.sort();
-    t
 }
 
 fn toml(backends: &[(&str, u32, bool)]) -> String {

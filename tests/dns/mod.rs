@@ -4,7 +4,7 @@ mod server;
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::support::{addr_balance, eventually, AddrSvc};
+use crate::support::{addr_balance, backend_table, eventually, AddrSvc};
 
 use hickory_resolver::config::{ResolveHosts, ResolverOpts};
 use server::{DnsServer, Mode};
@@ -95,16 +95,7 @@ async fn srv_weights_and_priorities_map_to_weights_and_backups() {
         .resolver(resolver(&server))
         .spawn(b.handle())
         .unwrap();
-    let table = || {
-        let mut t: Vec<(String, u32, bool)> = b
-            .stats()
-            .backends
-            .iter()
-            .map(|s| (s.key.to_string(), s.weight, s.backup))
-            .collect();
-        t.sort();
-        t
-    };
+    let table = || backend_table(&b);
     let want = vec![
         ("127.0.0.1:8080".to_owned(), 5, false),
         ("127.0.0.2:8081".to_owned(), 1, false),

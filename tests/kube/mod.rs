@@ -10,12 +10,24 @@ use crate::support::{addr_balance, eventually, AddrSvc};
 
 use api::FakeApi;
 use serde_json::{json, Value};
-use tower_lb::{balance::Status, discover::kube::EndpointSlices, Balance};
+use tower_lb::{balance::Status, discover::kube::EndpointSlices, Balance, Guard};
 
 type Svc = AddrSvc;
 
 fn balance() -> Balance<SocketAddr, Svc> {
     addr_balance()
+}
+
+/// A fake API server holding `slices`, and a balancer fed from it by `EndpointSlices`
+/// (port `http`) until the guard drops.
+async fn watching(slices: Vec<Value>) -> (FakeApi, Balance<SocketAddr, Svc>, Guard) {
+    let api = FakeApi::start(slices).await;
+    let b = balance();
+    let guard = EndpointSlices::new(api.client(), "prod", "checkout")
+        .port("http")
+        .spawn(b.handle())
+        .unwrap();
+    (api, b, guard)
 }
 
 fn slice(name: &str, family: &str, endpoints: Vec<Value>) -> Value {
@@ -82,16 +94,11 @@ async fn a_paged_initial_list_is_applied_as_one_snapshot() {
 
 #[tokio::test]
 async fn watch_events_drain_terminating_endpoints_and_remove_deleted_slices() {
-    let api = FakeApi::start(vec![
+    let (api, b, _guard) = watching(vec![
         slice("checkout-a", "IPv4", ready("10.0.0.", 1..3)),
         slice("checkout-b", "IPv4", ready("10.0.1.", 1..2)),
     ])
     .await;
-    let b = balance();
-    let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
-        .port("http")
-        .spawn(b.handle())
-        .unwrap();
     assert!(eventually(10, || keys(&b).len() == 3).await);
     assert!(eventually(10, || api.watches() >= 1).await);
 
@@ -124,16 +131,11 @@ async fn watch_events_drain_terminating_endpoints_and_remove_deleted_slices() {
 
 #[tokio::test]
 async fn a_relist_keeps_the_set_through_errors_then_applies_the_new_list() {
-    let api = FakeApi::start(vec![
+    let (api, b, _guard) = watching(vec![
         slice("checkout-a", "IPv4", ready("10.0.0.", 1..3)),
         slice("checkout-b", "IPv4", ready("10.0.1.", 1..3)),
     ])
     .await;
-    let b = balance();
-    let _guard = EndpointSlices::new(api.client(), "prod", "checkout")
-        .port("http")
-        .spawn(b.handle())
-        .unwrap();
     let before = [
         "10.0.0.1:8080",
         "10.0.0.2:8080",

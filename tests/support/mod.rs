@@ -107,6 +107,19 @@ pub fn addr_balance() -> tower_lb::Balance<SocketAddr, AddrSvc> {
         .unwrap()
 }
 
+/// The set of an [`addr_balance`] as sorted `(key, weight, backup)` rows: what a
+/// discovery test compares with the set its source should have produced.
+pub fn backend_table(b: &tower_lb::Balance<SocketAddr, AddrSvc>) -> Vec<(String, u32, bool)> {
+    let mut t: Vec<_> = b
+        .stats()
+        .backends
+        .iter()
+        .map(|s| (s.key.to_string(), s.weight, s.backup))
+        .collect();
+    t.sort();
+    t
+}
+
 /// A third-party peer (a Python server from `tests/peers/`) running as a child process,
 /// killed on drop.
 pub struct Peer {
