@@ -17,6 +17,10 @@
 # counted), ROUNDS times in alternation. For each run: req/s, p50, p99, and the proxy's user
 # and kernel CPU time per request from /proc/PID/stat over the measured run.
 #
+# SYSCALLS=1 adds, after the rounds, each proxy's system calls per request by name: the
+# worker traced with `strace -f -c` over one more `wrk -d3s` run (strace slows the proxy;
+# the counts per request stay exact).
+#
 # HYPER=path (plain HTTP only) adds a fourth row on 18484: a proxy built on hyper alone (the
 # one in BENCHMARKS.md, run as `PATH LISTEN BACKEND...`), the floor of what hyper costs.
 #
@@ -32,11 +36,13 @@ CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-2}
 GW_ARGS=${GW_ARGS:-}
 HYPER=${HYPER:-}
+SYSCALLS=${SYSCALLS:-0}
 HOST=127.0.0.1
 
 for tool in wrk nginx haproxy curl openssl setsid; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
+[[ $SYSCALLS == 0 ]] || command -v strace >/dev/null || { echo "missing strace" >&2; exit 1; }
 [[ -x $BACKEND_BIN ]] || { echo "no backend at $BACKEND_BIN (run ../shared/bench/setup.sh)" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/lb-proxies.XXXXXX)
@@ -229,3 +235,22 @@ for round in $(seq 1 "$ROUNDS"); do
         printf '%-8s %-6s %10s %8s %8s %9s %9s %s\n' "$name" "$round" "$rps" "$p50" "$p99" "$user" "$kern" "${errs:-none}"
     done
 done
+
+# ---- system calls per request (SYSCALLS=1)
+if [[ $SYSCALLS == 1 ]]; then
+    for name in "${NAMES[@]}"; do
+        url="$FRONT://$HOST:${PORT[$name]}/"
+        strace -f -c -o "$TMP/$name.strace" -p "$(worker_of $name)" 2>/dev/null &
+        tracer=$!
+        sleep 1 # attached
+        out=$(timeout 60 wrk -t1 -c"$CONNS" -d3s "$url" 2>&1)
+        kill -INT "$tracer"
+        wait "$tracer" || true
+        total=$(awk '/requests in/ {print $1}' <<<"$out")
+        # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+        awk -v n="$total" '
+            $1 ~ /^[0-9.]+$/ && $NF != "total" { printf "%s %.3f\n", $NF, $4 / n }
+            $NF == "total" { printf "all %.3f\n", $4 / n }' "$TMP/$name.strace" |
+            sort -k2 -rn | awk -v who="$name" '{ printf "%s%s %s", (NR == 1 ? who ": " : ", "), $1, $2 } END { print "" }'
+    done
+fi
