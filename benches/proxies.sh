@@ -220,7 +220,7 @@ printf '%-8s %-6s %10s %8s %8s %9s %9s %s\n' proxy round req/s p50_ms p99_ms use
 for round in $(seq 1 "$ROUNDS"); do
     for name in "${NAMES[@]}"; do
         url="$FRONT://$HOST:${PORT[$name]}/"
-        pid=$(worker_of $name)
+        pid=$(worker_of "$name")
         wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null 2>&1 || true
         read -r u0 s0 < <(ticks "$pid")
         out=$(timeout 60 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" 2>&1)
@@ -240,7 +240,7 @@ done
 if [[ $SYSCALLS == 1 ]]; then
     for name in "${NAMES[@]}"; do
         url="$FRONT://$HOST:${PORT[$name]}/"
-        strace -f -c -o "$TMP/$name.strace" -p "$(worker_of $name)" 2>/dev/null &
+        strace -f -c -o "$TMP/$name.strace" -p "$(worker_of "$name")" 2>/dev/null &
         tracer=$!
         sleep 1 # attached
         out=$(timeout 60 wrk -t1 -c"$CONNS" -d3s "$url" 2>&1)
