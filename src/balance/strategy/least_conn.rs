@@ -121,13 +121,15 @@ impl Strategy for LeastConn {
 
 /// One candidate's load as last read, and its position: the leaves of the tree, and each
 /// inner node's copy of its subtree's best leaf (so a walk up compares neighbours in
-/// memory, without looking leaves up).
+/// memory, without looking leaves up). 16 bytes, four to a cache line: at 10,000
+/// endpoints the tree's lower levels are what a pick waits on.
 #[derive(Debug, Clone, Copy)]
 struct Key {
     load: u32,
     weight: u32,
-    /// When the load was last read: the older wins among equal loads.
-    seq: u64,
+    /// When the load was last read: the older (lower) wins among equal loads. Numbered
+    /// afresh, in the same order, before it could reach [`Key::EMPTY`]'s.
+    seq: u32,
     pos: u32,
 }
 
@@ -136,7 +138,7 @@ impl Key {
     const EMPTY: Self = Self {
         load: u32::MAX,
         weight: 1,
-        seq: u64::MAX,
+        seq: u32::MAX,
         pos: NOT_INDEXED,
     };
 
@@ -148,6 +150,10 @@ impl Key {
         lhs < rhs || (lhs == rhs && self.seq < other.seq)
     }
 }
+
+/// The last reading number handed out before the leaves are numbered afresh (below
+/// [`Key::EMPTY`]'s, so an empty slot never ties with a leaf).
+const LAST_SEQ: u32 = u32::MAX - 1;
 
 /// A tournament tree over one candidate list's loads.
 #[derive(Debug, Default)]
@@ -163,7 +169,8 @@ pub(crate) struct Index {
     /// sit at `width + i`.
     nodes: Vec<Key>,
     width: usize,
-    seq: u64,
+    /// The last reading number handed out.
+    seq: u32,
     /// The queue drained last, kept to reuse its allocation.
     spare: Vec<u32>,
 }
@@ -193,6 +200,7 @@ impl Index {
         self.unindexed = false;
         // Positions queued for an earlier list mean nothing now; every load is read anew.
         self.pending.clear();
+        self.seq = 0;
         self.width = n.next_power_of_two();
         self.nodes.clear();
         self.nodes.resize(2 * self.width, Key::EMPTY);
@@ -204,11 +212,11 @@ impl Index {
             }
             state.index_pos.store(pos as u32, Release);
             state.index_dirty.swap(false, AcqRel);
-            self.seq += 1;
+            let seq = self.next_seq();
             self.nodes[self.width + pos] = Key {
                 load: state.in_flight() as u32,
                 weight: c.weight.max(1),
-                seq: self.seq,
+                seq,
                 pos: pos as u32,
             };
         }
@@ -231,14 +239,40 @@ impl Index {
             // Clear the flag before reading, so a change after the read queues again.
             c.state.index_dirty.swap(false, AcqRel);
             let load = c.state.in_flight() as u32;
-            self.seq += 1;
+            let seq = self.next_seq();
             let leaf = &mut self.nodes[self.width + pos];
             leaf.load = load;
-            leaf.seq = self.seq;
+            leaf.seq = seq;
             self.update(pos);
         }
         changed.clear();
         self.spare = changed;
+    }
+
+    /// The next reading number. Before the numbers run out, the leaves are numbered
+    /// 1, 2, 3… in the order they already have, and the inner nodes are built again: ties
+    /// keep rotating in the same order (at a million load changes a second, once an hour).
+    fn next_seq(&mut self) -> u32 {
+        if self.seq >= LAST_SEQ {
+            self.renumber();
+        }
+        self.seq += 1;
+        self.seq
+    }
+
+    fn renumber(&mut self) {
+        let leaves = &mut self.nodes[self.width..];
+        let mut order: Vec<usize> = (0..leaves.len())
+            .filter(|&i| leaves[i].pos != NOT_INDEXED)
+            .collect();
+        order.sort_unstable_by_key(|&i| leaves[i].seq);
+        for (n, &i) in order.iter().enumerate() {
+            leaves[i].seq = n as u32 + 1;
+        }
+        self.seq = order.len() as u32;
+        for k in (1..self.width).rev() {
+            self.nodes[k] = self.better(2 * k);
+        }
     }
 
     fn update(&mut self, pos: usize) {
@@ -345,6 +379,36 @@ mod tests {
             st[i].finish_request();
         }
         assert_eq!(seen, [3; 64]);
+    }
+
+    #[test]
+    fn numbering_the_readings_afresh_keeps_the_order_of_ties() {
+        // Two indexes over the same loads; one runs out of reading numbers on the way.
+        let (a, b) = (states(64), states(64));
+        let weights: Vec<u32> = (0..64).map(|i| 1 + i % 3).collect();
+        let (la, lb) = (list(&a, &weights, 1), list(&b, &weights, 1));
+        let (lca, lcb) = (LeastConn::new(), LeastConn::new());
+        let step = |k: usize| {
+            let i = lca.pick(&la.view(), None).unwrap();
+            assert_eq!(lcb.pick(&lb.view(), None), Some(i), "pick {k}");
+            // One request in three stays in flight, so loads and weights both count.
+            a[i].start_request();
+            b[i].start_request();
+            if !k.is_multiple_of(3) {
+                a[i].finish_request();
+                b[i].finish_request();
+            }
+        };
+        for k in 0..100 {
+            step(k);
+        }
+        lcb.queue.lock().seq = LAST_SEQ - 5;
+        for k in 100..400 {
+            step(k);
+        }
+        // The numbers ran out, and were handed out afresh from the set's size up.
+        let seq = lcb.queue.lock().seq;
+        assert!(seq < 64 + 300, "{seq}");
     }
 
     #[test]
