@@ -155,6 +155,10 @@ impl Key {
 /// [`Key::EMPTY`]'s, so an empty slot never ties with a leaf).
 const LAST_SEQ: u32 = u32::MAX - 1;
 
+/// Children per node of the tree: half the levels of a binary tree, and the four
+/// children's keys side by side in 64 bytes.
+const FANOUT: usize = 4;
+
 /// A tournament tree over one candidate list's loads.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -165,10 +169,11 @@ pub(crate) struct Index {
     /// The list's endpoints could not all be indexed (another index holds their pool):
     /// it is scanned.
     unindexed: bool,
-    /// `nodes[1]` is the root; `nodes[k]` holds the best key of its subtree; the leaves
-    /// sit at `width + i`.
+    /// `nodes[0]` is the root; `nodes[k]` holds the best key of its subtree, whose
+    /// children are `nodes[4k + 1 ..= 4k + 4]`; the leaves sit at `leaves + i`.
     nodes: Vec<Key>,
-    width: usize,
+    /// Where the leaves start: the number of inner nodes.
+    leaves: usize,
     /// The last reading number handed out.
     seq: u32,
     /// The queue drained last, kept to reuse its allocation.
@@ -192,7 +197,7 @@ impl Index {
         if self.unindexed {
             return None;
         }
-        Some(self.nodes[1].pos as usize)
+        Some(self.nodes[0].pos as usize)
     }
 
     fn rebuild(&mut self, candidates: &Candidates<'_>, queue: &Arc<LoadQueue>) {
@@ -201,9 +206,13 @@ impl Index {
         // Positions queued for an earlier list mean nothing now; every load is read anew.
         self.pending.clear();
         self.seq = 0;
-        self.width = n.next_power_of_two();
+        let mut width = 1;
+        while width < n {
+            width *= FANOUT;
+        }
+        self.leaves = (width - 1) / (FANOUT - 1);
         self.nodes.clear();
-        self.nodes.resize(2 * self.width, Key::EMPTY);
+        self.nodes.resize(self.leaves + width, Key::EMPTY);
         for (pos, c) in candidates.iter().enumerate() {
             let state = &c.state;
             let ours = state.pool.loads.get_or_init(|| queue.clone());
@@ -213,15 +222,20 @@ impl Index {
             state.index_pos.store(pos as u32, Release);
             state.index_dirty.swap(false, AcqRel);
             let seq = self.next_seq();
-            self.nodes[self.width + pos] = Key {
+            self.nodes[self.leaves + pos] = Key {
                 load: state.in_flight() as u32,
                 weight: c.weight.max(1),
                 seq,
                 pos: pos as u32,
             };
         }
-        for k in (1..self.width).rev() {
-            self.nodes[k] = self.better(2 * k);
+        self.build_inner();
+    }
+
+    /// Sets every inner node from its children, the lowest first.
+    fn build_inner(&mut self) {
+        for k in (0..self.leaves).rev() {
+            self.nodes[k] = self.best_child(k);
         }
     }
 
@@ -240,7 +254,7 @@ impl Index {
             c.state.index_dirty.swap(false, AcqRel);
             let load = c.state.in_flight() as u32;
             let seq = self.next_seq();
-            let leaf = &mut self.nodes[self.width + pos];
+            let leaf = &mut self.nodes[self.leaves + pos];
             leaf.load = load;
             leaf.seq = seq;
             self.update(pos);
@@ -261,7 +275,7 @@ impl Index {
     }
 
     fn renumber(&mut self) {
-        let leaves = &mut self.nodes[self.width..];
+        let leaves = &mut self.nodes[self.leaves..];
         let mut order: Vec<usize> = (0..leaves.len())
             .filter(|&i| leaves[i].pos != NOT_INDEXED)
             .collect();
@@ -270,33 +284,37 @@ impl Index {
             leaves[i].seq = n as u32 + 1;
         }
         self.seq = order.len() as u32;
-        for k in (1..self.width).rev() {
-            self.nodes[k] = self.better(2 * k);
-        }
+        self.build_inner();
     }
 
     fn update(&mut self, pos: usize) {
-        let mut k = (self.width + pos) / 2;
-        while k >= 1 {
-            let best = self.better(2 * k);
+        let mut child = self.leaves + pos;
+        while child > 0 {
+            let k = (child - 1) / FANOUT;
+            let best = self.best_child(k);
             // A subtree whose winner stayed the same, and is not the leaf whose key
             // moved, changes nothing above it.
-            if self.nodes[k].pos == best.pos && best.pos as usize != pos {
+            let node = &mut self.nodes[k];
+            if node.pos == best.pos && best.pos as usize != pos {
                 break;
             }
-            self.nodes[k] = best;
-            k /= 2;
+            *node = best;
+            child = k;
         }
     }
 
-    /// The better of the two siblings at `left` and `left + 1`.
+    /// The best of inner node `k`'s four children: two pairs compared side by side, then
+    /// their winners.
     #[inline]
-    fn better(&self, left: usize) -> Key {
-        let (a, b) = (&self.nodes[left], &self.nodes[left + 1]);
-        if b.before(a) {
-            *b
+    fn best_child(&self, k: usize) -> Key {
+        let first = FANOUT * k + 1;
+        let c = &self.nodes[first..first + FANOUT];
+        let left = if c[1].before(&c[0]) { c[1] } else { c[0] };
+        let right = if c[3].before(&c[2]) { c[3] } else { c[2] };
+        if right.before(&left) {
+            right
         } else {
-            *a
+            left
         }
     }
 }
@@ -367,18 +385,22 @@ mod tests {
 
     #[test]
     fn index_rotates_ties_first_in_first_out() {
-        let st = states(64);
-        let l = list(&st, &[1; 64], 1);
-        let lc = LeastConn::new();
-        let mut seen = [0u32; 64];
-        for _ in 0..64 * 3 {
-            let i = lc.pick(&l.view(), None).unwrap();
-            seen[i] += 1;
-            // An answer at once, as from an in-memory service.
-            st[i].start_request();
-            st[i].finish_request();
+        // Sizes that fill the tree's last level, and sizes that leave it part empty.
+        for n in [1, 2, 3, 4, 5, 16, 17, 64, 65] {
+            let st = states(n);
+            let l = list(&st, &vec![1; n], 1);
+            // Every set is indexed, the smallest too.
+            let lc = LeastConn::new().scan_up_to(0);
+            let mut seen = vec![0u32; n];
+            for _ in 0..n * 3 {
+                let i = lc.pick(&l.view(), None).unwrap();
+                seen[i] += 1;
+                // An answer at once, as from an in-memory service.
+                st[i].start_request();
+                st[i].finish_request();
+            }
+            assert_eq!(seen, vec![3; n], "{n} endpoints");
         }
-        assert_eq!(seen, [3; 64]);
     }
 
     #[test]
