@@ -154,6 +154,18 @@ fn changes(c: &mut Criterion) {
     let b = balance(P2c::with_seed(1));
     let handle = b.handle();
     let mut i = 0usize;
+    // What a caller that keeps the set at a wanted one pays per look (every 100 ms while
+    // backends drain): the set's stats, and a reconcile that finds nothing to change.
+    g.bench_function(BenchmarkId::new("stats", N), |bench| {
+        bench.iter(|| handle.stats().backends.len())
+    });
+    let wanted: Vec<_> = (0..N).map(|i| Backend::new(addr(i))).collect();
+    g.bench_function(BenchmarkId::new("reconcile-unchanged", N), |bench| {
+        bench.iter(|| {
+            let done = handle.reconcile(wanted.iter().cloned());
+            assert!(done.added.is_empty() && done.updated.is_empty());
+        })
+    });
     g.bench_function(BenchmarkId::new("remove+insert", N), |bench| {
         bench.iter(|| {
             let key = addr((i * 7919) % N);

@@ -379,7 +379,7 @@ async fn reconcile_drains_a_leaving_backend_and_removes_it_once_idle() {
     let done = handle.reconcile([Backend::new("b").with_weight(0)]);
     assert_eq!(done.drained, ["a"]);
     assert!(done.removed.is_empty());
-    assert_eq!(done.draining, 1);
+    assert_eq!(done.draining, [("a", 1)]);
     assert_eq!(done.failed.len(), 1);
     assert_eq!(done.failed[0].0, "b");
     assert!(matches!(done.failed[0].1, ConfigError::ZeroWeight { .. }));
@@ -397,16 +397,34 @@ async fn reconcile_drains_a_leaving_backend_and_removes_it_once_idle() {
     // Still in flight: a second call neither drains again nor removes.
     let done = handle.reconcile([Backend::new("b")]);
     assert!(done.drained.is_empty() && done.removed.is_empty());
-    assert_eq!(done.draining, 1);
+    assert_eq!(done.draining, [("a", 1)]);
 
     // Its request finishes on the drained backend; the next call removes it.
     rsp_a.send_response(10);
     assert_eq!(first.await.unwrap().unwrap(), 10);
     let done = handle.reconcile([Backend::new("b")]);
     assert_eq!(done.removed, ["a"]);
-    assert_eq!(done.draining, 0);
+    assert!(done.draining.is_empty());
     assert_eq!(status("a"), None);
     assert_eq!(handle.keys(), ["b"]);
+}
+
+#[tokio::test]
+async fn clearing_no_error_wakes_no_watcher_and_reporting_one_does() {
+    let balance = echo(&["a"]);
+    let handle = balance.handle();
+    let mut watch = handle.watch();
+    watch.mark_unchanged();
+    handle.clear_error();
+    assert!(!watch.has_changed().unwrap());
+    handle.report_error("resolver down");
+    assert!(watch.has_changed().unwrap());
+    watch.mark_unchanged();
+    assert!(handle.stats().discover_error.is_some());
+    handle.clear_error();
+    assert!(watch.has_changed().unwrap());
+    assert!(handle.stats().discover_error.is_none());
+    assert_eq!((handle.len(), handle.is_empty()), (1, false));
 }
 
 #[tokio::test]

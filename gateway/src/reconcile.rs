@@ -11,7 +11,7 @@
 //! `in_flight` count, until it reaches 0.
 //!
 //! Neither this task nor `reconcile` keeps state of its own: each call compares the
-//! wanted set with the balancer's stats, so a new task (after a reload) continues where
+//! wanted set with the balancer's set as it is, so a new task (after a reload) continues where
 //! the old one left.
 
 use std::{collections::HashMap, time::Duration};
@@ -43,17 +43,11 @@ pub(crate) struct Wanted {
 /// once idle), and logs what changed. Returns whether a backend is still draining (and
 /// needs another look).
 pub(crate) fn apply(pool: &str, handle: &Handle<String>, wanted: &Wanted) -> bool {
-    let stats = handle.stats();
     match &wanted.error {
-        Some(e) if stats.backends.is_empty() => handle.report_error(e.clone()),
-        _ if stats.discover_error.is_some() => handle.clear_error(),
-        _ => {}
+        Some(e) if handle.is_empty() => handle.report_error(e.clone()),
+        // A no-op unless an error was reported.
+        _ => handle.clear_error(),
     }
-    let in_flight: HashMap<&str, usize> = stats
-        .backends
-        .iter()
-        .map(|b| (b.key.as_str(), b.in_flight))
-        .collect();
     let done = handle.reconcile(wanted.backends.iter().map(|want| {
         Backend::new(want.key.clone())
             .with_weight(want.weight)
@@ -65,9 +59,17 @@ pub(crate) fn apply(pool: &str, handle: &Handle<String>, wanted: &Wanted) -> boo
     for backend in &done.undrained {
         tracing::info!(pool, %backend, "backend back: draining ends");
     }
-    for backend in &done.drained {
-        let in_flight = in_flight.get(backend.as_str()).copied().unwrap_or(0);
-        tracing::info!(pool, %backend, in_flight, "backend left: draining");
+    if !done.drained.is_empty() {
+        let in_flight: HashMap<&str, usize> = done
+            .draining
+            .iter()
+            .map(|(key, n)| (key.as_str(), *n))
+            .collect();
+        for backend in &done.drained {
+            // Not still draining: it had nothing in flight, and was removed at once.
+            let in_flight = in_flight.get(backend.as_str()).copied().unwrap_or(0);
+            tracing::info!(pool, %backend, in_flight, "backend left: draining");
+        }
     }
     for backend in &done.removed {
         tracing::info!(pool, %backend, "backend drained and removed");
@@ -75,7 +77,7 @@ pub(crate) fn apply(pool: &str, handle: &Handle<String>, wanted: &Wanted) -> boo
     for (backend, error) in &done.failed {
         tracing::error!(pool, %backend, %error, "cannot apply backend");
     }
-    done.draining > 0
+    !done.draining.is_empty()
 }
 
 /// Keeps `handle` at what `wanted` says, for as long as the task runs: applies every

@@ -16,6 +16,8 @@ pub(crate) trait Apply<K>: Send + Sync {
     fn set_draining(&self, key: &K, draining: bool) -> Result<(), ConfigError>;
     fn replace(&self, backends: Vec<Backend<K>>) -> Result<(), ConfigError>;
     fn keys(&self) -> Vec<K>;
+    fn len(&self) -> usize;
+    fn listing(&self) -> Vec<Listed<K>>;
     fn stats(&self) -> Stats<K>;
     fn set_error(&self, error: Option<DiscoverError>);
     fn members(&self) -> Vec<(K, Arc<EndpointState>)>;
@@ -56,6 +58,24 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
             .collect()
     }
 
+    fn len(&self) -> usize {
+        self.peek().entries.len()
+    }
+
+    fn listing(&self) -> Vec<Listed<K>> {
+        self.peek()
+            .entries
+            .iter()
+            .map(|e| Listed {
+                key: e.backend.key().clone(),
+                weight: e.backend.weight(),
+                priority: e.backend.priority(),
+                draining: e.state.is_draining(),
+                in_flight: e.state.in_flight(),
+            })
+            .collect()
+    }
+
     fn stats(&self) -> Stats<K> {
         Self::stats(self)
     }
@@ -71,6 +91,16 @@ impl<K: Key, S: Clone + Send + Sync + 'static> Apply<K> for Core<K, S> {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         Self::subscribe(self)
     }
+}
+
+/// What [`Handle::reconcile`] reads of one backend: a lighter read than
+/// [`Handle::stats`] (no health refresh, no failure text), done once per call.
+pub(crate) struct Listed<K> {
+    key: K,
+    weight: u32,
+    priority: u8,
+    draining: bool,
+    in_flight: usize,
 }
 
 /// A live handle on a balancer's endpoint set: insert, remove, re-weight, drain and
@@ -217,6 +247,27 @@ impl<K: Key> Handle<K> {
         self.apply.keys()
     }
 
+    /// How many backends the set holds (draining ones too), without copying them.
+    ///
+    /// ```
+    /// use tower_lb::{test_util, Backend, Balance};
+    ///
+    /// let balance = test_util::echo(Balance::builder().backends(["a", "b"].map(Backend::new)));
+    /// let handle = balance.handle();
+    /// assert_eq!(handle.len(), 2);
+    /// handle.remove(&"a");
+    /// handle.remove(&"b");
+    /// assert!(handle.is_empty());
+    /// ```
+    pub fn len(&self) -> usize {
+        self.apply.len()
+    }
+
+    /// Whether the set holds no backend.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Reports that the discovery source feeding this handle is failing (a resolver or
     /// API error, an unreadable file).
     ///
@@ -255,6 +306,8 @@ impl<K: Key> Handle<K> {
     }
 
     /// Clears an error set by [`report_error`](Self::report_error): the source recovered.
+    /// Without an error set it changes nothing (and wakes no [`watch`](Self::watch)er), so
+    /// a source may call it after every good read.
     pub fn clear_error(&self) {
         self.apply.set_error(None);
     }
@@ -272,8 +325,8 @@ impl<K: Key> Handle<K> {
     /// in [`stats`](Self::stats) as [`Status::Draining`](super::Status::Draining) with its
     /// `in_flight` count).
     ///
-    /// Call it again while [`Reconciled::draining`] is not zero (every 100 ms or so, or at
-    /// the next change) to remove what has drained: it keeps no state of its own, so any
+    /// Call it again while [`Reconciled::draining`] is not empty (every 100 ms or so, or
+    /// at the next change) to remove what has drained: it keeps no state of its own, so any
     /// caller, or a new one after a restart of the caller, continues where the last left.
     /// Compare [`replace`](Self::replace), which removes at once.
     ///
@@ -293,55 +346,64 @@ impl<K: Key> Handle<K> {
     /// assert_eq!(done.added, ["c"]);
     /// assert_eq!(done.updated, ["a"]);
     /// assert_eq!(done.drained, ["b"]);
-    /// assert_eq!(done.draining, 1);
+    /// assert_eq!(done.draining, [("b", 1)]); // with its one request in flight
     /// let status = |k: &str| handle.stats().backends.into_iter().find(|b| b.key == k).map(|b| b.status);
     /// assert_eq!(status("b"), Some(Status::Draining));
     ///
     /// // Its request ends: the next call removes it.
     /// drop(request);
     /// let done = handle.reconcile([Backend::new("a").with_weight(2), Backend::new("c")]);
-    /// assert_eq!((done.removed.as_slice(), done.draining), (&["b"][..], 0));
+    /// assert_eq!(done.removed, ["b"]);
+    /// assert!(done.draining.is_empty());
     /// assert_eq!(status("b"), None);
     /// ```
     pub fn reconcile(&self, wanted: impl IntoIterator<Item = Backend<K>>) -> Reconciled<K> {
-        let stats = self.stats();
-        let now: std::collections::HashMap<&K, &super::BackendStats<K>> =
-            stats.backends.iter().map(|b| (&b.key, b)).collect();
+        // One read of the set, lighter than `stats`: reconcile runs every 100 ms or so
+        // while backends drain, over sets of thousands.
+        let listing = self.apply.listing();
+        let now: std::collections::HashMap<&K, usize> = listing
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (&b.key, i))
+            .collect();
+        let mut listed = vec![false; listing.len()];
         let mut done = Reconciled::default();
-        let mut listed = std::collections::HashSet::new();
         for backend in wanted {
-            let key = backend.key().clone();
-            let result = match now.get(&key) {
-                None => self.insert(backend).map(|()| done.added.push(key.clone())),
-                Some(b) => {
-                    let updated = if b.priority != backend.priority() {
-                        // Same key: the state (health, counters) is kept.
-                        self.insert(backend).map(|()| true)
-                    } else if b.weight != backend.weight() {
-                        self.set_weight(&key, backend.weight()).map(|()| true)
-                    } else {
-                        Ok(false)
-                    };
-                    updated.and_then(|updated| {
-                        if updated {
-                            done.updated.push(key.clone());
-                        }
-                        if b.status == super::Status::Draining {
-                            self.undrain(&key)
-                                .map(|()| done.undrained.push(key.clone()))
-                        } else {
-                            Ok(())
-                        }
-                    })
+            let Some(&i) = now.get(backend.key()) else {
+                let key = backend.key().clone();
+                match self.insert(backend) {
+                    Ok(()) => done.added.push(key),
+                    Err(e) => done.failed.push((key, e)),
                 }
+                continue;
             };
+            listed[i] = true;
+            let b = &listing[i];
+            let key = &b.key;
+            let updated = if b.priority != backend.priority() {
+                // Same key: the state (health, counters) is kept.
+                self.insert(backend).map(|()| true)
+            } else if b.weight != backend.weight() {
+                self.set_weight(key, backend.weight()).map(|()| true)
+            } else {
+                Ok(false)
+            };
+            let result = updated.and_then(|updated| {
+                if updated {
+                    done.updated.push(key.clone());
+                }
+                if b.draining {
+                    self.undrain(key).map(|()| done.undrained.push(key.clone()))
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = result {
                 done.failed.push((key.clone(), e));
             }
-            listed.insert(key);
         }
-        for b in stats.backends.iter().filter(|b| !listed.contains(&b.key)) {
-            if b.status != super::Status::Draining {
+        for (b, _) in listing.iter().zip(&listed).filter(|&(_, &listed)| !listed) {
+            if !b.draining {
                 if let Err(e) = self.drain(&b.key) {
                     done.failed.push((b.key.clone(), e));
                     continue;
@@ -354,7 +416,7 @@ impl<K: Key> Handle<K> {
                 self.remove(&b.key);
                 done.removed.push(b.key.clone());
             } else {
-                done.draining += 1;
+                done.draining.push((b.key.clone(), b.in_flight));
             }
         }
         done
@@ -375,9 +437,9 @@ pub struct Reconciled<K> {
     pub drained: Vec<K>,
     /// Backends no longer listed and with no request in flight: removed.
     pub removed: Vec<K>,
-    /// Backends still draining after this call, with requests in flight: call again to
-    /// remove them once those finish.
-    pub draining: usize,
+    /// Backends still draining after this call, each with its requests in flight (as read
+    /// at the start of the call): call again to remove them once those finish.
+    pub draining: Vec<(K, usize)>,
     /// Backends that could not be applied, and why; the others were.
     pub failed: Vec<(K, ConfigError)>,
 }
@@ -390,7 +452,7 @@ impl<K> Default for Reconciled<K> {
             undrained: Vec::new(),
             drained: Vec::new(),
             removed: Vec::new(),
-            draining: 0,
+            draining: Vec::new(),
             failed: Vec::new(),
         }
     }

@@ -122,7 +122,7 @@ pub(crate) use endpoint::later;
 pub(crate) use endpoint::Refusal;
 pub use endpoint::{EndpointState, InFlight, Status};
 pub use future::ResponseFuture;
-pub(crate) use handle::Apply;
+pub(crate) use handle::{Apply, Listed};
 pub use handle::{Handle, Reconciled, WeakHandle};
 pub use hedge::Hedge;
 pub(crate) use key::take_key;

@@ -366,6 +366,14 @@ impl<K: Key> Apply<K> for SubsetApply<K> {
         self.inner.keys()
     }
 
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn listing(&self) -> Vec<crate::balance::Listed<K>> {
+        self.inner.listing()
+    }
+
     fn stats(&self) -> Stats<K> {
         self.inner.stats()
     }

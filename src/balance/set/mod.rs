@@ -278,10 +278,16 @@ impl<K: Key, S: Clone> Core<K, S> {
     }
 
     pub(crate) fn set_discover_error(&self, err: Option<DiscoverError>) {
-        *self
+        let mut slot = self
             .discover_error
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = err;
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() && err.is_none() {
+            // Nothing to clear: no change to announce.
+            return;
+        }
+        *slot = err;
+        drop(slot);
         self.version.send_modify(|v| *v += 1);
     }
 
