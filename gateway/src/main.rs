@@ -52,9 +52,26 @@ use crate::{
 
 /// glibc's allocator spends ~5 % of the gateway's time per request (arena locking and
 /// consolidation); mimalloc's thread-local free lists cost less for the small, short-lived
-/// allocations of a proxied request.
+/// allocations of a proxied request. Built without transparent huge pages (`no_thp`):
+/// with them, mimalloc's arenas are backed by 2 MiB pages as soon as they are touched,
+/// which doubled the idle gateway's resident memory (16 MiB against 9 MiB) and, at
+/// 10,000 backends, its memory per backend, for no measured gain in speed.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Backends named in a pool's line at start-up; a larger set is counted, not listed
+/// (`/status` lists every one).
+const LISTED: usize = 10;
+
+/// A pool's backends for its line at start-up: the first [`LISTED`], then how many more.
+fn backend_list<'a>(keys: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = keys.len();
+    let mut list: Vec<&str> = keys.take(LISTED).map(String::as_str).collect();
+    let more = n - list.len();
+    let more = (more > 0).then(|| format!("… and {more} more ({n} in all)"));
+    list.extend(more.as_deref());
+    list.join(", ")
+}
 
 /// Prints a line to stdout, ignoring a closed pipe.
 macro_rules! say {
@@ -228,14 +245,14 @@ async fn run(args: Args) {
     say!("gateway listening on {scheme}://{addr}");
     for (name, pool) in &state.pools {
         let stats = pool.balance.stats();
-        let list: Vec<String> = stats.backends.iter().map(|b| b.key.clone()).collect();
-        say!("  pool {name} ({}): {}", stats.strategy, list.join(", "));
+        let list = backend_list(stats.backends.iter().map(|b| &b.key));
+        say!("  pool {name} ({}): {list}", stats.strategy);
     }
     for (listen, proxy) in &state.tcp {
         let stats = proxy.balance.stats();
-        let list: Vec<String> = stats.backends.iter().map(|b| b.key.clone()).collect();
+        let list = backend_list(stats.backends.iter().map(|b| &b.key));
         let at = proxy.local_addr().unwrap_or(*listen);
-        say!("  tcp {at} ({}): {}", stats.strategy, list.join(", "));
+        say!("  tcp {at} ({}): {list}", stats.strategy);
     }
     if !shared.demo.is_empty() {
         say!("\nno --backend given: started three demo backends. Try:");
@@ -412,4 +429,24 @@ async fn shutdown_signal() {
         () = term => {},
     }
     eprintln!("shutting down: draining in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend_list;
+
+    #[test]
+    fn a_large_set_is_counted_not_listed() {
+        let keys = |n: usize| -> Vec<String> { (0..n).map(|i| format!("http://b{i}")).collect() };
+        assert_eq!(backend_list(keys(0).iter()), "");
+        assert_eq!(backend_list(keys(2).iter()), "http://b0, http://b1");
+        let ten = backend_list(keys(10).iter());
+        assert!(ten.ends_with("http://b9") && !ten.contains("more"), "{ten}");
+        let many = backend_list(keys(10_000).iter());
+        assert!(many.starts_with("http://b0, "), "{many}");
+        assert!(
+            many.ends_with("http://b9, … and 9990 more (10000 in all)"),
+            "{many}"
+        );
+    }
 }
