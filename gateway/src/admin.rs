@@ -6,10 +6,14 @@ use crate::{cli::Source, state::State};
 
 /// The Prometheus text of every pool and backend: the library's collector, encoded.
 pub(crate) fn metrics(state: &State) -> String {
-    let mut out = String::new();
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = &state.shared.metrics_len;
+    // The last text's size and a little more, for backends that joined since.
+    let mut out = String::with_capacity(last.load(Relaxed) / 16 * 17);
     if let Err(e) = prometheus_text::encode(&mut out, &state.shared.registry) {
         tracing::warn!(error = %e, "cannot encode the metrics");
     }
+    last.store(out.len(), Relaxed);
     out
 }
 

@@ -49,6 +49,10 @@ pub(crate) struct Reloads {
 pub(crate) struct Shared {
     /// Holds the library's `BalanceMetrics` collector.
     pub(crate) registry: Registry,
+    /// The length of the last `/metrics` text: the next one is written into a buffer of
+    /// that size, not grown by doubling (at 10,000 backends the text is 23 MB, and each
+    /// doubling held the old and the new buffer at once).
+    pub(crate) metrics_len: std::sync::atomic::AtomicUsize,
     metrics: BalanceMetrics,
     /// One set of metrics per pool name, whatever balancer serves it.
     pools: Mutex<HashMap<String, PoolMetrics>>,
@@ -86,6 +90,7 @@ impl Shared {
         metrics.register(&mut registry);
         Self {
             registry,
+            metrics_len: std::sync::atomic::AtomicUsize::new(0),
             metrics,
             pools: Mutex::new(HashMap::new()),
             started: Instant::now(),
