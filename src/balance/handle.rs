@@ -402,7 +402,7 @@ impl<K: Key> Handle<K> {
                 done.failed.push((key.clone(), e));
             }
         }
-        for (b, _) in listing.iter().zip(&listed).filter(|&(_, &listed)| !listed) {
+        for (b, _) in listing.iter().zip(&listed).filter(|(_, seen)| !**seen) {
             if !b.draining {
                 if let Err(e) = self.drain(&b.key) {
                     done.failed.push((b.key.clone(), e));
